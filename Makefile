@@ -1,0 +1,55 @@
+# One way to run everything. `make demo` and `make test` are the README's quick start.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: setup setup-test demo test unit process network lint typecheck nix-check service-check bench clean
+
+$(BIN)/musicfs: pyproject.toml scripts/setup-debian.sh
+	scripts/setup-debian.sh run
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/musicfs
+
+setup-test: setup
+	scripts/setup-debian.sh test
+
+demo: setup
+	$(BIN)/musicfs demo
+
+# Everything CI holds a change to: style, types, all three test layers, packaging checks.
+test: setup-test lint typecheck nix-check service-check
+	MUSICFS_REQUIRE_ALL_LAYERS=1 $(BIN)/pytest $(PYTEST_ARGS)
+
+unit: setup
+	$(BIN)/pytest -m "not process and not network" $(PYTEST_ARGS)
+
+process: setup-test
+	$(BIN)/pytest -m process $(PYTEST_ARGS)
+
+network: setup-test
+	$(BIN)/pytest -m network $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check musicfs tests $(wildcard bench)
+	$(BIN)/ruff format --check musicfs tests $(wildcard bench)
+
+typecheck: setup
+	$(BIN)/mypy musicfs
+
+nix-check:
+	scripts/check-nix.sh
+
+service-check:
+	scripts/check-service.sh
+
+bench: setup
+	scripts/setup-debian.sh bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

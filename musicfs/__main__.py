@@ -1,0 +1,3 @@
+from musicfs.cli import main
+
+raise SystemExit(main())

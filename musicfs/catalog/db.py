@@ -1,0 +1,321 @@
+"""The SQLite catalog (through apsw): schema, migrations, integrity and queries.
+
+The catalog is the source of truth for which tracks exist and what they are called. It is
+only touched from worker threads (``Catalog.run``), never from the trio loop itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import apsw
+import trio
+
+from musicfs.catalog.model import Source, Track
+from musicfs.catalog.tags import Tags
+from musicfs.failpoints import fail_point
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+ROOT_INODE = 1
+
+
+class CatalogError(Exception):
+    pass
+
+
+class CatalogCorrupt(CatalogError):
+    pass
+
+
+class SchemaTooNew(CatalogError):
+    pass
+
+
+def _migrate_0_to_1(db: apsw.Connection) -> None:
+    db.execute(
+        """
+        CREATE TABLE tracks(
+            id INTEGER PRIMARY KEY,
+            path BLOB NOT NULL UNIQUE,
+            size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            etag TEXT,
+            title TEXT, artist TEXT, albumartist TEXT, album TEXT,
+            track INTEGER, disc INTEGER, disctotal INTEGER, year INTEGER, genre TEXT,
+            compilation INTEGER NOT NULL DEFAULT 0,
+            duration REAL,
+            tag_error TEXT,
+            scanned_at INTEGER NOT NULL
+        );
+        CREATE TABLE sources(
+            track_id INTEGER NOT NULL REFERENCES tracks(id) ON DELETE CASCADE,
+            origin TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            etag TEXT,
+            PRIMARY KEY (track_id, origin)
+        );
+        CREATE INDEX sources_by_origin ON sources(origin);
+        -- Inode numbers handed to the kernel; kept so they survive restarts.
+        CREATE TABLE inodes(ino INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE);
+        INSERT INTO inodes(ino, key) VALUES (1, 'd:');
+        CREATE TABLE sync_state(key TEXT PRIMARY KEY, value TEXT);
+        """
+    )
+
+
+# Index i migrates from version i to i + 1. Append, never edit.
+MIGRATIONS: list[Callable[[apsw.Connection], None]] = [_migrate_0_to_1]
+
+_TAG_COLUMNS = (
+    "title",
+    "artist",
+    "albumartist",
+    "album",
+    "track",
+    "disc",
+    "disctotal",
+    "year",
+    "genre",
+    "compilation",
+    "duration",
+)
+
+
+def fs_key(path: str) -> bytes:
+    return os.fsencode(path)
+
+
+def fs_path(key: bytes) -> str:
+    return os.fsdecode(key)
+
+
+class Catalog:
+    """One catalog file. Methods are blocking; call them through ``run`` from trio code."""
+
+    def __init__(
+        self, path: Path, *, migrations: Sequence[Callable[[apsw.Connection], None]] = MIGRATIONS
+    ):
+        self.path = path
+        self._lock = threading.Lock()
+        # One thread at a time: SQLite serialises writers anyway, and a limiter of one
+        # keeps a slow query from piling up worker threads.
+        self.limiter = trio.CapacityLimiter(1)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fail_point("catalog.open")
+        try:
+            self.db = apsw.Connection(str(path))
+            self.db.set_busy_timeout(5000)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self._migrate(migrations)
+        except (apsw.CorruptError, apsw.NotADBError) as exc:
+            raise CatalogCorrupt(f"{path}: {exc}") from exc
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def _version(self) -> int:
+        self.db.execute("CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value)")
+        row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        return int(row[0]) if row else 0
+
+    def _migrate(self, migrations: Sequence[Callable[[apsw.Connection], None]]) -> None:
+        with self.db:
+            version = self._version()
+            if version > len(migrations):
+                raise SchemaTooNew(
+                    f"{self.path}: catalog schema version {version} is newer than this "
+                    f"MusicFS understands ({len(migrations)}); upgrade MusicFS or move the "
+                    "catalog aside"
+                )
+            for target in range(version, len(migrations)):
+                log.info("catalog %s: migrating schema %d -> %d", self.path, target, target + 1)
+                migrations[target](self.db)
+            self.db.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
+                (len(migrations),),
+            )
+
+    def schema_version(self) -> int:
+        with self._lock:
+            return self._version()
+
+    def check(self, full: bool = False) -> list[str]:
+        """Problems found by SQLite's quick_check (or integrity_check when ``full``)."""
+        pragma = "integrity_check" if full else "quick_check"
+        with self._lock:
+            try:
+                rows = [r[0] for r in self.db.execute(f"PRAGMA {pragma}")]
+            except (apsw.CorruptError, apsw.NotADBError) as exc:
+                return [str(exc)]
+        return [] if rows == ["ok"] else rows
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+    # -- tracks ----------------------------------------------------------------------
+
+    def known_sources(self, origin: str) -> dict[str, tuple[int, int, str | None]]:
+        """path -> (size, mtime_ns, etag) of what ``origin`` had at its last sync."""
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT t.path, s.size, s.mtime_ns, s.etag FROM sources s "
+                "JOIN tracks t ON t.id = s.track_id WHERE s.origin = ?",
+                (origin,),
+            )
+            return {fs_path(p): (size, mtime, etag) for p, size, mtime, etag in rows}
+
+    def upsert(
+        self,
+        origin: str,
+        batch: Iterable[tuple[str, int, int, str | None, Tags | None, str | None]],
+    ) -> None:
+        """Record one batch of scanned files in one transaction.
+
+        Each item is (path, size, mtime_ns, etag, tags, tag_error). The track's own
+        size/mtime/tags follow the origin that last (re)scanned it.
+        """
+        now = time.time_ns()
+        with self._lock, self.db:
+            for path, size, mtime_ns, etag, tags, tag_error in batch:
+                t = tags or Tags()
+                values = [getattr(t, c) for c in _TAG_COLUMNS]
+                values[_TAG_COLUMNS.index("compilation")] = int(t.compilation)
+                self.db.execute(
+                    f"""
+                    INSERT INTO tracks(path, size, mtime_ns, etag, {", ".join(_TAG_COLUMNS)},
+                                       tag_error, scanned_at)
+                    VALUES (?, ?, ?, ?, {", ".join("?" for _ in _TAG_COLUMNS)}, ?, ?)
+                    ON CONFLICT(path) DO UPDATE SET
+                        size=excluded.size, mtime_ns=excluded.mtime_ns, etag=excluded.etag,
+                        {", ".join(f"{c}=excluded.{c}" for c in _TAG_COLUMNS)},
+                        tag_error=excluded.tag_error, scanned_at=excluded.scanned_at
+                    """,
+                    (fs_key(path), size, mtime_ns, etag, *values, tag_error, now),
+                )
+                self.db.execute(
+                    """
+                    INSERT INTO sources(track_id, origin, size, mtime_ns, etag)
+                    SELECT id, ?, ?, ?, ? FROM tracks WHERE path = ?
+                    ON CONFLICT(track_id, origin) DO UPDATE SET
+                        size=excluded.size, mtime_ns=excluded.mtime_ns, etag=excluded.etag
+                    """,
+                    (origin, size, mtime_ns, etag, fs_key(path)),
+                )
+
+    def add_source(self, origin: str, batch: Iterable[tuple[str, int, int, str | None]]) -> None:
+        """Record that ``origin`` also holds these already-catalogued files."""
+        with self._lock, self.db:
+            for path, size, mtime_ns, etag in batch:
+                self.db.execute(
+                    """
+                    INSERT INTO sources(track_id, origin, size, mtime_ns, etag)
+                    SELECT id, ?, ?, ?, ? FROM tracks WHERE path = ?
+                    ON CONFLICT(track_id, origin) DO UPDATE SET
+                        size=excluded.size, mtime_ns=excluded.mtime_ns, etag=excluded.etag
+                    """,
+                    (origin, size, mtime_ns, etag, fs_key(path)),
+                )
+
+    def remove_sources(self, origin: str, paths: Iterable[str]) -> int:
+        """Forget ``origin``'s copies of ``paths``; tracks left with no copy are removed."""
+        removed = 0
+        with self._lock, self.db:
+            for path in paths:
+                self.db.execute(
+                    "DELETE FROM sources WHERE origin = ? AND track_id = "
+                    "(SELECT id FROM tracks WHERE path = ?)",
+                    (origin, fs_key(path)),
+                )
+            cur = self.db.execute(
+                "DELETE FROM tracks WHERE id NOT IN (SELECT track_id FROM sources) RETURNING id"
+            )
+            ids = [r[0] for r in cur]
+            removed = len(ids)
+            self.db.executemany("DELETE FROM inodes WHERE key = ?", [(f"f:{i}",) for i in ids])
+        return removed
+
+    def tracks(self) -> list[Track]:
+        with self._lock:
+            sources: dict[int, list[Source]] = {}
+            for track_id, origin, size, mtime, etag in self.db.execute(
+                "SELECT track_id, origin, size, mtime_ns, etag FROM sources"
+            ):
+                sources.setdefault(track_id, []).append(Source(origin, size, mtime, etag))
+            result = []
+            for row in self.db.execute(
+                f"SELECT id, path, size, mtime_ns, etag, {', '.join(_TAG_COLUMNS)}, tag_error "
+                "FROM tracks ORDER BY path"
+            ):
+                tag_values = dict(zip(_TAG_COLUMNS, row[5:-1], strict=True))
+                tag_values["compilation"] = bool(tag_values["compilation"])
+                result.append(
+                    Track(
+                        id=row[0],
+                        path=fs_path(row[1]),
+                        size=row[2],
+                        mtime_ns=row[3],
+                        etag=row[4],
+                        tags=Tags(**tag_values),
+                        tag_error=row[-1],
+                        sources=tuple(sources.get(row[0], ())),
+                    )
+                )
+            return result
+
+    def track_sizes(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                fs_path(p): size for p, size in self.db.execute("SELECT path, size FROM tracks")
+            }
+
+    def track_count(self) -> int:
+        with self._lock:
+            row = self.db.execute("SELECT count(*) FROM tracks").fetchone()
+            return int(row[0]) if row else 0
+
+    # -- inodes ----------------------------------------------------------------------
+
+    def inodes(self, keys: Iterable[str]) -> dict[str, int]:
+        """Stable inode numbers for ``keys``, allocating new ones for keys never seen."""
+        keys = list(keys)
+        with self._lock, self.db:
+            known = dict(self.db.execute("SELECT key, ino FROM inodes"))
+            missing = [k for k in keys if k not in known]
+            for key in missing:
+                row = self.db.execute(
+                    "INSERT INTO inodes(key) VALUES (?) RETURNING ino", (key,)
+                ).fetchone()
+                assert row is not None
+                known[key] = row[0]
+        return {k: known[k] for k in keys}
+
+    # -- sync bookkeeping --------------------------------------------------------------
+
+    def get_state(self, key: str) -> str | None:
+        with self._lock:
+            row = self.db.execute("SELECT value FROM sync_state WHERE key = ?", (key,)).fetchone()
+            return None if row is None else str(row[0])
+
+    def set_state(self, key: str, value: str | None) -> None:
+        with self._lock, self.db:
+            if value is None:
+                self.db.execute("DELETE FROM sync_state WHERE key = ?", (key,))
+            else:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO sync_state(key, value) VALUES (?, ?)", (key, value)
+                )

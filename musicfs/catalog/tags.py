@@ -1,0 +1,230 @@
+"""Read the tags MusicFS names tracks by, from any format mutagen knows.
+
+Each tag family (ID3, Vorbis comments, MP4 atoms) spells the same facts differently;
+this module maps them all onto one ``Tags`` record.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+from typing import IO, Any
+
+import mutagen
+from mutagen.id3 import ID3
+from mutagen.mp4 import MP4Tags
+
+AUDIO_EXTENSIONS = frozenset(
+    {
+        ".flac",
+        ".mp3",
+        ".ogg",
+        ".oga",
+        ".opus",
+        ".m4a",
+        ".m4b",
+        ".mp4",
+        ".aac",
+        ".wav",
+        ".aif",
+        ".aiff",
+        ".aifc",
+        ".wv",
+        ".ape",
+        ".mpc",
+        ".dsf",
+        ".wma",
+        ".spx",
+        ".tta",
+    }
+)
+
+
+def is_audio_path(path: str) -> bool:
+    dot = path.rfind(".")
+    return dot > path.rfind("/") and path[dot:].lower() in AUDIO_EXTENSIONS
+
+
+@dataclass(frozen=True, slots=True)
+class Tags:
+    title: str | None = None
+    artist: str | None = None
+    albumartist: str | None = None
+    album: str | None = None
+    track: int | None = None
+    disc: int | None = None
+    disctotal: int | None = None
+    year: int | None = None
+    genre: str | None = None
+    compilation: bool = False
+    duration: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class TagError(Exception):
+    """The file's tags (or its container) could not be parsed."""
+
+
+_NUM = re.compile(r"\s*(\d+)")
+_YEAR = re.compile(r"(\d{4})")
+
+
+def _first_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, list | tuple):
+        value = value[0] if value else None
+        if value is None:
+            return None
+    text = str(value).replace("\x00", " ").strip()
+    return text or None
+
+
+def _number(value: Any) -> tuple[int | None, int | None]:
+    """'3', '3/12', (3, 12) -> (3, 12)."""
+    if isinstance(value, list) and value and isinstance(value[0], tuple):
+        value = value[0]
+    if isinstance(value, tuple):
+        first = value[0] if len(value) > 0 and value[0] else None
+        second = value[1] if len(value) > 1 and value[1] else None
+        return first, second
+    text = _first_text(value)
+    if not text:
+        return None, None
+    head, _, tail = text.partition("/")
+    m1, m2 = _NUM.match(head), _NUM.match(tail)
+    return (int(m1.group(1)) if m1 else None, int(m2.group(1)) if m2 else None)
+
+
+def _year(value: Any) -> int | None:
+    text = _first_text(value)
+    if not text:
+        return None
+    m = _YEAR.search(text)
+    return int(m.group(1)) if m else None
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, list):
+        value = value[0] if value else None
+    if isinstance(value, bool):
+        return value
+    text = _first_text(value)
+    return text is not None and text.lower() not in ("0", "false", "no")
+
+
+def _from_id3(tags: ID3) -> dict[str, Any]:
+    def text(frame: str) -> str | None:
+        f = tags.get(frame)
+        return _first_text(f.text) if f is not None and hasattr(f, "text") else None
+
+    track, _ = _number(text("TRCK"))
+    disc, disctotal = _number(text("TPOS"))
+    year = _year(text("TDRC")) or _year(text("TYER")) or _year(text("TDOR"))
+    return {
+        "title": text("TIT2"),
+        "artist": text("TPE1"),
+        "albumartist": text("TPE2"),
+        "album": text("TALB"),
+        "track": track,
+        "disc": disc,
+        "disctotal": disctotal,
+        "year": year,
+        "genre": text("TCON"),
+        "compilation": _truthy(text("TCMP")),
+    }
+
+
+def _from_mp4(tags: MP4Tags) -> dict[str, Any]:
+    track, _ = _number(tags.get("trkn"))
+    disc, disctotal = _number(tags.get("disk"))
+    return {
+        "title": _first_text(tags.get("\xa9nam")),
+        "artist": _first_text(tags.get("\xa9ART")),
+        "albumartist": _first_text(tags.get("aART")),
+        "album": _first_text(tags.get("\xa9alb")),
+        "track": track,
+        "disc": disc,
+        "disctotal": disctotal,
+        "year": _year(tags.get("\xa9day")),
+        "genre": _first_text(tags.get("\xa9gen")),
+        "compilation": _truthy(tags.get("cpil")),
+    }
+
+
+def _from_vorbis(tags: Any) -> dict[str, Any]:
+    """Vorbis comments (FLAC, Ogg, Opus) and APEv2: case-insensitive text keys."""
+    lowered: dict[str, Any] = {}
+    for key, value in tags.items():
+        lowered.setdefault(str(key).lower(), value)
+
+    def get(*keys: str) -> Any:
+        for key in keys:
+            if key in lowered:
+                value = lowered[key]
+                return (
+                    value.value
+                    if hasattr(value, "value") and not isinstance(value, list)
+                    else value
+                )
+        return None
+
+    track, _ = _number(get("tracknumber", "track"))
+    disc, disctotal = _number(get("discnumber", "disc"))
+    if disctotal is None:
+        disctotal = _number(get("disctotal", "totaldiscs"))[0]
+    return {
+        "title": _first_text(get("title")),
+        "artist": _first_text(get("artist")),
+        "albumartist": _first_text(get("albumartist", "album artist", "album_artist")),
+        "album": _first_text(get("album")),
+        "track": track,
+        "disc": disc,
+        "disctotal": disctotal,
+        "year": _year(get("date", "year", "originaldate")),
+        "genre": _first_text(get("genre")),
+        "compilation": _truthy(get("compilation")),
+    }
+
+
+def _io_cause(exc: BaseException) -> OSError | None:
+    """mutagen wraps I/O errors in MutagenError; dig the OSError back out."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return None
+        if isinstance(seen, OSError):
+            return seen
+        if seen.args and isinstance(seen.args[0], OSError):
+            return seen.args[0]
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def read_tags(fileobj: IO[bytes], filename: str) -> Tags:
+    """Parse the tags of one file. Raises ``TagError`` if mutagen cannot make sense of it."""
+    try:
+        audio = mutagen.File(fileobj, filename=filename)
+    except Exception as exc:  # mutagen raises many types for bad input
+        io_error = _io_cause(exc)
+        if io_error is not None:
+            # The bytes could not be fetched: that is not a fact about the tags.
+            raise io_error from exc
+        raise TagError(f"{type(exc).__name__}: {exc}") from exc
+    if audio is None:
+        raise TagError("not a recognised audio format")
+    duration = getattr(getattr(audio, "info", None), "length", None)
+    tags = audio.tags
+    values: dict[str, Any]
+    if tags is None:
+        values = {}
+    elif isinstance(tags, ID3):
+        values = _from_id3(tags)
+    elif isinstance(tags, MP4Tags):
+        values = _from_mp4(tags)
+    else:
+        values = _from_vorbis(tags)
+    values["duration"] = float(duration) if duration else None
+    return Tags(**values)

@@ -1,0 +1,178 @@
+"""Command line: ``musicfs mount | scan | demo``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from musicfs import __version__
+from musicfs.config import EXIT_CONFIG, ConfigError, Settings, load_config, with_overrides
+from musicfs.mounts import MountpointError
+
+log = logging.getLogger("musicfs")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML config file")
+    parser.add_argument(
+        "--origin",
+        action="append",
+        dest="origin_urls",
+        metavar="URL",
+        help="origin: a folder, file:///path (repeat for several)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        help="catalog and lock (default: $STATE_DIRECTORY or ~/.local/state/musicfs)",
+    )
+    parser.add_argument(
+        "--cache-dir", type=Path, help="chunk cache (default: $CACHE_DIRECTORY or ~/.cache/musicfs)"
+    )
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="musicfs", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"musicfs {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    mount = sub.add_parser("mount", help="mount the library (runs until SIGINT/SIGTERM)")
+    _common(mount)
+    mount.add_argument("mountpoint", type=Path, nargs="?", help="an empty folder")
+
+    scan = sub.add_parser("scan", help="update the catalog from the origins without mounting")
+    _common(scan)
+
+    demo = sub.add_parser("demo", help="build a small tagged demo library and mount it")
+    demo.add_argument(
+        "--dir", type=Path, help="where to put the demo (default: ~/.local/share/musicfs-demo)"
+    )
+    demo.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def resolve_settings(args: argparse.Namespace) -> Settings:
+    settings = load_config(args.config) if getattr(args, "config", None) else Settings()
+    return with_overrides(
+        settings,
+        origin_urls=getattr(args, "origin_urls", None),
+        state_dir=getattr(args, "state_dir", None),
+        cache_dir=getattr(args, "cache_dir", None),
+        mountpoint=getattr(args, "mountpoint", None),
+        log_level=getattr(args, "log_level", None),
+    )
+
+
+class _ProgressBar:
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.last_logged = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        if total == 0:
+            return
+        pct = done * 100 // total
+        if self.tty:
+            width = 30
+            filled = width * done // total
+            sys.stderr.write(
+                f"\rscanning [{'#' * filled}{'.' * (width - filled)}] {done}/{total} ({pct}%)"
+            )
+            if done == total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+        elif pct // 10 != self.last_logged // 10 or done == total:
+            self.last_logged = pct
+            log.info("scanning: %d/%d (%d%%)", done, total, pct)
+
+
+async def _scan(settings: Settings) -> int:
+    from musicfs.catalog.db import Catalog
+    from musicfs.library import Library, open_pool
+
+    catalog = await trio.to_thread.run_sync(Catalog, settings.catalog_path)
+    library = Library(settings, catalog, open_pool(settings))
+    try:
+        ok = await library.sync(progress=_ProgressBar())
+        count = await catalog.run(catalog.track_count)
+        print(f"{count} tracks in the catalog ({settings.catalog_path})")
+        return 0 if ok else 1
+    finally:
+        await library.pool.aclose()
+        catalog.close()
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    settings = resolve_settings(args)
+    if not settings.origins:
+        raise ConfigError("no origin given (use --origin PATH or [[origin]] in the config)")
+    return trio.run(_scan, settings)
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    from musicfs.daemon import run_daemon
+
+    settings = resolve_settings(args)
+    if settings.mountpoint is None:
+        raise ConfigError("no mount point given (argument or `mountpoint` in the config)")
+    return run_daemon(settings)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from musicfs.config import OriginSettings
+    from musicfs.daemon import run_daemon
+    from musicfs.demo import build_demo_library
+
+    base = (
+        args.dir
+        or Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local/share") / "musicfs-demo"
+    )
+    library_dir = base / "library"
+    mountpoint = base / "mnt"
+    count = build_demo_library(library_dir)
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    settings = with_overrides(
+        Settings(),
+        state_dir=base / "state",
+        cache_dir=base / "cache",
+        mountpoint=mountpoint,
+        log_level=args.log_level,
+    )
+    settings = with_overrides(
+        settings, origins=(OriginSettings(url=str(library_dir), name="demo"),)
+    )
+    trio.run(_scan, settings)
+    print(
+        f"\nDemo library: {count} files in {library_dir}\n"
+        f"Mounted at:   {mountpoint}\n"
+        f"Try:          ls -R '{mountpoint}'   (Ctrl-C here to unmount)\n",
+        flush=True,
+    )
+    return run_daemon(settings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from musicfs.daemon import StartupError
+    from musicfs.logs import setup_logging
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(getattr(args, "log_level", None) or "info")
+    commands = {"mount": cmd_mount, "scan": cmd_scan, "demo": cmd_demo}
+    try:
+        return commands[args.command](args)
+    except ConfigError as exc:
+        print(f"musicfs: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (MountpointError, StartupError) as exc:
+        print(f"musicfs: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,334 @@
+"""pyfuse3 operations: translate kernel requests into tree lookups and reader calls.
+
+Rules every handler follows:
+* metadata (lookup, getattr, readdir, statfs) only touches the in-memory tree snapshot,
+  so it answers instantly whatever the origins are doing;
+* ``read`` is bounded by ``read_deadline``: data or EIO, never a hang;
+* anything unexpected becomes EIO plus a logged traceback -- an exception escaping a
+  handler would end pyfuse3's main loop and freeze every player on the mount;
+* every write-type request answers EROFS.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import itertools
+import logging
+import os
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+import trio
+
+from musicfs.cache.reader import Reader
+from musicfs.catalog.tree import Node, Tree
+from musicfs.config import FuseSettings
+from musicfs.origins.base import OriginError
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+BLOCK_SIZE = 128 * 1024
+# Errnos a player may usefully see; everything else is reported as EIO.
+_PASS_THROUGH = {errno.EACCES, errno.EIO, errno.EROFS}
+
+
+@dataclass
+class OpStats:
+    """Counters for status output and tests."""
+
+    reads: int = 0
+    read_bytes: int = 0
+    read_errors: int = 0
+    deadline_misses: int = 0
+    inflight: int = 0
+    unexpected: int = 0
+    max_read_seconds: float = 0.0
+    by_op: dict[str, int] = field(default_factory=dict)
+
+
+def _errno_for(exc: BaseException) -> int:
+    if isinstance(exc, OSError) and exc.errno in _PASS_THROUGH:
+        return exc.errno
+    return errno.EIO
+
+
+Handler = Callable[P, Coroutine[Any, Any, R]]
+
+
+def _guard(name: str) -> Callable[[Handler[P, R]], Handler[P, R]]:
+    """Turn anything but FUSEError into a logged EIO, and count the call."""
+
+    def wrap(fn: Handler[P, R]) -> Handler[P, R]:
+        @functools.wraps(fn)
+        async def inner(*args: P.args, **kwargs: P.kwargs) -> R:
+            self = args[0]
+            stats: OpStats = self.stats  # type: ignore[attr-defined]
+            stats.by_op[name] = stats.by_op.get(name, 0) + 1
+            try:
+                return await fn(*args, **kwargs)
+            except pyfuse3.FUSEError:
+                raise
+            except Exception:
+                stats.unexpected += 1
+                log.exception("fuse %s: unexpected error, answering EIO", name)
+                raise pyfuse3.FUSEError(errno.EIO) from None
+
+        return inner
+
+    return wrap
+
+
+def _erofs(name: str) -> Callable[..., Coroutine[Any, Any, Any]]:
+    async def refuse(self: MusicOperations, *args: Any, **kwargs: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    refuse.__name__ = name
+    return refuse
+
+
+class MusicOperations(pyfuse3.Operations):  # type: ignore[misc]
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(
+        self,
+        tree: Tree,
+        reader: Reader,
+        settings: FuseSettings,
+        *,
+        uid: int | None = None,
+        gid: int | None = None,
+    ):
+        super().__init__()
+        self.tree = tree
+        self.reader = reader
+        self.settings = settings
+        self.stats = OpStats()
+        self.uid = os.getuid() if uid is None else uid
+        self.gid = os.getgid() if gid is None else gid
+        self._handles: dict[int, Node] = {}
+        self._dir_handles: dict[int, Node] = {}
+        self._next_fh = itertools.count(1)
+        # Set by the daemon during shutdown: new reads are refused, in-flight ones drain.
+        self.draining = False
+
+    # -- tree ------------------------------------------------------------------------
+
+    def swap_tree(self, tree: Tree) -> Tree:
+        """Publish a new snapshot; returns the old one."""
+        old, self.tree = self.tree, tree
+        return old
+
+    def _node(self, ino: int) -> Node:
+        node = self.tree.get(ino)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return node
+
+    def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = node.ino
+        attr.generation = 0
+        attr.entry_timeout = self.settings.attr_timeout
+        attr.attr_timeout = self.settings.attr_timeout
+        attr.st_mode = node.mode
+        attr.st_nlink = 2 + node.subdirs if node.is_dir else 1
+        attr.st_uid = self.uid
+        attr.st_gid = self.gid
+        attr.st_rdev = 0
+        attr.st_size = node.size
+        attr.st_blksize = BLOCK_SIZE
+        attr.st_blocks = (node.size + 511) // 512
+        attr.st_atime_ns = node.mtime_ns
+        attr.st_mtime_ns = node.mtime_ns
+        attr.st_ctime_ns = node.mtime_ns
+        return attr
+
+    # -- metadata --------------------------------------------------------------------
+
+    @_guard("lookup")
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        parent = self._node(parent_inode)
+        if name == b".":
+            return self._attrs(parent)
+        if name == b"..":
+            return self._attrs(self._node(parent.parent))
+        node = self.tree.lookup(parent_inode, name)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._attrs(node)
+
+    @_guard("getattr")
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = self.tree.get(inode)
+        if node is None:
+            # A file still open after a sync removed it keeps its last attributes.
+            node = next((n for n in self._handles.values() if n.ino == inode), None)
+            if node is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._attrs(node)
+
+    @_guard("opendir")
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        node = self._node(inode)
+        if not node.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        fh = next(self._next_fh)
+        # Keep the snapshot's node: offsets stay valid even if a new tree is swapped in.
+        self._dir_handles[fh] = node
+        return fh
+
+    @_guard("readdir")
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        node = self._dir_handles.get(fh)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        tree = self.tree
+        for index in range(start_id, len(node.listing)):
+            name = node.listing[index]
+            child = tree.get(node.children[name])
+            if child is None:
+                continue
+            if not pyfuse3.readdir_reply(token, name, self._attrs(child), index + 1):
+                break
+
+    @_guard("releasedir")
+    async def releasedir(self, fh: int) -> None:
+        self._dir_handles.pop(fh, None)
+
+    @_guard("statfs")
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        data = pyfuse3.StatvfsData()
+        total = sum(n.size for n in self.tree.files())
+        data.f_bsize = BLOCK_SIZE
+        data.f_frsize = BLOCK_SIZE
+        data.f_blocks = (total + BLOCK_SIZE - 1) // BLOCK_SIZE
+        data.f_bfree = 0
+        data.f_bavail = 0
+        data.f_files = len(self.tree.nodes)
+        data.f_ffree = 0
+        data.f_favail = 0
+        data.f_namemax = 255
+        return data
+
+    @_guard("getxattr")
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        self._node(inode)
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    @_guard("listxattr")
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        self._node(inode)
+        return []
+
+    @_guard("access")
+    async def access(self, inode: int, mode: int, ctx: Any) -> bool:
+        self._node(inode)
+        return not mode & os.W_OK
+
+    @_guard("readlink")
+    async def readlink(self, inode: int, ctx: Any) -> bytes:
+        self._node(inode)
+        raise pyfuse3.FUSEError(errno.EINVAL)
+
+    # -- data ------------------------------------------------------------------------
+
+    @_guard("open")
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        node = self._node(inode)
+        if node.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        fh = next(self._next_fh)
+        self._handles[fh] = node
+        # A track version never changes under its inode (a new version is a new tree
+        # node whose attributes invalidate the page cache), so the kernel may keep pages.
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    @_guard("read")
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        node = self._handles.get(fh)
+        if node is None or node.track is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        track = node.track
+        if self.draining:
+            raise pyfuse3.FUSEError(errno.EIO)
+        stats = self.stats
+        stats.reads += 1
+        stats.inflight += 1
+        started = time.monotonic()
+        try:
+            with trio.move_on_after(self.settings.read_deadline) as scope:
+                data = await self.reader.read(track, off, size)
+            if scope.cancelled_caught:
+                stats.deadline_misses += 1
+                stats.read_errors += 1
+                log.warning(
+                    "read: path=%r offset=%d: no data within the %.1fs deadline, errno=EIO",
+                    track.path,
+                    off,
+                    self.settings.read_deadline,
+                )
+                raise pyfuse3.FUSEError(errno.EIO)
+        except OSError as exc:
+            stats.read_errors += 1
+            code = _errno_for(exc)
+            if not isinstance(exc, OriginError):
+                log.warning(
+                    "read: path=%r offset=%d: %s, errno=%s",
+                    track.path,
+                    off,
+                    exc,
+                    errno.errorcode.get(code),
+                )
+            raise pyfuse3.FUSEError(code) from None
+        finally:
+            stats.inflight -= 1
+            elapsed = time.monotonic() - started
+            stats.max_read_seconds = max(stats.max_read_seconds, elapsed)
+        stats.read_bytes += len(data)
+        return data
+
+    @_guard("release")
+    async def release(self, fh: int) -> None:
+        self._handles.pop(fh, None)
+
+    @_guard("flush")
+    async def flush(self, fh: int) -> None:
+        return None
+
+    # -- everything that would change the tree ---------------------------------------
+
+    setattr = _erofs("setattr")  # type: ignore[assignment]
+    mknod = _erofs("mknod")  # type: ignore[assignment]
+    mkdir = _erofs("mkdir")  # type: ignore[assignment]
+    unlink = _erofs("unlink")  # type: ignore[assignment]
+    rmdir = _erofs("rmdir")  # type: ignore[assignment]
+    symlink = _erofs("symlink")  # type: ignore[assignment]
+    rename = _erofs("rename")  # type: ignore[assignment]
+    link = _erofs("link")  # type: ignore[assignment]
+    write = _erofs("write")  # type: ignore[assignment]
+    create = _erofs("create")  # type: ignore[assignment]
+    setxattr = _erofs("setxattr")  # type: ignore[assignment]
+    removexattr = _erofs("removexattr")  # type: ignore[assignment]
+
+    @_guard("fsync")
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        return None
+
+
+def mount_options(settings: FuseSettings) -> set[str]:
+    options = {"fsname=musicfs", "subtype=musicfs", "ro", "default_permissions", "noatime"}
+    if settings.allow_other:
+        options.add("allow_other")
+    return options

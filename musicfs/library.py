@@ -1,0 +1,110 @@
+"""The library as the daemon and the CLI see it: catalog + origins + the tree built from
+them. Owns turning a sync into a new tree snapshot."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import trio
+
+from musicfs.catalog.db import Catalog
+from musicfs.catalog.naming import Template
+from musicfs.catalog.tree import Tree, build_tree
+from musicfs.config import Settings
+from musicfs.origins.base import OriginError
+from musicfs.origins.open import open_origin
+from musicfs.origins.pool import OriginPool
+from musicfs.sync import Progress, SyncResult, sync_origin
+
+log = logging.getLogger(__name__)
+
+
+def open_pool(settings: Settings) -> OriginPool:
+    return OriginPool([open_origin(o.url, o.name, settings=o) for o in settings.origins])
+
+
+class Library:
+    def __init__(self, settings: Settings, catalog: Catalog, pool: OriginPool):
+        self.settings = settings
+        self.catalog = catalog
+        self.pool = pool
+        self.template = Template(settings.library.template)
+        self.generation = 0
+        self.last_sync: dict[str, SyncResult] = {}
+        self.sync_errors: dict[str, str] = {}
+
+    def _build(self) -> Tree:
+        tracks = self.catalog.tracks()
+        self.generation += 1
+        return build_tree(tracks, self.template, self.catalog.inodes, generation=self.generation)
+
+    async def build_tree(self) -> Tree:
+        return await self.catalog.run(self._build)
+
+    async def sync(
+        self, *, progress: Progress | None = None, on_batch: Callable[[], None] | None = None
+    ) -> bool:
+        """Sync every origin once. True if every origin listed completely."""
+        ok = True
+        for origin in self.pool:
+            try:
+                result = await sync_origin(
+                    self.catalog,
+                    origin,
+                    parallel=self.settings.library.scan_parallel,
+                    progress=progress,
+                    on_batch=on_batch,
+                )
+            except OriginError as exc:
+                ok = False
+                self.sync_errors[origin.name] = str(exc)
+                log.warning("sync: %s; catalog kept as it was", exc)
+                continue
+            self.sync_errors.pop(origin.name, None)
+            self.last_sync[origin.name] = result
+        return ok
+
+
+class TreePublisher:
+    """Rebuilds the tree after syncs, at most every ``min_interval`` seconds mid-sync."""
+
+    def __init__(
+        self, library: Library, publish: Callable[[Tree], object], min_interval: float = 5.0
+    ):
+        self.library = library
+        self.publish = publish
+        self.min_interval = min_interval
+        self._last = 0.0
+        self._pending = False
+
+    def batch_committed(self) -> None:
+        self._pending = True
+
+    async def maybe_publish(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or (self._pending and now - self._last >= self.min_interval):
+            self._pending = False
+            self._last = now
+            tree = await self.library.build_tree()
+            self.publish(tree)
+            log.info(
+                "tree: generation %d with %d tracks published",
+                tree.generation,
+                sum(1 for _ in tree.files()),
+            )
+
+    async def run_while(self, sync: Callable[[], object]) -> None:
+        """Publish periodically while ``sync`` runs, then once more at the end."""
+        async with trio.open_nursery() as nursery:
+
+            async def ticker() -> None:
+                while True:
+                    await trio.sleep(self.min_interval)
+                    await self.maybe_publish()
+
+            nursery.start_soon(ticker)
+            await sync()  # type: ignore[misc]
+            nursery.cancel_scope.cancel()
+        await self.maybe_publish(force=True)

@@ -1,0 +1,178 @@
+"""Bring the catalog in line with the origins.
+
+Per origin: list, compare with what the catalog recorded for that origin (size, mtime,
+etag), read tags of new and changed files, and commit in batches. Every batch commit is a
+checkpoint: a crash mid-sync loses at most one batch, and the next sync skips everything
+already committed. Deletions happen only after a listing finished, and never under a
+folder the origin could not read.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from musicfs.catalog.db import Catalog
+from musicfs.catalog.tags import TagError, Tags, is_audio_path, read_tags
+from musicfs.failpoints import fail_point
+from musicfs.origin_file import OriginFile, open_buffered
+from musicfs.origins.base import Origin, OriginEntry, OriginError
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class SyncResult:
+    origin: str
+    listed: int = 0
+    added_or_changed: int = 0
+    new_sources: int = 0
+    removed: int = 0
+    tag_errors: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    gaps: tuple[str, ...] = ()
+    errors: list[str] = field(default_factory=list)
+
+
+def _under_gap(path: str, gaps: Sequence[str]) -> bool:
+    return any(path == g or path.startswith(g + "/") for g in gaps)
+
+
+async def _read_one(
+    origin: Origin, entry: OriginEntry, limiter: trio.CapacityLimiter
+) -> tuple[Tags | None, str | None]:
+    async def read_range(offset: int, length: int) -> bytes:
+        return await origin.read(entry.path, offset, length)
+
+    open_sync = getattr(origin, "open_sync", None)
+
+    def parse() -> Tags:
+        fail_point("sync.read_tags")
+        if open_sync is not None:
+            with open_sync(entry.path) as local:
+                return read_tags(local, entry.path)
+        with open_buffered(read_range, entry.size, entry.path) as f:
+            raw = f.raw
+            assert isinstance(raw, OriginFile)
+            try:
+                tags = read_tags(f, entry.path)
+            except TagError:
+                if raw.error is not None:
+                    raise raw.error from None
+                raise
+            if raw.error is not None:
+                raise raw.error
+            return tags
+
+    try:
+        return await trio.to_thread.run_sync(parse, limiter=limiter), None
+    except TagError as exc:
+        return None, str(exc)
+
+
+async def sync_origin(
+    catalog: Catalog,
+    origin: Origin,
+    *,
+    batch_size: int = 200,
+    parallel: int = 4,
+    progress: Progress | None = None,
+    on_batch: Callable[[], None] | None = None,
+) -> SyncResult:
+    """One pass over ``origin``. Raises ``OriginError`` if the listing fails (nothing is
+    changed then); per-file problems are logged and counted, never fatal."""
+    started = time.monotonic()
+    result = SyncResult(origin.name)
+    listing = await origin.list()
+    result.gaps = listing.gaps
+    entries = [e for e in listing.entries if is_audio_path(e.path)]
+    result.listed = len(entries)
+    known = await catalog.run(catalog.known_sources, origin.name)
+    all_known = await catalog.run(catalog.track_sizes)
+
+    to_scan: list[OriginEntry] = []
+    new_sources: list[tuple[str, int, int, str | None]] = []
+    for e in entries:
+        previous = known.get(e.path)
+        if previous == (e.size, e.mtime_ns, e.etag):
+            continue
+        if previous is None and all_known.get(e.path) == e.size:
+            # Another origin already gave us this track: same path and size is the same
+            # track (a mirror); no need to read its tags again.
+            new_sources.append((e.path, e.size, e.mtime_ns, e.etag))
+            continue
+        to_scan.append(e)
+    if new_sources:
+        await catalog.run(catalog.add_source, origin.name, new_sources)
+        result.new_sources = len(new_sources)
+
+    limiter = trio.CapacityLimiter(parallel)
+    done = 0
+    if progress:
+        progress(0, len(to_scan))
+    for start in range(0, len(to_scan), batch_size):
+        chunk = to_scan[start : start + batch_size]
+        batch: list[tuple[str, int, int, str | None, Tags | None, str | None]] = []
+
+        async def scan(entry: OriginEntry, batch=batch) -> None:  # type: ignore[no-untyped-def]
+            nonlocal done
+            try:
+                tags, error = await _read_one(origin, entry, limiter)
+            except OriginError as exc:
+                # Could not read it now (permissions, network): try again next sync
+                # rather than record a false "broken tags".
+                log.warning("sync: %s; skipped until the next sync", exc)
+                result.skipped += 1
+                return
+            except OSError as exc:
+                log.warning("sync: origin=%s path=%r: %s; skipped", origin.name, entry.path, exc)
+                result.skipped += 1
+                return
+            if error is not None:
+                log.warning(
+                    "sync: origin=%s path=%r: unreadable tags, listed under its file name (%s)",
+                    origin.name,
+                    entry.path,
+                    error,
+                )
+                result.tag_errors += 1
+            batch.append((entry.path, entry.size, entry.mtime_ns, entry.etag, tags, error))
+            done += 1
+            if progress:
+                progress(done, len(to_scan))
+
+        async with trio.open_nursery() as nursery:
+            for entry in chunk:
+                nursery.start_soon(scan, entry)
+        batch.sort(key=lambda item: item[0])
+        await catalog.run(catalog.upsert, origin.name, batch)
+        result.added_or_changed += len(batch)
+        fail_point("sync.after_batch")
+        if on_batch:
+            on_batch()
+
+    listed = {e.path for e in entries}
+    gone = [p for p in known if p not in listed and not _under_gap(p, listing.gaps)]
+    if gone:
+        result.removed = await catalog.run(catalog.remove_sources, origin.name, gone)
+    result.seconds = time.monotonic() - started
+    log.info(
+        "sync: origin=%s listed=%d scanned=%d mirrored=%d removed=%d tag_errors=%d skipped=%d "
+        "in %.1fs",
+        origin.name,
+        result.listed,
+        result.added_or_changed,
+        result.new_sources,
+        result.removed,
+        result.tag_errors,
+        result.skipped,
+        result.seconds,
+    )
+    return result

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Install the Debian/Ubuntu packages MusicFS needs. Usage: setup-debian.sh [run|test|bench]
+#   run   - what the daemon and the demo need (FUSE 3, a compiler for pyfuse3, Python venv)
+#   test  - plus what the process and network test layers run against (sshd, nftables,
+#           iproute2, systemd-analyze, nix-instantiate for parse checks)
+#   bench - plus the baselines the benchmarks compare with (sshfs, rclone)
+set -euo pipefail
+level=${1:-run}
+pkgs=(fuse3 libfuse3-dev pkg-config gcc make python3 python3-venv python3-dev)
+case "$level" in
+  run) ;;
+  test) pkgs+=(openssh-server openssh-client nftables iproute2 systemd procps psmisc nix-bin) ;;
+  bench) pkgs+=(openssh-server openssh-client nftables iproute2 procps sshfs rclone) ;;
+  *) echo "usage: $0 [run|test|bench]" >&2; exit 2 ;;
+esac
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "installing: ${missing[*]}"
+$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
+$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"

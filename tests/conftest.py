@@ -1,0 +1,42 @@
+"""Layer markers and the rule that CI fails -- never skips -- when a layer cannot run."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from musicfs import failpoints
+
+REQUIRE_ALL = os.environ.get("MUSICFS_REQUIRE_ALL_LAYERS") == "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        path = str(item.fspath)
+        if "/tests/process/" in path:
+            item.add_marker(pytest.mark.process)
+        elif "/tests/network/" in path:
+            item.add_marker(pytest.mark.network)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: ignore[no-untyped-def]
+    skipped = terminalreporter.stats.get("skipped", [])
+    if REQUIRE_ALL and skipped:
+        terminalreporter.write_line(
+            f"MUSICFS_REQUIRE_ALL_LAYERS=1 but {len(skipped)} test(s) were skipped: failing",
+            red=True,
+        )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if REQUIRE_ALL and reporter is not None and reporter.stats.get("skipped"):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(autouse=True)
+def _no_failpoints_leak():
+    failpoints.clear()
+    yield
+    failpoints.clear()

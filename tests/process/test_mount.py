@@ -1,0 +1,158 @@
+"""Layer 2: a real ``musicfs mount`` process on a real FUSE mount."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from musicfs.mounts import find_mount
+from tests.support.daemon import MountedDaemon, musicfs_cmd
+from tests.support.library import make_library, sha256
+
+
+@pytest.fixture
+def library(tmp_path: Path) -> Path:
+    lib = tmp_path / "lib"
+    make_library(lib, albums=4, tracks=5, pad_to=300_000)
+    (lib / "notes.txt").write_text("not audio")
+    (lib / "broken.mp3").write_bytes(b"garbage tags")
+    return lib
+
+
+def scan(lib: Path, state: Path) -> None:
+    subprocess.run(
+        musicfs_cmd("scan", "--origin", str(lib), "--state-dir", str(state)),
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+def origin_files(lib: Path) -> dict[str, str]:
+    return {sha256(p): str(p) for p in lib.rglob("*") if p.is_file() and p.suffix != ".txt"}
+
+
+def mounted_files(mnt: Path) -> list[Path]:
+    return [p for p in mnt.rglob("*") if p.is_file()]
+
+
+def test_every_track_once_with_identical_bytes(tmp_path: Path, library: Path) -> None:
+    scan(library, tmp_path / "state")
+    with MountedDaemon(tmp_path / "mnt", [library], tmp_path / "state") as d:
+        files = mounted_files(d.mountpoint)
+        assert len(files) == 21
+        assert sorted(sha256(p) for p in files) == sorted(origin_files(library))
+        # the tools people use
+        for cmd in (["ls", "-lR"], ["find", ".", "-type", "f"], ["du", "-s"]):
+            subprocess.run(cmd, cwd=d.mountpoint, check=True, capture_output=True, timeout=30)
+        st = os.stat(files[0])
+        assert st.st_size == os.stat(origin_files(library)[sha256(files[0])]).st_size
+        subprocess.run(
+            ["cp", "-r", str(d.mountpoint), str(tmp_path / "copy")], check=True, timeout=60
+        )
+        assert sorted(sha256(p) for p in (tmp_path / "copy").rglob("*") if p.is_file()) == sorted(
+            origin_files(library)
+        )
+
+
+def test_writes_fail_with_erofs(tmp_path: Path, library: Path) -> None:
+    scan(library, tmp_path / "state")
+    with MountedDaemon(tmp_path / "mnt", [library], tmp_path / "state") as d:
+        target = mounted_files(d.mountpoint)[0]
+        folder = target.parent
+        attempts = [
+            lambda: open(target, "r+b"),
+            lambda: open(target, "ab"),
+            lambda: open(folder / "new.flac", "wb"),
+            lambda: os.mkdir(folder / "sub"),
+            lambda: os.unlink(target),
+            lambda: os.rename(target, folder / "x.flac"),
+            lambda: os.chmod(target, 0o777),
+            lambda: os.symlink("x", folder / "link"),
+            lambda: os.truncate(target, 0),
+            lambda: os.rmdir(folder),
+        ]
+        for attempt in attempts:
+            with pytest.raises(OSError) as info:
+                attempt()
+            assert info.value.errno == errno.EROFS
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signals_unmount_and_exit_0(tmp_path: Path, library: Path, signum: int) -> None:
+    d = MountedDaemon(tmp_path / "mnt", [library], tmp_path / "state").start()
+    try:
+        d.signal(signum)
+        assert d.wait(timeout=15) == 0
+        assert find_mount(d.mountpoint) is None
+        assert "unmounted" in d.log()
+    finally:
+        d.stop()
+
+
+def test_inodes_stable_across_remount(tmp_path: Path, library: Path) -> None:
+    scan(library, tmp_path / "state")
+
+    def inodes() -> dict[str, int]:
+        with MountedDaemon(tmp_path / "mnt", [library], tmp_path / "state") as d:
+            return {
+                str(p.relative_to(d.mountpoint)): p.stat().st_ino for p in d.mountpoint.rglob("*")
+            }
+
+    first = inodes()
+    assert len(first) > 21
+    assert inodes() == first
+
+
+def test_daemon_scans_on_start_without_a_prior_scan(tmp_path: Path, library: Path) -> None:
+    with MountedDaemon(tmp_path / "mnt", [library], tmp_path / "state") as d:
+        d.wait_for_log("tree: generation")
+        assert len(mounted_files(d.mountpoint)) == 21
+
+
+def test_second_daemon_on_same_state_dir_is_refused(tmp_path: Path, library: Path) -> None:
+    with MountedDaemon(tmp_path / "mnt", [library], tmp_path / "state"):
+        (tmp_path / "mnt2").mkdir()
+        proc = subprocess.run(
+            [
+                *musicfs_cmd(
+                    "mount", "--origin", str(library), "--state-dir", str(tmp_path / "state")
+                ),
+                str(tmp_path / "mnt2"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert proc.returncode == 2
+        assert "another MusicFS" in proc.stderr
+
+
+def test_mounting_over_a_live_mount_is_refused(tmp_path: Path, library: Path) -> None:
+    with MountedDaemon(tmp_path / "mnt", [library], tmp_path / "state"):
+        proc = subprocess.run(
+            [
+                *musicfs_cmd(
+                    "mount", "--origin", str(library), "--state-dir", str(tmp_path / "state2")
+                ),
+                str(tmp_path / "mnt"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert proc.returncode == 2
+        assert "already a MusicFS mount" in proc.stderr
+
+
+def test_python_dash_m_entry_point() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "musicfs", "--version"], capture_output=True, text=True, check=True
+    )
+    assert proc.stdout.startswith("musicfs ")

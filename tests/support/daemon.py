@@ -1,0 +1,112 @@
+"""Run a real ``musicfs mount`` process against a real FUSE mount point."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from musicfs.mounts import find_mount, is_stale, lazy_unmount
+
+
+def require_fuse() -> None:
+    """Layer 2 needs root and /dev/fuse. Missing them is a failure, not a skip."""
+    problems = []
+    if os.geteuid() != 0:
+        problems.append("not root")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        problems.append("/dev/fuse not usable")
+    if problems:
+        pytest.fail("layer 2 (process) cannot run here: " + ", ".join(problems))
+
+
+def musicfs_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "musicfs", *args]
+
+
+class MountedDaemon:
+    def __init__(
+        self,
+        mountpoint: Path,
+        origins: list[Path | str],
+        state_dir: Path,
+        cache_dir: Path | None = None,
+        extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        config: Path | None = None,
+    ):
+        require_fuse()
+        self.mountpoint = mountpoint
+        self.log_path = state_dir.parent / f"daemon-{mountpoint.name}.log"
+        args = ["mount", "--state-dir", str(state_dir)]
+        if cache_dir is not None:
+            args += ["--cache-dir", str(cache_dir)]
+        if config is not None:
+            args += ["--config", str(config)]
+        for origin in origins:
+            args += ["--origin", str(origin)]
+        args += [*list(extra or []), str(mountpoint)]
+        self.args = args
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> MountedDaemon:
+        mountpoint_ready = self.mountpoint
+        mountpoint_ready.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            musicfs_cmd(*self.args), stdout=self._log, stderr=subprocess.STDOUT, env=self.env
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
+            if find_mount(self.mountpoint) is not None:
+                return self
+            time.sleep(0.05)
+        raise AssertionError(f"mount did not appear within {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_for_log(self, text: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not logged within {timeout}s:\n{self.log()}")
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if find_mount(self.mountpoint) is not None or is_stale(self.mountpoint):
+            lazy_unmount(self.mountpoint)
+        self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> MountedDaemon:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,62 @@
+"""Build tagged test libraries out of the committed audio fixtures."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+from musicfs.catalog.tags import Tags
+from musicfs.demo import FORMATS, fixtures_dir, write_tags
+
+FIXTURES = fixtures_dir()
+
+
+def tagged_file(dest: Path, fmt: str, tags: Tags) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(FIXTURES / f"tone.{fmt}", dest)
+    write_tags(dest, tags)
+    return dest
+
+
+def make_library(root: Path, albums: int = 3, tracks: int = 4, *, pad_to: int = 0) -> list[Path]:
+    """``albums`` x ``tracks`` tagged files in rotating formats. ``pad_to`` appends bytes to
+    make files bigger (players only see the audio; tests see many chunks)."""
+    made = []
+    for a in range(albums):
+        for t in range(tracks):
+            fmt = FORMATS[(a + t) % len(FORMATS)]
+            path = root / f"artist{a % 2}" / f"album{a}" / f"{t + 1:02d}.{fmt}"
+            tagged_file(
+                path,
+                fmt,
+                Tags(
+                    title=f"Song {a}-{t}",
+                    artist=f"Artist {a % 2}",
+                    album=f"Album {a}",
+                    track=t + 1,
+                    year=2000 + a,
+                ),
+            )
+            if pad_to and path.stat().st_size < pad_to:
+                with path.open("ab") as f:
+                    f.write(_noise(pad_to - path.stat().st_size, seed=str(path)))
+            made.append(path)
+    return made
+
+
+def _noise(n: int, seed: str) -> bytes:
+    out = bytearray()
+    block = hashlib.sha256(seed.encode()).digest()
+    while len(out) < n:
+        block = hashlib.sha256(block).digest()
+        out += block * 32
+    return bytes(out[:n])
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,118 @@
+from pathlib import Path
+
+import pytest
+
+from musicfs.cli import main
+from musicfs.config import ConfigError, load_config, parse_duration, parse_size
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_full_config_parses(tmp_path: Path) -> None:
+    s = load_config(
+        write(
+            tmp_path,
+            """
+mountpoint = "/mnt/music"
+state_dir = "/var/lib/musicfs"
+[library]
+template = "$artist/$title"
+scan_interval = "30m"
+[fuse]
+read_deadline = "2500ms"
+allow_other = true
+[cache]
+max_size = "2G"
+[[origin]]
+url = "/srv/music"
+name = "nas"
+[[origin]]
+url = "file:///mirror"
+""",
+        )
+    )
+    assert s.mountpoint == Path("/mnt/music")
+    assert s.library.scan_interval == 1800
+    assert s.fuse.read_deadline == 2.5 and s.fuse.allow_other
+    assert s.cache.max_size == 2 * 1024**3
+    assert [o.name for o in s.origins] == ["nas", "local1"]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key"),
+    [
+        ("mountpoint = '/m'\nbogus = 1\n", 2, "bogus"),
+        ("[fuse]\nallow_other = true\nread_deadlin = 3\n", 3, "fuse.read_deadlin"),
+        ("[[origin]]\nurl = '/a'\n[[origin]]\nurl = '/b'\nkey_fil = 'x'\n", 5, "origin.key_fil"),
+        ("[cache]\nmax_size = 'lots'\n", 2, "cache.max_size"),
+        ("[fuse]\nallow_other = 'yes'\n", 2, "fuse.allow_other"),
+        ("[library]\ntemplate = '$nope'\n", 2, "library.template"),
+    ],
+)
+def test_errors_name_file_line_and_key(tmp_path: Path, text: str, line: int, key: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.line == line
+    assert info.value.key == key
+    assert str(info.value).startswith(f"{path}:{line}: {key}: ")
+
+
+def test_malformed_toml_names_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "a = 1\n[fuse\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.line == 2 and "not valid TOML" in str(info.value)
+
+
+def test_cli_exits_2_with_one_clear_line(tmp_path: Path, capsys) -> None:
+    path = write(tmp_path, "[fuse]\nbad_key = 1\n")
+    assert main(["scan", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"musicfs: {path}:2: fuse.bad_key: unknown key (known in [fuse]: "
+        "allow_other, attr_timeout, max_tasks, read_deadline)"
+    ]
+
+
+def test_missing_config_file(tmp_path: Path, capsys) -> None:
+    assert main(["scan", "--config", str(tmp_path / "nope.toml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+
+
+def test_duplicate_origin_names(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="two origins are named 'x'"):
+        load_config(
+            write(tmp_path, "[[origin]]\nurl='/a'\nname='x'\n[[origin]]\nurl='/b'\nname='x'\n")
+        )
+
+
+def test_units() -> None:
+    assert parse_size("512M") == 512 * 1024**2
+    assert parse_size("1.5GiB") == int(1.5 * 1024**3)
+    assert parse_size(10) == 10
+    assert parse_duration("500ms") == 0.5
+    assert parse_duration("2h") == 7200
+    for bad in ("-1", "ten", True):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+
+
+@pytest.mark.parametrize("problem", ["missing", "file", "nonempty"])
+def test_bad_mountpoints_exit_2(tmp_path: Path, capsys, problem: str) -> None:
+    mp = tmp_path / "mp"
+    if problem == "file":
+        mp.write_text("x")
+    elif problem == "nonempty":
+        mp.mkdir()
+        (mp / "f").write_text("x")
+    code = main(["mount", "--origin", str(tmp_path), "--state-dir", str(tmp_path / "s"), str(mp)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert {"missing": "does not exist", "file": "not a directory", "nonempty": "not empty"}[
+        problem
+    ] in err

@@ -1,0 +1,143 @@
+import os
+from pathlib import Path
+
+import pytest
+import trio
+
+from musicfs import failpoints
+from musicfs.catalog.db import Catalog
+from musicfs.catalog.tags import Tags
+from musicfs.origins.local import LocalOrigin
+from musicfs.sync import sync_origin
+from tests.support.library import FIXTURES, make_library, tagged_file
+
+
+def sync(catalog: Catalog, origin, **kw):
+    return trio.run(lambda: sync_origin(catalog, origin, **kw))
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> Catalog:
+    return Catalog(tmp_path / "state" / "catalog.sqlite")
+
+
+def test_first_sync_then_incremental(tmp_path: Path, catalog: Catalog) -> None:
+    lib = tmp_path / "lib"
+    files = make_library(lib, albums=2, tracks=3)
+    (lib / "cover.jpg").write_bytes(b"jpeg")
+    origin = LocalOrigin("local", lib)
+    r = sync(catalog, origin)
+    assert (r.listed, r.added_or_changed, r.removed) == (6, 6, 0)
+    assert sync(catalog, origin).added_or_changed == 0
+
+    tagged_file(files[0], files[0].suffix[1:], Tags(title="Renamed"))
+    os.utime(files[0], ns=(1, 1))
+    files[1].unlink()
+    r = sync(catalog, origin)
+    assert (r.added_or_changed, r.removed) == (1, 1)
+    titles = {t.path: t.tags.title for t in catalog.tracks()}
+    assert titles[str(files[0].relative_to(lib))] == "Renamed"
+    assert len(titles) == 5
+
+
+def test_broken_and_empty_files_are_listed_with_fallback_and_logged_once(
+    tmp_path: Path, catalog: Catalog, caplog
+) -> None:
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "broken.mp3").write_bytes(b"not audio at all")
+    (lib / "empty.flac").write_bytes(b"")
+    origin = LocalOrigin("local", lib)
+    r = sync(catalog, origin)
+    assert r.tag_errors == 2
+    assert {t.path: bool(t.tag_error) for t in catalog.tracks()} == {
+        "broken.mp3": True,
+        "empty.flac": True,
+    }
+    caplog.clear()
+    sync(catalog, origin)
+    assert "unreadable tags" not in caplog.text
+
+
+def test_failed_listing_deletes_nothing(tmp_path: Path, catalog: Catalog) -> None:
+    lib = tmp_path / "lib"
+    make_library(lib, albums=1, tracks=2)
+    sync(catalog, LocalOrigin("local", lib))
+    lib.rename(tmp_path / "moved")
+    from musicfs.origins.base import OriginError
+
+    with pytest.raises(OriginError):
+        sync(catalog, LocalOrigin("local", lib))
+    assert len(catalog.tracks()) == 2
+
+
+def test_gap_in_listing_keeps_tracks_under_it(
+    tmp_path: Path, catalog: Catalog, monkeypatch
+) -> None:
+    lib = tmp_path / "lib"
+    make_library(lib, albums=2, tracks=2)
+    origin = LocalOrigin("local", lib)
+    sync(catalog, origin)
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if str(path).endswith("artist1"):
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    r = sync(catalog, origin)
+    assert r.removed == 0 and r.gaps == ("artist1",)
+    assert len(catalog.tracks()) == 4
+
+
+def test_unreadable_file_is_skipped_and_retried(tmp_path: Path, catalog: Catalog) -> None:
+    lib = tmp_path / "lib"
+    make_library(lib, albums=1, tracks=2)
+    failpoints.set("origin.local.read", "1*error(EACCES)")
+    r = sync(catalog, LocalOrigin("local", lib), parallel=1)
+    assert (r.skipped, r.added_or_changed) == (1, 1)
+    r = sync(catalog, LocalOrigin("local", lib))
+    assert r.added_or_changed == 1 and len(catalog.tracks()) == 2
+
+
+def test_crash_after_a_batch_resumes_without_duplicates(tmp_path: Path, catalog: Catalog) -> None:
+    lib = tmp_path / "lib"
+    make_library(lib, albums=5, tracks=4)
+    origin = LocalOrigin("local", lib)
+    failpoints.set("sync.after_batch", "after(2)->panic")
+    with pytest.raises(failpoints.FailpointPanic):
+        sync(catalog, origin, batch_size=5)
+    assert len(catalog.tracks()) == 15
+    failpoints.clear()
+    r = sync(catalog, origin, batch_size=5)
+    assert r.added_or_changed == 5
+    assert len(catalog.tracks()) == 20
+
+
+def test_mirror_origin_adds_sources_without_rescanning(tmp_path: Path, catalog: Catalog) -> None:
+    import shutil
+
+    lib = tmp_path / "lib"
+    make_library(lib, albums=1, tracks=3)
+    shutil.copytree(lib, tmp_path / "mirror")
+    sync(catalog, LocalOrigin("a", lib))
+    r = sync(catalog, LocalOrigin("b", tmp_path / "mirror"))
+    assert (r.new_sources, r.added_or_changed) == (3, 0)
+    assert all({s.origin for s in t.sources} == {"a", "b"} for t in catalog.tracks())
+
+
+def test_ten_thousand_files_in_one_folder(tmp_path: Path, catalog: Catalog) -> None:
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    data = (FIXTURES / "tone.opus").read_bytes()
+    for i in range(10_000):
+        (lib / f"{i:05d}.opus").write_bytes(data)
+    r = sync(catalog, LocalOrigin("local", lib), batch_size=1000)
+    assert r.added_or_changed == 10_000 and r.tag_errors == 0
+    from musicfs.catalog.naming import Template
+    from musicfs.catalog.tree import build_tree
+
+    tree = build_tree(catalog.tracks(), Template(), catalog.inodes)
+    folder = tree.resolve("/Unknown Artist/Unknown Album")
+    assert folder is not None and len(folder.listing) == 10_000
