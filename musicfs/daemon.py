@@ -85,7 +85,7 @@ class Daemon:
         catalog = await trio.to_thread.run_sync(Catalog, s.catalog_path)
         pool = open_pool(s)
         self.library = Library(s, catalog, pool)
-        self.reader = DirectReader(pool)
+        self.reader = DirectReader(pool.read)
         tree = await self.library.build_tree()
         self.ops = MusicOperations(tree, self.reader, s.fuse)
 

@@ -3,15 +3,13 @@ else in the FUSE layer knows where the bytes come from."""
 
 from __future__ import annotations
 
-import errno
-import logging
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from musicfs.catalog.model import Track
-from musicfs.origins.base import OriginError
-from musicfs.origins.pool import OriginPool
 
-log = logging.getLogger(__name__)
+# Fetch bytes of a track from wherever it is stored (``OriginPool.read``).
+Fetch = Callable[[Track, int, int], Awaitable[bytes]]
 
 
 class Reader(Protocol):
@@ -24,25 +22,15 @@ class Reader(Protocol):
 
 
 class DirectReader:
-    """Reads straight from the best origin that holds the track, no caching."""
+    """Reads straight from the origins, no caching."""
 
-    def __init__(self, pool: OriginPool):
-        self.pool = pool
+    def __init__(self, fetch: Fetch):
+        self.fetch = fetch
 
     async def read(self, track: Track, offset: int, size: int) -> bytes:
         if offset >= track.size:
             return b""
-        size = min(size, track.size - offset)
-        last: OriginError | None = None
-        for origin in self.pool.candidates(track):
-            try:
-                return await origin.read(track.path, offset, size)
-            except OriginError as exc:
-                log.warning("read: %s", exc)
-                last = exc
-        if last is not None:
-            raise last
-        raise OSError(errno.EIO, f"no origin holds {track.path!r}")
+        return await self.fetch(track, offset, min(size, track.size - offset))
 
     async def aclose(self) -> None:
         return None
