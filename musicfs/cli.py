@@ -1,4 +1,4 @@
-"""Command line: ``musicfs mount | scan | demo``."""
+"""Command line: ``musicfs mount | scan | search | demo``."""
 
 from __future__ import annotations
 
@@ -49,6 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     scan = sub.add_parser("scan", help="update the catalog from the origins without mounting")
     _common(scan)
+
+    search = sub.add_parser(
+        "search",
+        help="print the mounted paths of tracks matching a query (no daemon needed)",
+        description="All words must match (artist, albumartist, album, title, genre, year, "
+        "path); `artist:aurora`, `year:[2000 TO 2010]`, quotes and OR work as in tantivy. "
+        "Exit status 0 if something matched, 1 if nothing did.",
+    )
+    search.add_argument("--config", type=Path, help="TOML config file")
+    search.add_argument("--state-dir", type=Path, help="where the catalog and the index live")
+    search.add_argument("--limit", type=int, default=100, help="at most this many results")
+    search.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    search.add_argument("query", nargs="+", help="words or a tantivy query")
 
     demo = sub.add_parser("demo", help="build a small tagged demo library and mount it")
     demo.add_argument(
@@ -116,6 +129,22 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return trio.run(_scan, settings)
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from musicfs.search import QueryError, search_library
+
+    settings = resolve_settings(args)
+    try:
+        hits = search_library(
+            settings.state_dir, settings.library.template, " ".join(args.query), args.limit
+        )
+    except (QueryError, FileNotFoundError) as exc:
+        raise ConfigError(str(exc)) from None
+    root = str(settings.mountpoint).rstrip("/") if settings.mountpoint is not None else ""
+    for hit in hits:
+        print(root + hit.path)
+    return 0 if hits else 1
+
+
 def cmd_mount(args: argparse.Namespace) -> int:
     from musicfs.daemon import run_daemon
 
@@ -165,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(getattr(args, "log_level", None) or "info")
-    commands = {"mount": cmd_mount, "scan": cmd_scan, "demo": cmd_demo}
+    commands = {"mount": cmd_mount, "scan": cmd_scan, "search": cmd_search, "demo": cmd_demo}
     try:
         return commands[args.command](args)
     except ConfigError as exc:

@@ -182,6 +182,10 @@ class Settings:
         return self.state_dir / "catalog.sqlite"
 
     @property
+    def search_dir(self) -> Path:
+        return self.state_dir / "search"
+
+    @property
     def run_dir(self) -> Path:
         return self.runtime_dir or default_runtime_dir(self.state_dir)
 

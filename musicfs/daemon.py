@@ -18,6 +18,7 @@ from musicfs.config import Settings
 from musicfs.fuse_ops import MusicOperations, mount_options
 from musicfs.library import Library, TreePublisher, open_pool
 from musicfs.mounts import check_mountpoint
+from musicfs.search import SearchIndex
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class Daemon:
         self.ops: MusicOperations | None = None
         self.library: Library | None = None
         self.reader: Reader | None = None
+        self.search = SearchIndex(settings.search_dir)
         self._shutdown = trio.Event()
         self._mounted = False
 
@@ -120,6 +122,7 @@ class Daemon:
                 ok = await self.library.sync(on_batch=publisher.batch_committed)
 
             await publisher.run_while(sync)
+            await self.search.update_async(self.ops.tree)
             if interval <= 0:
                 return
             # An origin that could not be listed is retried sooner than the full interval.
@@ -168,6 +171,8 @@ class Daemon:
                 log.exception("unmount failed")
             self._mounted = False
             log.info("unmounted %s", self.mountpoint)
+        # Shutdown flushes the search index: its last commit then holds the last sync.
+        await trio.to_thread.run_sync(self.search.close)
         if self.library is not None:
             await self.library.pool.aclose()
             await trio.to_thread.run_sync(self.library.catalog.close)

@@ -1,0 +1,517 @@
+"""Full-text search over the library: a tantivy index derived from the catalog.
+
+The index lives in ``state_dir/search`` and is *derived* (principle 2): whenever it is
+missing, unreadable, corrupt, written by an older schema or an incompatible tantivy, it is
+wiped and rebuilt from the tree -- never reported as fatal. Each document is one track,
+keyed by its catalog id, with the fields users search (artist, albumartist, album, title,
+genre, year) and the path the track has in the mount.
+
+Updates are incremental: every document carries a digest of its indexed values, and
+``update(tree)`` only deletes and re-adds tracks whose digest changed (renames caused by
+other tracks -- ``%aunique``, collisions -- change the path and so the digest). A tantivy
+commit is atomic: a crash before it keeps the previously committed documents, and the next
+update catches up from the tree.
+
+Who may write: the holder of ``state_dir/search.lock`` (the daemon for its lifetime, or the
+``musicfs search`` command when no daemon runs). Everyone else only reads committed
+segments; a reader that finds the index broken searches an in-memory index built from the
+catalog instead of touching the files under a writer's feet.
+
+All methods block (tantivy, file I/O); call them from worker threads (``update_async``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import tantivy
+import trio
+
+from musicfs.catalog.db import ROOT_INODE, Catalog
+from musicfs.catalog.naming import Template
+from musicfs.catalog.tree import Tree, build_tree, track_values
+from musicfs.failpoints import fail_point
+
+log = logging.getLogger(__name__)
+
+# Bump when the fields, their options or the analyzer change: older indexes are rebuilt.
+SCHEMA_VERSION = 1
+MARKER = "musicfs-search.json"
+TEXT_FIELDS = ("artist", "albumartist", "album", "title", "genre", "path")
+ANALYZER = "musicfs"
+# tantivy wants at least 15 MB per writer thread; one thread is plenty for a library.
+WRITER_HEAP = 32_000_000
+DEFAULT_LIMIT = 100
+
+
+class QueryError(ValueError):
+    """The query text could not be parsed; the message says where."""
+
+
+class SearchUnavailable(Exception):
+    """The on-disk index cannot be used by this process right now (broken, or locked by a
+    writer that will repair it)."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    path: str
+    score: float
+
+
+@dataclass
+class UpdateStats:
+    added: int = 0
+    removed: int = 0
+    total: int = 0
+    seconds: float = 0.0
+    rebuilt: str | None = None  # why the index was rebuilt, if it was
+
+
+def _schema() -> tantivy.Schema:
+    sb = tantivy.SchemaBuilder()
+    sb.add_unsigned_field("id", stored=True, indexed=True, fast=True)
+    sb.add_unsigned_field("digest", fast=True)
+    for name in TEXT_FIELDS:
+        sb.add_text_field(name, stored=name == "path", tokenizer_name=ANALYZER)
+    sb.add_integer_field("year", stored=True, indexed=True, fast=True)
+    return sb.build()
+
+
+def _register_analyzer(index: tantivy.Index) -> None:
+    # Case- and accent-insensitive: "island" finds "Ísland", "bjork" finds "Björk".
+    analyzer = (
+        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
+        .filter(tantivy.Filter.remove_long(100))
+        .filter(tantivy.Filter.lowercase())
+        .filter(tantivy.Filter.ascii_fold())
+        .build()
+    )
+    index.register_tokenizer(ANALYZER, analyzer)
+
+
+def _documents(tree: Tree) -> dict[int, tuple[int, dict[str, str | int]]]:
+    """Track id -> (digest, field values) for every file in ``tree``."""
+    docs: dict[int, tuple[int, dict[str, str | int]]] = {}
+    for node in tree.files():
+        track = node.track
+        assert track is not None
+        shown = track_values(track, multi_disc=False)
+        values: dict[str, str | int] = {
+            "artist": shown["artist"],
+            "albumartist": shown["albumartist"],
+            "album": shown["album"],
+            "title": shown["title"],
+            "genre": shown["genre"],
+            "path": tree.path_of(node.ino),
+        }
+        if track.tags.year:
+            values["year"] = track.tags.year
+        blob = json.dumps(values, sort_keys=True, ensure_ascii=False).encode("utf-8")
+        digest = int.from_bytes(hashlib.blake2b(blob, digest_size=8).digest(), "big")
+        docs[track.id] = (digest, values)
+    return docs
+
+
+def _make_doc(track_id: int, digest: int, values: dict[str, str | int]) -> tantivy.Document:
+    doc = tantivy.Document()
+    doc.add_unsigned("id", track_id)
+    doc.add_unsigned("digest", digest)
+    for name, value in values.items():
+        if isinstance(value, int):
+            doc.add_integer(name, value)
+        elif value:
+            doc.add_text(name, value)
+    return doc
+
+
+def _scratch_inodes(keys: Iterable[str]) -> dict[str, int]:
+    """Inode numbers for a tree nobody mounts: paths do not depend on them, and the
+    catalog's own allocator would write to it."""
+    result = {}
+    next_ino = ROOT_INODE + 1
+    for key in keys:
+        if key == "d:":
+            result[key] = ROOT_INODE
+        else:
+            result[key] = next_ino
+            next_ino += 1
+    return result
+
+
+def tree_from_catalog(catalog: Catalog, template: str) -> Tree:
+    """The tree the daemon would mount for this catalog, without touching the catalog."""
+    return build_tree(catalog.tracks(), Template(template), _scratch_inodes)
+
+
+class _Lock:
+    """An flock on a file next to the index: at most one process writes the index."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd: int | None = None
+
+    def try_acquire(self, timeout: float = 0.0) -> bool:
+        if self.fd is not None:
+            return True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    return False
+                time.sleep(0.05)
+                continue
+            self.fd = fd
+            return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class SearchIndex:
+    """The on-disk index in ``directory``. Thread-safe; every method blocks."""
+
+    def __init__(self, directory: Path, *, lock_timeout: float = 5.0):
+        self.directory = directory
+        self.lock_timeout = lock_timeout
+        self._lock = _Lock(directory.with_name(directory.name + ".lock"))
+        self._mutex = threading.Lock()
+        self._limiter = trio.CapacityLimiter(1)
+        self._index: tantivy.Index | None = None
+        self._writer: tantivy.IndexWriter | None = None
+        self._known: dict[int, int] = {}  # committed track id -> digest
+        self._pending = False  # staged changes not yet committed
+        self._rebuilt: str | None = None
+        self._suspect: str | None = None  # why the index must be rebuilt before next use
+
+    # -- opening, validating, rebuilding ---------------------------------------------
+
+    def _read_marker(self) -> int | None:
+        try:
+            data = json.loads((self.directory / MARKER).read_text())
+            return int(data["schema_version"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _write_marker(self) -> None:
+        target = self.directory / MARKER
+        tmp = target.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump({"schema_version": SCHEMA_VERSION}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        dfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def _problem(self) -> str | None:
+        """Why the on-disk index cannot be used as it is, or None if it can."""
+        if not (self.directory / "meta.json").exists():
+            return "missing"
+        version = self._read_marker()
+        if version is None:
+            return "no valid schema marker (an interrupted rebuild?)"
+        if version != SCHEMA_VERSION:
+            return f"schema version {version}, this MusicFS writes {SCHEMA_VERSION}"
+        return None
+
+    def _load(self, *, create: bool) -> tuple[tantivy.Index, dict[int, int]]:
+        """Open the index and read every committed (id, digest), touching each segment's
+        files so that missing or damaged ones show up now rather than mid-query."""
+        exists = (self.directory / "meta.json").exists()
+        if exists and not tantivy.Index.is_compatible(str(self.directory)):
+            raise ValueError("written by an incompatible tantivy version")
+        if create:
+            index = tantivy.Index(_schema(), str(self.directory), reuse=True)
+        else:
+            index = tantivy.Index.open(str(self.directory))
+            if index.schema != _schema():
+                raise ValueError("index schema differs from this MusicFS's schema")
+        _register_analyzer(index)
+        index.reload()
+        searcher = index.searcher()
+        known: dict[int, int] = {}
+        if searcher.num_docs:
+            hits = searcher.search(tantivy.Query.all_query(), limit=searcher.num_docs).hits
+            addresses = [address for _, address in hits]
+            ids = searcher.fast_field_values("id", addresses)
+            digests = searcher.fast_field_values("digest", addresses)
+            for i, d in zip(ids, digests, strict=True):
+                if i is not None and d is not None:
+                    known[int(i)] = int(d)
+            searcher.doc(addresses[0])
+        probe = index.parse_query("musicfs", list(TEXT_FIELDS))
+        searcher.search(probe, limit=1)
+        return index, known
+
+    def _open_for_writing(self) -> None:
+        problem = self._problem() or self._suspect
+        if problem is None:
+            try:
+                self._index, self._known = self._load(create=True)
+            except ValueError as exc:  # tantivy reports corruption as ValueError
+                problem = f"unreadable ({exc})"
+        if problem is not None:
+            self._rebuild(problem)
+        self._suspect = None
+
+    def _rebuild(self, reason: str) -> None:
+        """Start again from an empty, committed index; ``update`` fills it from the tree."""
+        level = logging.INFO if reason == "missing" else logging.WARNING
+        log.log(level, "search index %s: %s; rebuilding from the catalog", self.directory, reason)
+        self._writer = None
+        self._index = None
+        self._pending = False
+        shutil.rmtree(self.directory, ignore_errors=True)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._index, self._known = self._load(create=True)
+        # The marker goes last: a crash before it makes the next start rebuild again.
+        self._write_marker()
+        self._rebuilt = reason
+
+    def try_acquire(self, timeout: float = 0.0) -> bool:
+        """Become the index's one writer (until ``close``). False if another process is."""
+        return self._lock.try_acquire(timeout)
+
+    def _ensure_writable(self) -> None:
+        if self._writer is not None and self._suspect is None:
+            return
+        if not self._lock.try_acquire(self.lock_timeout):
+            raise SearchUnavailable(f"{self._lock.path}: another process is updating the index")
+        # (Re)load even if a reader opened it: what was committed before we held the lock
+        # is only known now.
+        self._writer = None
+        self._open_for_writing()
+        assert self._index is not None
+        self._writer = self._index.writer(heap_size=WRITER_HEAP, num_threads=1)
+
+    # -- writing -----------------------------------------------------------------------
+
+    def update(self, tree: Tree) -> UpdateStats:
+        """Bring the index in line with ``tree`` and commit. A broken index is rebuilt."""
+        with self._mutex:
+            started = time.monotonic()
+            stats = self._stage_checked(tree)
+            self._commit()
+            stats.seconds = time.monotonic() - started
+            return stats
+
+    def stage(self, tree: Tree) -> UpdateStats:
+        """Like ``update`` but without the commit: searchers see the changes only after
+        ``commit`` or ``close``, and a crash before then forgets them."""
+        with self._mutex:
+            return self._stage_checked(tree)
+
+    def _stage_checked(self, tree: Tree) -> UpdateStats:
+        try:
+            stats = self._stage(tree)
+        except ValueError as exc:
+            # Found broken mid-flight (a segment vanished, the writer died): start over.
+            # (Rebuilt outside this block: the traceback keeps the old writer alive.)
+            self._suspect = f"update failed ({exc})"
+        if self._suspect is not None:
+            stats = self._stage(tree)
+        stats.rebuilt, self._rebuilt = self._rebuilt, None
+        return stats
+
+    def _stage(self, tree: Tree) -> UpdateStats:
+        self._ensure_writable()
+        writer = self._writer
+        assert writer is not None
+        docs = _documents(tree)
+        stale = [tid for tid, digest in self._known.items() if docs.get(tid, (None,))[0] != digest]
+        fresh = [tid for tid, (digest, _) in docs.items() if self._known.get(tid) != digest]
+        schema = self._index.schema if self._index is not None else _schema()
+        for tid in stale:
+            # (delete_documents_by_term builds a signed term, which never matches a u64.)
+            writer.delete_documents_by_query(tantivy.Query.term_query(schema, "id", tid))
+        for tid in fresh:
+            digest, values = docs[tid]
+            writer.add_document(_make_doc(tid, digest, values))
+        self._pending = self._pending or bool(stale or fresh)
+        # What the index holds once committed; a rollback or a crash forgets it with the
+        # staged documents, and the next open reads the truth back from the index.
+        self._known = {tid: digest for tid, (digest, _) in docs.items()}
+        return UpdateStats(added=len(fresh), removed=len(stale), total=len(docs))
+
+    def _commit(self) -> None:
+        if not self._pending or self._writer is None:
+            return
+        fail_point("search.before_commit")
+        try:
+            self._writer.commit()
+        except ValueError as exc:
+            # The writer is dead (disk error, vanished files): rebuild on the next update.
+            self._suspect = f"commit failed ({exc})"
+            raise
+        self._pending = False
+        fail_point("search.after_commit")
+
+    def commit(self) -> None:
+        """Commit staged changes, if any."""
+        with self._mutex:
+            self._commit()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Commit, let background merges finish and release the index. An update still
+        running after ``timeout`` is left alone: its last commit is the point of truth."""
+        if not self._mutex.acquire(timeout=timeout):
+            log.warning("search index %s: still updating at shutdown; not waiting", self.directory)
+            return
+        try:
+            if self._writer is not None:
+                try:
+                    self._commit()
+                    self._writer.wait_merging_threads()
+                except ValueError as exc:
+                    log.warning("search index %s: closing failed (%s)", self.directory, exc)
+            self._writer = None
+            self._index = None
+            self._lock.release()
+        finally:
+            self._mutex.release()
+
+    async def update_async(self, tree: Tree) -> UpdateStats | None:
+        """``update`` in a worker thread; failures are logged, never raised (the index is
+        derived and the mount works without it)."""
+        try:
+            # Abandoned on cancel: shutdown must not wait on it (close() bounds the wait).
+            stats = await trio.to_thread.run_sync(
+                self.update, tree, limiter=self._limiter, abandon_on_cancel=True
+            )
+        except (OSError, ValueError, SearchUnavailable) as exc:
+            log.warning("search index %s: update failed (%s); will retry", self.directory, exc)
+            return None
+        log.info(
+            "search index: +%d -%d, %d tracks, %.2fs%s",
+            stats.added,
+            stats.removed,
+            stats.total,
+            stats.seconds,
+            f" (rebuilt: {stats.rebuilt})" if stats.rebuilt else "",
+        )
+        return stats
+
+    # -- reading -----------------------------------------------------------------------
+
+    def search(self, query: str, limit: int = DEFAULT_LIMIT) -> list[Hit]:
+        """Tracks matching ``query`` (all words must match; ``field:value``, ``year:[a TO b]``
+        and quotes work as in tantivy), best first. Raises ``QueryError`` for bad syntax and
+        ``SearchUnavailable`` when this process may not repair a broken index."""
+        with self._mutex:
+            if self._index is None:
+                self._open_for_reading()
+            assert self._index is not None
+            try:
+                return _run_query(self._index, query, limit)
+            except QueryError:
+                raise
+            except ValueError as exc:
+                # Damage that opening did not reveal: the next writer rebuilds.
+                self._suspect = f"query failed ({exc})"
+                raise SearchUnavailable(f"{self.directory}: {exc}") from exc
+
+    def _open_for_reading(self) -> None:
+        problem = self._problem()
+        if problem is not None:
+            raise SearchUnavailable(f"{self.directory}: {problem}")
+        try:
+            self._index, self._known = self._load(create=False)
+        except ValueError as exc:
+            raise SearchUnavailable(f"{self.directory}: unreadable ({exc})") from exc
+
+    def __enter__(self) -> SearchIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _run_query(index: tantivy.Index, query: str, limit: int) -> list[Hit]:
+    fields = [*TEXT_FIELDS, "year"]
+    try:
+        parsed = index.parse_query(query, fields, conjunction_by_default=True)
+    except ValueError as exc:
+        raise QueryError(f"cannot parse query {query!r}: {exc}") from exc
+    index.reload()
+    searcher = index.searcher()
+    hits = searcher.search(parsed, limit=max(1, limit)).hits
+    result = []
+    for score, address in hits:
+        path = searcher.doc(address).get_first("path")
+        if isinstance(path, str):
+            result.append(Hit(path, float(score)))
+    # Equal scores come back in segment order; paths make the output stable.
+    result.sort(key=lambda hit: (-hit.score, hit.path))
+    return result
+
+
+def memory_index(tree: Tree) -> tantivy.Index:
+    """A throw-away in-memory index of ``tree``, for readers that find the disk one broken."""
+    index = tantivy.Index(_schema())
+    _register_analyzer(index)
+    writer = index.writer(heap_size=WRITER_HEAP, num_threads=1)
+    for tid, (digest, values) in _documents(tree).items():
+        writer.add_document(_make_doc(tid, digest, values))
+    writer.commit()
+    writer.wait_merging_threads()
+    return index
+
+
+@contextlib.contextmanager
+def _open_catalog(path: Path) -> Iterator[Catalog]:
+    catalog = Catalog(path)
+    try:
+        yield catalog
+    finally:
+        catalog.close()
+
+
+def search_library(state_dir: Path, template: str, query: str, limit: int) -> list[Hit]:
+    """What ``musicfs search`` does, with or without a running daemon.
+
+    No daemon (the index lock is free): catch the index up with the catalog -- rebuilding
+    it if need be -- then search it. A daemon holds the lock and keeps the index current:
+    search its committed state, or an in-memory copy if that cannot be read.
+    """
+    catalog_path = state_dir / "catalog.sqlite"
+    if not catalog_path.exists():
+        raise FileNotFoundError(
+            f"{catalog_path}: no catalog yet; run `musicfs scan` or `musicfs mount` first"
+        )
+    index = SearchIndex(state_dir / "search", lock_timeout=0.0)
+    with _open_catalog(catalog_path) as catalog, index:
+        tree: Tree | None = None
+        writer = index.try_acquire()
+        for _attempt in range(2 if writer else 1):
+            try:
+                if writer:
+                    tree = tree or tree_from_catalog(catalog, template)
+                    index.update(tree)
+                return index.search(query, limit)
+            except SearchUnavailable as exc:
+                log.warning("search index unavailable (%s)", exc)
+        log.warning("searching an in-memory index of the catalog instead")
+        fallback = memory_index(tree or tree_from_catalog(catalog, template))
+        return _run_query(fallback, query, limit)

@@ -1,0 +1,72 @@
+"""Layer 2: the daemon keeps the search index current, flushes it at shutdown (gap 2.3) and
+rebuilds a corrupt one at start-up (gap 2.4); ``musicfs search`` works beside it."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+
+from musicfs.catalog.db import Catalog
+from musicfs.catalog.naming import DEFAULT_TEMPLATE
+from musicfs.search import SearchIndex, tree_from_catalog
+from tests.support.daemon import MountedDaemon, musicfs_cmd
+from tests.support.library import make_library
+
+
+def search_cmd(state: Path, *query: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        musicfs_cmd("search", "--state-dir", str(state), *query),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_daemon_indexes_flushes_at_shutdown_and_search_works_beside_it(tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    make_library(lib, albums=3, tracks=4)
+    state = tmp_path / "state"
+    d = MountedDaemon(tmp_path / "mnt", [lib], state).start()
+    try:
+        d.wait_for_log("search index: +12 -0, 12 tracks")
+        # The daemon holds the index: the command reads its committed state.
+        found = search_cmd(state, "song", "2-3")
+        assert found.returncode == 0, found.stderr
+        assert found.stdout.splitlines() == ["/Artist 0/Album 2 (2002)/04 - Song 2-3.wav"]
+        # ... and opens what the mount serves.
+        assert (d.mountpoint / found.stdout.strip().lstrip("/")).stat().st_size > 0
+        d.signal(signal.SIGTERM)
+        assert d.wait(timeout=20) == 0
+    finally:
+        d.stop()
+    # Closed cleanly: the next writer trusts it as it is (no rebuild) and has nothing to add.
+    catalog = Catalog(state / "catalog.sqlite")
+    try:
+        with SearchIndex(state / "search") as index:
+            stats = index.update(tree_from_catalog(catalog, DEFAULT_TEMPLATE))
+            assert (stats.added, stats.removed, stats.total, stats.rebuilt) == (0, 0, 12, None)
+            assert len(index.search("song", limit=100)) == 12
+    finally:
+        catalog.close()
+
+
+def test_daemon_rebuilds_a_corrupt_index_at_start(tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    make_library(lib, albums=2, tracks=3)
+    state = tmp_path / "state"
+    assert search_cmd(state, "song").returncode == 2  # no catalog yet: says so
+    subprocess.run(
+        musicfs_cmd("scan", "--origin", str(lib), "--state-dir", str(state)),
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    assert search_cmd(state, "song").returncode == 0  # builds the index without a daemon
+    (state / "search" / "meta.json").write_text("corrupted")
+    with MountedDaemon(tmp_path / "mnt", [lib], state) as d:
+        d.wait_for_log("search index: +6 -0, 6 tracks")
+        assert "unreadable" in d.log() and "rebuilding from the catalog" in d.log()
+        found = search_cmd(state, "album:1")
+        assert found.returncode == 0, found.stderr
+        assert len(found.stdout.splitlines()) == 3
