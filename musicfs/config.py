@@ -122,15 +122,19 @@ def _template(value: Any) -> str:
 class OriginSettings:
     url: str
     name: str = ""
+    # Lower is preferred; origins with equal priority keep their order in the file.
+    priority: int = 0
     # SFTP
     key_file: Path | None = None
-    known_hosts: Path | None = None
+    known_hosts: Path | None = None  # default ~/.ssh/known_hosts
     trust_on_first_use: bool = False
+    connections: int = 2  # SSH connections kept open to the server
     # S3
-    endpoint: str | None = None
+    endpoint: str | None = None  # host[:port] or http(s)://host[:port]; default AWS
     region: str | None = None
-    secure: bool = True
-    credentials_file: Path | None = None
+    secure: bool | None = None  # TLS; on unless turned off or the endpoint says http://
+    credentials_file: Path | None = None  # AWS-style INI; default: environment variables
+    profile: str = "default"
 
 
 @dataclass(frozen=True)
@@ -159,8 +163,12 @@ class CacheSettings:
 
 @dataclass(frozen=True)
 class OriginTimeouts:
+    # One origin call (a read attempt, a stat, a listing page, a health check, a connect).
     operation: float = 5.0
+    # Between health checks of a healthy origin; a failing one is re-checked with
+    # exponential backoff from this up to health_max_backoff.
     health_interval: float = 10.0
+    health_max_backoff: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -241,18 +249,36 @@ _TABLES: dict[str, tuple[type, dict[str, Parser]]] = {
         CacheSettings,
         {"max_size": parse_size, "min_free": parse_size, "chunk_size": parse_size},
     ),
-    "timeouts": (OriginTimeouts, {"operation": parse_duration, "health_interval": parse_duration}),
+    "timeouts": (
+        OriginTimeouts,
+        {
+            "operation": parse_duration,
+            "health_interval": parse_duration,
+            "health_max_backoff": parse_duration,
+        },
+    ),
 }
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected a whole number, got {value!r}")
+    return value
+
+
 _ORIGIN: dict[str, Parser] = {
     "url": _str,
     "name": _str,
+    "priority": _int,
     "key_file": _path,
     "known_hosts": _path,
     "trust_on_first_use": _bool,
+    "connections": _positive_int,
     "endpoint": _str,
     "region": _str,
     "secure": _bool,
     "credentials_file": _path,
+    "profile": _str,
 }
 
 
@@ -377,9 +403,15 @@ def settings_from_dict(
 
 def finish(settings: Settings) -> Settings:
     """Fill derived defaults and check cross-field rules."""
+    from musicfs.origins.open import OriginURLError, validate_url
+
     origins = []
     names: set[str] = set()
     for i, o in enumerate(settings.origins):
+        try:
+            validate_url(o.url)
+        except OriginURLError as exc:
+            raise ConfigError(str(exc), file=settings.source, key="origin.url") from None
         name = o.name or _default_origin_name(o.url, i)
         if name in names:
             raise ConfigError(
@@ -389,9 +421,18 @@ def finish(settings: Settings) -> Settings:
             )
         names.add(name)
         origins.append(replace(o, name=name))
-    if settings.fuse.read_deadline <= 0:
+    for key, value in (
+        ("fuse.read_deadline", settings.fuse.read_deadline),
+        ("timeouts.operation", settings.timeouts.operation),
+        ("timeouts.health_interval", settings.timeouts.health_interval),
+    ):
+        if value <= 0:
+            raise ConfigError("must be greater than zero", file=settings.source, key=key)
+    if settings.timeouts.health_max_backoff < settings.timeouts.health_interval:
         raise ConfigError(
-            "must be greater than zero", file=settings.source, key="fuse.read_deadline"
+            "must not be shorter than timeouts.health_interval",
+            file=settings.source,
+            key="timeouts.health_max_backoff",
         )
     if settings.cache.chunk_size < 4096 or settings.cache.chunk_size > 64 * 1024 * 1024:
         raise ConfigError(

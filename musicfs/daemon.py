@@ -152,6 +152,8 @@ class Daemon:
                 nursery.start_soon(self._fuse_main)
                 nursery.start_soon(self._signals, nursery)
                 nursery.start_soon(self._sync_loop)
+                assert self.library is not None
+                nursery.start_soon(self.library.pool.health.run)
                 await self._shutdown.wait()
                 assert self.ops is not None
                 self.ops.draining = True

@@ -14,6 +14,7 @@ from musicfs.catalog.naming import Template
 from musicfs.catalog.tree import Tree, build_tree
 from musicfs.config import Settings
 from musicfs.origins.base import OriginError
+from musicfs.origins.health import HealthPolicy
 from musicfs.origins.open import open_origin
 from musicfs.origins.pool import OriginPool
 from musicfs.sync import Progress, SyncResult, sync_origin
@@ -22,7 +23,17 @@ log = logging.getLogger(__name__)
 
 
 def open_pool(settings: Settings) -> OriginPool:
-    return OriginPool([open_origin(o.url, o.name, settings=o) for o in settings.origins])
+    """The configured origins, best first (``priority``, then order in the config)."""
+    t = settings.timeouts
+    ordered = sorted(settings.origins, key=lambda o: o.priority)  # stable: file order
+    return OriginPool(
+        [open_origin(o.url, o.name, settings=o, timeouts=t) for o in ordered],
+        health=HealthPolicy(
+            interval=t.health_interval, check_timeout=t.operation, max_backoff=t.health_max_backoff
+        ),
+        read_deadline=settings.fuse.read_deadline,
+        operation_timeout=t.operation,
+    )
 
 
 class Library:
@@ -49,6 +60,13 @@ class Library:
         """Sync every origin once. True if every origin listed completely."""
         ok = True
         for origin in self.pool:
+            if not self.pool.health.usable(origin.name):
+                # Listing a dead server would only wait for timeouts; the catalog is kept
+                # and the next sync after it recovers catches up.
+                ok = False
+                self.sync_errors[origin.name] = "origin unhealthy; sync skipped"
+                log.warning("sync: origin=%s is unhealthy; skipped, catalog kept", origin.name)
+                continue
             try:
                 result = await sync_origin(
                     self.catalog,

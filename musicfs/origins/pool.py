@@ -1,22 +1,73 @@
-"""The configured origins in priority order, and which of them can serve a track."""
+"""The configured origins in priority order, their health, and the one fetch path every
+reader uses: ``OriginPool.read``.
+
+A read goes to the best origin that holds the track's version and can serve now (healthy
+before degraded, then priority), is bounded per attempt by the operation timeout, fails
+over to the next origin, and retries with exponential backoff and jitter -- all inside the
+request's deadline (the caller's trio deadline or ``read_deadline``, whichever is sooner).
+A read may switch origins mid-range: bytes are the same on every origin that holds the
+version, and the cache verifies what it stores. When no origin can serve (offline mode)
+the read fails at once with EIO instead of waiting.
+"""
 
 from __future__ import annotations
 
 import errno
 import logging
+import math
+import random
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import trio
 
 from musicfs.catalog.model import Track
 from musicfs.origins.base import Origin, OriginError
+from musicfs.origins.health import (
+    HealthMonitor,
+    HealthPolicy,
+    Mode,
+    State,
+    backoff_delay,
+    is_origin_failure,
+)
 
 log = logging.getLogger(__name__)
 
+_STATE_RANK = {State.HEALTHY: 0, State.DEGRADED: 1, State.UNHEALTHY: 2}
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    base: float = 0.05  # first backoff after every origin failed once
+    cap: float = 1.0  # longest backoff between rounds
+    # Stop starting attempts this long before the deadline, so the caller gets our
+    # error (which names the origins) rather than a bare timeout.
+    margin: float = 0.05
+
 
 class OriginPool:
-    def __init__(self, origins: Sequence[Origin]):
+    def __init__(
+        self,
+        origins: Sequence[Origin],
+        *,
+        health: HealthPolicy | None = None,
+        read_deadline: float = 8.0,
+        operation_timeout: float = 5.0,
+        retry: RetryPolicy | None = None,
+    ):
         # Earlier in the list is preferred.
         self.origins = list(origins)
         self._by_name = {o.name: o for o in self.origins}
+        self._rank = {o.name: i for i, o in enumerate(self.origins)}
+        self.health = HealthMonitor(self.origins, health)
+        self.read_deadline = read_deadline
+        self.operation_timeout = operation_timeout
+        self.retry = retry or RetryPolicy()
+        self._rng = random.Random()
+        self.stats = {"reads": 0, "failovers": 0, "retries": 0, "offline_fast_fails": 0}
+        self._offline_logged: dict[str, float] = {}
 
     def __iter__(self) -> Iterator[Origin]:
         return iter(self.origins)
@@ -27,27 +78,181 @@ class OriginPool:
     def get(self, name: str) -> Origin | None:
         return self._by_name.get(name)
 
+    @property
+    def mode(self) -> Mode:
+        return self.health.mode
+
     def candidates(self, track: Track) -> list[Origin]:
-        """Origins holding this exact version of ``track``, best first."""
+        """Origins holding this exact version of ``track``, best first (health, then
+        priority). Unhealthy origins are left out."""
+        names = {s.origin for s in track.sources if s.size == track.size}
+        held = [o for o in self.origins if o.name in names]
+        usable = [o for o in held if self.health.usable(o.name)]
+        return sorted(
+            usable, key=lambda o: (_STATE_RANK[self.health.state(o.name)], self._rank[o.name])
+        )
+
+    def _holders(self, track: Track) -> list[Origin]:
         names = {s.origin for s in track.sources if s.size == track.size}
         return [o for o in self.origins if o.name in names]
 
-    async def read(self, track: Track, offset: int, length: int) -> bytes:
-        """Bytes of ``track`` from the best origin that holds it, trying the next on failure.
+    def _deadline(self, deadline: float | None) -> float:
+        now = trio.current_time()
+        own = now + self.read_deadline if deadline is None else deadline
+        return min(own, trio.current_effective_deadline())
 
-        This is the one fetch path every reader uses, so failover and health live here.
+    async def read(
+        self, track: Track, offset: int, length: int, *, deadline: float | None = None
+    ) -> bytes:
+        """Bytes ``[offset, offset+length)`` of ``track`` (short only at its end).
+
+        Raises ``OriginError``: EIO when offline or out of time, the origin's errno (for
+        example EACCES) when every holder refused the file itself.
         """
+        self.stats["reads"] += 1
+        want = min(length, max(0, track.size - offset))
+        if want <= 0:
+            return b""
+        holders = self._holders(track)
+        if not holders:
+            raise OriginError(
+                errno.EIO, "no configured origin holds this track", origin="-", path=track.path
+            )
+        end = self._deadline(deadline) - self.retry.margin
+        parts: list[bytes] = []
+        pos, remaining = offset, want
+        # Origins that refused this file for a file-specific reason (gone, shrunk,
+        # permission): no point asking them again for this request.
+        refused: dict[str, OriginError] = {}
         last: OriginError | None = None
-        for origin in self.candidates(track):
-            try:
-                return await origin.read(track.path, offset, length)
-            except OriginError as exc:
-                log.warning("read: %s", exc)
-                last = exc
+        rounds = 0
+        previous: str | None = None
+        while remaining > 0:
+            order = [o for o in self.candidates(track) if o.name not in refused]
+            if not order:
+                raise self._nothing_to_ask(track, holders, refused, last)
+            progressed = False
+            for origin in order:
+                budget = end - trio.current_time()
+                if budget <= 0:
+                    break
+                if previous is not None and origin.name != previous:
+                    self.stats["failovers"] += 1
+                    log.info(
+                        "read: path=%r offset=%d: switching origin %s -> %s",
+                        track.path,
+                        pos,
+                        previous,
+                        origin.name,
+                    )
+                previous = origin.name
+                limit = min(self.operation_timeout, budget)
+                try:
+                    with trio.fail_after(limit):
+                        data = await origin.read(track.path, pos, remaining)
+                except trio.TooSlowError:
+                    last = OriginError(
+                        errno.ETIMEDOUT,
+                        f"no data within {limit:.2f}s",
+                        origin=origin.name,
+                        path=track.path,
+                    )
+                    self._failed(origin, last, pos)
+                    continue
+                except OriginError as exc:
+                    last = exc
+                    if not is_origin_failure(exc):
+                        refused[origin.name] = exc
+                        log.warning("read: %s offset=%d", exc, pos)
+                    else:
+                        self._failed(origin, exc, pos)
+                    continue
+                if not data:
+                    # The catalogued version is longer than what the origin has now: the
+                    # file shrank or was replaced since the last sync.
+                    last = OriginError(
+                        errno.EIO,
+                        f"file ends at {pos} but the catalogued version has {track.size} bytes "
+                        "(changed since the last sync)",
+                        origin=origin.name,
+                        path=track.path,
+                    )
+                    refused[origin.name] = last
+                    log.warning("read: %s", last)
+                    continue
+                data = data[:remaining]
+                self.health.record_success(origin.name)
+                parts.append(data)
+                pos += len(data)
+                remaining -= len(data)
+                progressed = True
+                break  # the rest (after a short read) starts again from the best origin
+            if remaining <= 0:
+                break
+            if trio.current_time() >= end:
+                raise self._out_of_time(track, want - remaining, last)
+            if not progressed:
+                rounds += 1
+                self.stats["retries"] += 1
+                delay = backoff_delay(rounds, self.retry.base, self.retry.cap, self._rng)
+                delay = min(delay, max(0.0, end - trio.current_time()))
+                await trio.sleep(delay)
+        return b"".join(parts)
+
+    def _failed(self, origin: Origin, exc: OriginError, pos: int) -> None:
+        log.warning("read: %s offset=%d", exc, pos)
+        self.health.record_failure(origin.name, exc)
+
+    def _nothing_to_ask(
+        self,
+        track: Track,
+        holders: list[Origin],
+        refused: dict[str, OriginError],
+        last: OriginError | None,
+    ) -> OriginError:
+        if refused and len(refused) == len(holders):
+            # Every holder refused the file itself: pass on the most telling errno.
+            for err in (errno.EACCES, errno.EPERM):
+                for exc in refused.values():
+                    if exc.errno == err:
+                        return exc
+            return next(iter(refused.values()))
         if last is not None:
-            raise last
-        raise OSError(errno.EIO, f"no origin holds {track.path!r}")
+            return last
+        # Offline: every holder is unhealthy. Fail fast and ask for an early re-check.
+        self.stats["offline_fast_fails"] += 1
+        self.health.nudge()
+        exc = OriginError(
+            errno.EIO,
+            "offline: no origin holding this track is healthy (cached data only)",
+            origin=",".join(o.name for o in holders),
+            path=track.path,
+        )
+        now = trio.current_time()
+        if now - self._offline_logged.get(track.path, -math.inf) >= 30.0:
+            # One line per track per 30 s: a player retrying in a loop must not flood logs.
+            self._offline_logged[track.path] = now
+            if len(self._offline_logged) > 10_000:
+                self._offline_logged.clear()
+            log.warning("read: %s", exc)
+        return exc
+
+    def _out_of_time(self, track: Track, got: int, last: OriginError | None) -> OriginError:
+        why = f"; last error: {last}" if last is not None else ""
+        return OriginError(
+            errno.EIO,
+            f"no origin delivered the data within the read deadline ({got} bytes read){why}",
+            origin=last.origin if last is not None else "-",
+            path=track.path,
+        )
+
+    def status(self) -> dict[str, Any]:
+        """Mode, per-origin health and read counters, for ``musicfs status``."""
+        out = self.health.status()
+        out["reads"] = dict(self.stats)
+        return out
 
     async def aclose(self) -> None:
         for origin in self.origins:
-            await origin.aclose()
+            with trio.move_on_after(self.operation_timeout):
+                await origin.aclose()

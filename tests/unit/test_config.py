@@ -116,3 +116,54 @@ def test_bad_mountpoints_exit_2(tmp_path: Path, capsys, problem: str) -> None:
     assert {"missing": "does not exist", "file": "not a directory", "nonempty": "not empty"}[
         problem
     ] in err
+
+
+def test_origin_timeouts_and_priorities(tmp_path: Path) -> None:
+    from musicfs.library import open_pool
+
+    s = load_config(
+        write(
+            tmp_path,
+            """
+[timeouts]
+operation = "2s"
+health_interval = "3s"
+health_max_backoff = "30s"
+[[origin]]
+url = "/slow"
+name = "slow"
+priority = 5
+[[origin]]
+url = "/fast"
+name = "fast"
+priority = 1
+[[origin]]
+url = "/also-fast"
+name = "also"
+priority = 1
+""",
+        )
+    )
+    pool = open_pool(s)
+    assert [o.name for o in pool] == ["fast", "also", "slow"]
+    assert pool.operation_timeout == 2 and pool.read_deadline == 8
+    assert pool.health.policy.interval == 3 and pool.health.policy.max_backoff == 30
+    assert pool.health.policy.check_timeout == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[timeouts]\noperation = 0\n", "timeouts.operation: must be greater than zero"),
+        (
+            "[timeouts]\nhealth_interval = '20s'\nhealth_max_backoff = '10s'\n",
+            "timeouts.health_max_backoff: must not be shorter",
+        ),
+        ("[[origin]]\nurl = 'ftp://host/x'\n", "origin.url: ftp://host/x: unsupported"),
+        ("[[origin]]\nurl = '/a'\npriority = 'high'\n", "origin.priority: expected a whole"),
+        ("[[origin]]\nurl = '/a'\nconnections = 0\n", "origin.connections: expected a whole"),
+    ],
+)
+def test_origin_setting_errors(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_config(write(tmp_path, text))
