@@ -41,8 +41,13 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy musicfs
 
+# Every .nix file parses; with NIXPKGS_LIB=<nixpkgs lib/ folder> the NixOS module is also
+# evaluated against nixpkgs' lib and its unit and settings checked (README, Nix / NixOS).
+NIXPKGS_LIB ?=
 nix-check:
 	scripts/check-nix.sh
+	@if [ -n "$(NIXPKGS_LIB)" ]; then scripts/eval-nixos-module.sh "$(NIXPKGS_LIB)"; \
+	else echo "nix-check: module evaluation skipped (set NIXPKGS_LIB=<nixpkgs lib/ folder>)"; fi
 
 service-check:
 	scripts/check-service.sh

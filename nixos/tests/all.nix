@@ -1,0 +1,2 @@
+# The NixOS VM tests, by check name (flake.nix turns each into checks.<system>.<name>).
+{ }
