@@ -1,0 +1,150 @@
+"""Benchmarks: ``python -m bench [name...]`` (``make bench``) runs ``main()`` of every
+``bench/bench_*.py`` module, or only the named ones.
+
+A benchmark compares MusicFS with a baseline measured in the same run and returns a
+``Report``; the runner saves it under ``bench/results/`` (JSON, plus the markdown table) and
+prints the table. A ``main()`` that returns nothing has done its own reporting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+RESULTS_DIR = BENCH_DIR / "results"
+
+
+@dataclass
+class Row:
+    """One measured figure, with the baseline it is compared to when there is one."""
+
+    metric: str
+    value: float
+    unit: str
+    baseline: float | None = None
+    baseline_name: str = ""
+    # How MusicFS compares: ``value / baseline`` for times, ``baseline / value`` when
+    # ``higher_is_better`` -- either way above 1 means MusicFS is that many times slower.
+    higher_is_better: bool = False
+    note: str = ""
+
+    @property
+    def slowdown(self) -> float | None:
+        if self.baseline is None or not self.value or not self.baseline:
+            return None
+        return self.baseline / self.value if self.higher_is_better else self.value / self.baseline
+
+
+@dataclass
+class Report:
+    name: str
+    title: str
+    rows: list[Row] = field(default_factory=list)
+    setup: dict[str, Any] = field(default_factory=dict)  # what was measured, and how
+    environment: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, metric: str, value: float, unit: str, **kw: Any) -> Row:
+        row = Row(metric, value, unit, **kw)
+        self.rows.append(row)
+        return row
+
+    def markdown(self) -> str:
+        lines = [
+            f"**{self.title}**",
+            "",
+            "| metric | MusicFS | baseline | ratio | note |",
+            "| --- | ---: | ---: | ---: | --- |",
+        ]
+        for r in self.rows:
+            base = f"{_fmt(r.baseline)} {r.unit} ({r.baseline_name})" if r.baseline else "—"
+            ratio = f"{r.slowdown:.2f}×" if r.slowdown is not None else "—"
+            lines.append(f"| {r.metric} | {_fmt(r.value)} {r.unit} | {base} | {ratio} | {r.note} |")
+        lines += ["", *(f"- {n}" for n in self.notes)] if self.notes else []
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        for row, raw in zip(self.rows, data["rows"], strict=True):
+            raw["slowdown"] = row.slowdown
+        return data
+
+    def save(self, directory: Path = RESULTS_DIR) -> Path:
+        """Write ``<name>-<timestamp>.json`` and ``<name>-latest.{json,md}``."""
+        directory.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        text = json.dumps(self.to_json(), indent=2, ensure_ascii=False)
+        path = directory / f"{self.name}-{stamp}.json"
+        path.write_text(text + "\n")
+        (directory / f"{self.name}-latest.json").write_text(text + "\n")
+        (directory / f"{self.name}-latest.md").write_text(self.markdown() + "\n")
+        return path
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3g}"
+
+
+def environment() -> dict[str, Any]:
+    """What the figures depend on: the machine, its load, and the code measured."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": platform.node(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "loadavg_at_start": os.getloadavg(),
+        "commit": commit,
+        "command": " ".join([Path(sys.executable).name, "-m", "bench", *sys.argv[1:]]),
+    }
+
+
+def drop_page_cache() -> bool:
+    """Write back and drop the page cache, dentries and inodes (needs root). False if that
+    is not possible here; the report says which runs were cold."""
+    if os.environ.get("MUSICFS_BENCH_DROP_CACHES", "1") == "0":
+        return False
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError:
+        return False
+    return True
+
+
+@contextmanager
+def stopwatch() -> Iterator[list[float]]:
+    """``with stopwatch() as t: ...`` then ``t[0]`` holds the wall-clock seconds."""
+    box: list[float] = []
+    start = time.perf_counter()
+    try:
+        yield box
+    finally:
+        box.append(time.perf_counter() - start)

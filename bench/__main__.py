@@ -1,0 +1,60 @@
+"""``python -m bench [name...]``: run every ``bench/bench_*.py`` (or the named ones; ``cache``
+and ``bench_cache`` both name ``bench/bench_cache.py``), save and print their reports."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import traceback
+
+from bench import BENCH_DIR, RESULTS_DIR, Report, environment
+
+
+def discover() -> list[str]:
+    return sorted(p.stem for p in BENCH_DIR.glob("bench_*.py"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: {discover()})")
+    parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s bench: %(message)s")
+    available = discover()
+    if args.list:
+        print("\n".join(available))
+        return 0
+    wanted = [n if n.startswith("bench_") else f"bench_{n}" for n in args.names] or available
+    unknown = [n for n in wanted if n not in available]
+    if unknown:
+        print(f"unknown benchmark(s) {unknown}; available: {available}", file=sys.stderr)
+        return 2
+    failed = []
+    for name in wanted:
+        print(f"\n## {name}\n", flush=True)
+        try:
+            module = importlib.import_module(f"bench.{name}")
+            report = module.main()
+        except Exception:
+            traceback.print_exc()
+            failed.append(name)
+            continue
+        except SystemExit as exc:  # a standalone main() may exit with its status
+            if exc.code not in (0, None):
+                failed.append(name)
+            continue
+        if isinstance(report, Report):
+            report.environment = {**environment(), **report.environment}
+            path = report.save()
+            print(report.markdown())
+            print(f"\nsaved {path.relative_to(RESULTS_DIR.parent.parent)}", flush=True)
+    if failed:
+        print(f"\nfailed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
