@@ -104,15 +104,9 @@ def _fmt(value: float | None) -> str:
 
 def environment() -> dict[str, Any]:
     """What the figures depend on: the machine, its load, and the code measured."""
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
+    commit = _git("rev-parse", "--short", "HEAD")
+    if commit and _git("status", "--porcelain", "--untracked-files=no"):
+        commit += "-dirty"
     return {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": platform.node(),
@@ -123,6 +117,15 @@ def environment() -> dict[str, Any]:
         "commit": commit,
         "command": " ".join([Path(sys.executable).name, "-m", "bench", *sys.argv[1:]]),
     }
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(
+            ["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
 
 def drop_page_cache() -> bool:

@@ -1,10 +1,14 @@
 """``python -m bench [name...]``: run every ``bench/bench_*.py`` (or the named ones; ``cache``
-and ``bench_cache`` both name ``bench/bench_cache.py``), save and print their reports."""
+and ``bench_cache`` both name ``bench/bench_cache.py``), save and print their reports.
+
+``main()`` may return a ``bench.Report`` (saved as JSON + markdown and printed), a plain
+dict or list (saved as JSON), or nothing (the module reported by itself)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import sys
 import traceback
@@ -49,7 +53,14 @@ def main(argv: list[str] | None = None) -> int:
             report.environment = {**environment(), **report.environment}
             path = report.save()
             print(report.markdown())
-            print(f"\nsaved {path.relative_to(RESULTS_DIR.parent.parent)}", flush=True)
+            print(f"\nsaved {path}", flush=True)
+        elif isinstance(report, dict | list):
+            # A standalone bench's own figures: kept as they are, with the machine's details.
+            RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+            path = RESULTS_DIR / f"{name.removeprefix('bench_')}-latest.json"
+            data = {"results": report, "environment": environment()}
+            path.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+            print(f"\nsaved {path}", flush=True)
     if failed:
         print(f"\nfailed: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -366,7 +366,6 @@ class SearchIndex:
             self._suspect = f"commit failed ({exc})"
             raise
         self._pending = False
-        fail_point("search.after_commit")
 
     def commit(self) -> None:
         """Commit staged changes, if any."""
