@@ -12,10 +12,10 @@ import trio
 from musicfs.catalog.db import Catalog
 from musicfs.catalog.naming import Template
 from musicfs.catalog.tree import Tree, build_tree
-from musicfs.config import Settings
+from musicfs.config import ConfigError, Settings
 from musicfs.origins.base import OriginError
 from musicfs.origins.health import HealthPolicy
-from musicfs.origins.open import open_origin
+from musicfs.origins.open import OriginConfigError, OriginURLError, open_origin
 from musicfs.origins.pool import OriginPool
 from musicfs.sync import Progress, SyncResult, sync_origin
 
@@ -26,8 +26,14 @@ def open_pool(settings: Settings) -> OriginPool:
     """The configured origins, best first (``priority``, then order in the config)."""
     t = settings.timeouts
     ordered = sorted(settings.origins, key=lambda o: o.priority)  # stable: file order
+    origins = []
+    for o in ordered:
+        try:
+            origins.append(open_origin(o.url, o.name, settings=o, timeouts=t))
+        except (OriginURLError, OriginConfigError) as exc:
+            raise ConfigError(f"{o.name}: {exc}", file=settings.source, key="origin") from None
     return OriginPool(
-        [open_origin(o.url, o.name, settings=o, timeouts=t) for o in ordered],
+        origins,
         health=HealthPolicy(
             interval=t.health_interval, check_timeout=t.operation, max_backoff=t.health_max_backoff
         ),

@@ -29,12 +29,24 @@ class Listing:
 
 
 class OriginError(OSError):
-    """An origin operation failed. ``errno`` is what a FUSE reader should see."""
+    """An origin operation failed. ``errno`` is what a FUSE reader should see.
 
-    def __init__(self, err: int, message: str, *, origin: str, path: str | None = None):
+    ``origin_wide`` marks errors about the origin as a whole (wrong credentials, a refused
+    host key) whose errno would otherwise read like a problem with one file (EACCES)."""
+
+    def __init__(
+        self,
+        err: int,
+        message: str,
+        *,
+        origin: str,
+        path: str | None = None,
+        origin_wide: bool = False,
+    ):
         super().__init__(err, message)
         self.origin = origin
         self.path = path
+        self.origin_wide = origin_wide
 
     def __str__(self) -> str:
         where = f"origin={self.origin}"

@@ -49,6 +49,8 @@ FILE_ERRNOS = frozenset(
 
 def is_origin_failure(exc: BaseException) -> bool:
     """True if ``exc`` says the origin (not one file on it) is in trouble."""
+    if isinstance(exc, OriginError) and exc.origin_wide:
+        return True
     return not (isinstance(exc, OSError) and exc.errno in FILE_ERRNOS)
 
 

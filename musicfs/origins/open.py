@@ -26,6 +26,10 @@ class OriginURLError(ValueError):
     pass
 
 
+class OriginConfigError(ValueError):
+    """The origin's settings cannot work (no such credentials file, bad endpoint...)."""
+
+
 @dataclass(frozen=True)
 class SFTPAddress:
     user: str | None
@@ -103,6 +107,12 @@ def validate_url(url: str) -> None:
         if parts.netloc not in ("", "localhost"):
             raise OriginURLError(f"{url}: file:// URLs must not name a host")
         return
+    if parts.scheme == "sftp":
+        parse_sftp(url)
+        return
+    if parts.scheme == "s3":
+        parse_s3(url)
+        return
     raise OriginURLError(
         f"{safe_url(url)}: unsupported origin scheme {parts.scheme!r} "
         "(use a path, file://, sftp:// or s3://)"
@@ -134,4 +144,10 @@ def open_origin(
         return LocalOrigin(name, Path(url).expanduser())
     if parts.scheme == "file":
         return LocalOrigin(name, Path(unquote(parts.path)))
-    raise OriginURLError(f"{url}: unsupported origin scheme")
+    if parts.scheme == "sftp":
+        from musicfs.origins.sftp import SFTPOrigin
+
+        return SFTPOrigin(name, parse_sftp(url), settings, timeouts)
+    from musicfs.origins.s3 import S3Origin
+
+    return S3Origin(name, parse_s3(url), settings, timeouts)
