@@ -1,0 +1,111 @@
+"""The systemd watchdog: ``WATCHDOG=1`` only while the daemon really serves.
+
+A ping proves two things each time:
+
+* the trio loop is responsive -- the pinging task woke up roughly on time (a loop blocked
+  by a stray synchronous call sends nothing, or wakes late and skips the ping);
+* the mount answers -- a self-probe in a worker thread, bounded by a timeout, gets a
+  reply from the kernel, which needs a free FUSE worker. A wedged worker pool therefore
+  stops the pings and systemd restarts the daemon.
+
+A probe stuck in the kernel is abandoned, never stacked: while it is stuck no new probe
+starts (and no ping is sent), so a wedge costs one thread, not one per interval.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from musicfs.notify import Notifier
+
+log = logging.getLogger(__name__)
+
+# A name the tree never contains (names never start with a dot): the lookup reaches the
+# daemon every time because an ENOENT reply is not cached by the kernel.
+PROBE_NAME = ".musicfs-probe"
+
+
+def probe_mount(mountpoint: Path) -> None:
+    """One round trip through the kernel to this daemon's FUSE workers. Raises ``OSError``
+    when the mount does not answer properly (ENOTCONN, EIO, ...)."""
+    try:
+        os.stat(os.path.join(mountpoint, PROBE_NAME))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise OSError(exc.errno or errno.EIO, f"mount self-probe: {exc.strerror}") from None
+
+
+class Watchdog:
+    def __init__(
+        self,
+        notifier: Notifier,
+        interval: float,
+        probe: Callable[[], None],
+        *,
+        probe_timeout: float | None = None,
+    ):
+        self.notifier = notifier
+        self.interval = interval
+        self.probe = probe
+        self.probe_timeout = probe_timeout if probe_timeout is not None else interval
+        self.pings = 0
+        self.missed = 0
+        self.last_problem: str | None = None
+        self._probe_busy = threading.Lock()
+
+    def _run_probe(self) -> None:
+        try:
+            self.probe()
+        finally:
+            self._probe_busy.release()
+
+    async def check(self) -> str | None:
+        """None if the mount answered within the timeout, else what went wrong."""
+        # Raise a pending cancellation here, not between taking the lock and starting the
+        # thread (which would leave the lock taken for good); nothing yields in between.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not self._probe_busy.acquire(blocking=False):
+            return "an earlier self-probe is still stuck in the kernel"
+        try:
+            with trio.move_on_after(self.probe_timeout):
+                await trio.to_thread.run_sync(self._run_probe, abandon_on_cancel=True)
+                return None
+        except OSError as exc:
+            return str(exc)
+        return f"the mount did not answer a self-probe within {self.probe_timeout:.1f}s"
+
+    async def run(self) -> None:
+        """Ping every ``interval`` seconds for as long as the checks pass."""
+        while True:
+            due = trio.current_time() + self.interval
+            await trio.sleep(self.interval)
+            late = trio.current_time() - due
+            problem = await self.check()
+            if problem is None and late > self.interval / 2:
+                problem = f"the event loop was unresponsive for {late:.1f}s"
+            if problem is None:
+                self.notifier.watchdog()
+                self.pings += 1
+                if self.last_problem is not None:
+                    log.warning("watchdog: healthy again; pinging systemd")
+            else:
+                self.missed += 1
+                if problem != self.last_problem:
+                    log.error("watchdog: %s; not pinging systemd", problem)
+            self.last_problem = problem
+
+    def status(self) -> dict[str, object]:
+        return {
+            "interval": self.interval,
+            "pings": self.pings,
+            "missed": self.missed,
+            "problem": self.last_problem,
+        }
