@@ -1,13 +1,15 @@
-"""Command line: ``musicfs mount | scan | search | demo``."""
+"""Command line: ``musicfs mount | scan | search | status | unmount | fsck | demo``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -63,6 +65,21 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     search.add_argument("query", nargs="+", help="words or a tantivy query")
 
+    status = sub.add_parser("status", help="what a running daemon is doing")
+    _common(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("mountpoint", type=Path, nargs="?", help="the daemon's mount point")
+
+    unmount = sub.add_parser("unmount", help="ask the daemon serving MOUNTPOINT to stop")
+    _common(unmount)
+    unmount.add_argument("mountpoint", type=Path, help="the daemon's mount point")
+    unmount.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for the unmount"
+    )
+
+    fsck = sub.add_parser("fsck", help="check the catalog (and cache) thoroughly; changes nothing")
+    _common(fsck)
+
     demo = sub.add_parser("demo", help="build a small tagged demo library and mount it")
     demo.add_argument(
         "--dir", type=Path, help="where to put the demo (default: ~/.local/share/musicfs-demo)"
@@ -107,10 +124,10 @@ class _ProgressBar:
 
 
 async def _scan(settings: Settings) -> int:
-    from musicfs.catalog.db import Catalog
+    from musicfs.catalog.integrity import open_catalog
     from musicfs.library import Library, open_pool
 
-    catalog = await trio.to_thread.run_sync(Catalog, settings.catalog_path)
+    catalog, _ = await trio.to_thread.run_sync(open_catalog, settings.catalog_path)
     library = Library(settings, catalog, open_pool(settings))
     try:
         ok = await library.sync(progress=_ProgressBar())
@@ -151,7 +168,106 @@ def cmd_mount(args: argparse.Namespace) -> int:
     settings = resolve_settings(args)
     if settings.mountpoint is None:
         raise ConfigError("no mount point given (argument or `mountpoint` in the config)")
-    return run_daemon(settings)
+    return run_daemon(settings, reload=lambda: resolve_settings(args))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from musicfs.control import ControlError, request
+
+    settings = resolve_settings(args)
+    try:
+        reply = request(_control_path(settings), "status")
+    except ControlError as exc:
+        print(f"musicfs: {exc}", file=sys.stderr)
+        return 1
+    status = reply["status"]
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True, default=str))
+    else:
+        print(format_status(status))
+    return 0
+
+
+def cmd_unmount(args: argparse.Namespace) -> int:
+    import time
+
+    from musicfs.control import ControlError, request
+    from musicfs.mounts import find_mount, is_musicfs, lazy_unmount, stat_bounded
+
+    settings = resolve_settings(args)
+    mountpoint = args.mountpoint
+    try:
+        reply = request(_control_path(settings), "unmount")
+    except ControlError as exc:
+        entry = find_mount(mountpoint)
+        if entry is not None and is_musicfs(entry) and stat_bounded(mountpoint, 3.0) not in (0,):
+            lazy_unmount(mountpoint)
+            print(f"{mountpoint}: no daemon was serving it; removed the stale mount")
+            return 0
+        print(f"musicfs: {exc}", file=sys.stderr)
+        return 1
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        if find_mount(mountpoint) is None:
+            print(f"{mountpoint}: unmounted (daemon pid {reply.get('pid')})")
+            return 0
+        time.sleep(0.1)
+    print(f"musicfs: {mountpoint} still mounted after {args.timeout:.0f}s", file=sys.stderr)
+    return 1
+
+
+def cmd_fsck(args: argparse.Namespace) -> int:
+    from musicfs.fsck import run_fsck
+
+    return run_fsck(resolve_settings(args))
+
+
+def _control_path(settings: Settings) -> Path:
+    from musicfs.control import socket_path
+
+    if settings.mountpoint is not None:
+        return socket_path(settings.run_dir, settings.mountpoint)
+    sockets = sorted(settings.run_dir.glob("control-*.sock"))
+    if len(sockets) == 1:
+        return sockets[0]
+    where = f"in {settings.run_dir}"
+    if not sockets:
+        raise ConfigError(f"no running MusicFS found {where}; is --state-dir/--config right?")
+    raise ConfigError(f"several MusicFS daemons run {where}; name the mount point")
+
+
+def format_status(status: dict[str, Any]) -> str:
+    lines = [
+        f"{status['mountpoint']}: {status['state']}, {status['mode']}, "
+        f"{status['tracks']} tracks (pid {status['pid']}, up {status['uptime']:.0f}s)"
+    ]
+    origins = status.get("origins")
+    if isinstance(origins, dict):
+        for name, info in sorted(origins.get("origins", origins).items()):
+            lines.append(f"  origin {name}: {info}")
+    cache = status.get("cache")
+    if cache:
+        lines.append(f"  cache: {cache}")
+    sync = status.get("sync") or {}
+    running = sync.get("running")
+    if running:
+        lines.append(f"  sync: {running['origin']} {running['done']}/{running['total'] or '?'}")
+    else:
+        lines.append(f"  sync: idle, {sync.get('finished', 0)} finished")
+    for origin, error in (sync.get("errors") or {}).items():
+        lines.append(f"  sync error {origin}: {error}")
+    for name, task in (status.get("tasks") or {}).items():
+        extra = f", last error: {task['last_error']}" if task.get("last_error") else ""
+        lines.append(
+            f"  task {name} ({task['policy']}): {task['state']}, {task['restarts']} restarts{extra}"
+        )
+    fuse = status.get("fuse")
+    if fuse:
+        lines.append(
+            f"  reads: {fuse['reads']} ({fuse['read_errors']} errors, "
+            f"{fuse['deadline_misses']} past deadline, {fuse['inflight']} in flight)"
+        )
+    return "\n".join(lines)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -188,19 +304,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from musicfs.catalog.db import SchemaTooNew
     from musicfs.daemon import StartupError
     from musicfs.logs import setup_logging
 
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(getattr(args, "log_level", None) or "info")
-    commands = {"mount": cmd_mount, "scan": cmd_scan, "search": cmd_search, "demo": cmd_demo}
+    commands = {
+        "mount": cmd_mount,
+        "scan": cmd_scan,
+        "search": cmd_search,
+        "status": cmd_status,
+        "unmount": cmd_unmount,
+        "fsck": cmd_fsck,
+        "demo": cmd_demo,
+    }
     try:
         return commands[args.command](args)
     except ConfigError as exc:
         print(f"musicfs: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except (MountpointError, StartupError) as exc:
+    except (MountpointError, StartupError, SchemaTooNew) as exc:
         print(f"musicfs: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:

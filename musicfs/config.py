@@ -142,6 +142,8 @@ class LibrarySettings:
     template: str = DEFAULT_TEMPLATE
     scan_interval: float = 3600.0  # seconds between background syncs; 0 turns them off
     scan_parallel: int = 4
+    # Files per catalog commit: a crash mid-sync loses at most one batch of work.
+    scan_batch: int = 200
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,8 @@ class FuseSettings:
     # How long the kernel may trust names and attributes before asking again.
     attr_timeout: float = 60.0
     max_tasks: int = 64
+    # On shutdown, in-flight requests get this long to finish before they answer EIO.
+    drain_timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -234,7 +238,12 @@ _TOP: dict[str, Parser] = {
 _TABLES: dict[str, tuple[type, dict[str, Parser]]] = {
     "library": (
         LibrarySettings,
-        {"template": _template, "scan_interval": parse_duration, "scan_parallel": _positive_int},
+        {
+            "template": _template,
+            "scan_interval": parse_duration,
+            "scan_parallel": _positive_int,
+            "scan_batch": _positive_int,
+        },
     ),
     "fuse": (
         FuseSettings,
@@ -243,6 +252,7 @@ _TABLES: dict[str, tuple[type, dict[str, Parser]]] = {
             "read_deadline": parse_duration,
             "attr_timeout": parse_duration,
             "max_tasks": _positive_int,
+            "drain_timeout": parse_duration,
         },
     ),
     "cache": (

@@ -1,30 +1,71 @@
-"""The mount daemon: start-up sequence, background work, signals and ordered shutdown."""
+"""The mount daemon: start-up sequence, supervised background work, signals, sd_notify and
+the ordered shutdown.
+
+Start-up: state-dir lock -> mount point (a stale mount left by a killed daemon is lazily
+unmounted and reused) -> catalog (quick_check; a corrupt one is moved aside and rebuilt)
+-> origins, reader, tree -> FUSE mount -> READY=1 once the mount answers a self-probe ->
+background tasks under the supervisor, control socket.
+
+Shutdown (SIGTERM, SIGINT, ``musicfs unmount``, a critical task giving up, or an
+external ``fusermount3 -u``), in this order:
+
+1. STOPPING=1; the supervisor refuses new work and cancels sync, eviction, health, watchdog;
+2. drain: new reads answer EIO at once, reads in flight get ``fuse.drain_timeout`` to
+   finish and then answer EIO -- no player waits longer than that;
+3. commit and close the stores (reader/cache, origins, catalog, registered closers) while
+   the FUSE loop still answers metadata from memory, so no request is left unanswered;
+4. end the FUSE loop and unmount; exit 0 (1 if a critical task gave up).
+
+A second SIGTERM/SIGINT while stopping lazily unmounts at once and exits with 3.
+SIGHUP re-reads the config file. SIGUSR1 dumps every thread's and trio task's stack.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import faulthandler
 import fcntl
 import logging
 import os
 import signal
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import pyfuse3
 import trio
 
+from musicfs import control
 from musicfs.cache.reader import DirectReader, Reader
-from musicfs.catalog.db import Catalog
-from musicfs.config import Settings
+from musicfs.catalog.db import Catalog, SchemaTooNew
+from musicfs.catalog.integrity import open_catalog
+from musicfs.catalog.model import Track
+from musicfs.catalog.naming import Template
+from musicfs.config import ConfigError, Settings
+from musicfs.crashlog import dump_stacks, install_hooks, named_task
 from musicfs.fuse_ops import MusicOperations, mount_options
 from musicfs.library import Library, TreePublisher, open_pool
-from musicfs.mounts import check_mountpoint
+from musicfs.mounts import MountpointError, lazy_unmount, prepare_mountpoint
+from musicfs.notify import Notifier, watchdog_interval
+from musicfs.reload import plan_reload
 from musicfs.search import SearchIndex
+from musicfs.supervisor import Policy, Supervisor
+from musicfs.watchdog import Watchdog, probe_mount
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
+# Exit codes (README "Exit codes"; dist/musicfs.service relies on them).
+EXIT_OK = 0  # clean shutdown
+EXIT_FAILURE = 1  # runtime failure: uncaught error, a critical task gave up, mount lost
+EXIT_USAGE = 2  # bad configuration, arguments, mount point, state dir or catalog schema
+EXIT_FORCED = 3  # a second SIGTERM/SIGINT cut the drain short: unmounted lazily at once
+
+READY_TIMEOUT = 15.0
+STATUS_INTERVAL = 1.0  # checked this often; sent only when it changed
+CLOSE_TIMEOUT = 10.0
 
 
 class StartupError(Exception):
@@ -62,8 +103,17 @@ class StateLock:
             self.fd = None
 
 
+Closer = Callable[[], Awaitable[object]]
+
+
 class Daemon:
-    def __init__(self, settings: Settings):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        reload: Callable[[], Settings] | None = None,
+        notifier: Notifier | None = None,
+    ):
         if settings.mountpoint is None:
             raise StartupError("no mount point given")
         if not settings.origins:
@@ -71,25 +121,66 @@ class Daemon:
         self.settings = settings
         self.mountpoint: Path = settings.mountpoint
         self.lock = StateLock(settings.state_dir)
+        self.reload_settings = reload
+        self.notifier = notifier or Notifier.from_env()
+        self.supervisor = Supervisor(on_escalate=self._escalate)
         self.ops: MusicOperations | None = None
         self.library: Library | None = None
         self.reader: Reader | None = None
+        self.watchdog: Watchdog | None = None
         self.search = SearchIndex(settings.search_dir)
+        # Stores closed in step 3 of the shutdown, after the reader, origins and catalog
+        # (e.g. the search index). ``add_closer`` registers one.
+        self.closers: list[tuple[str, Closer]] = []
+        # Milestones in the order they happened (status, tests of the shutdown order).
+        self.events: list[str] = []
+        self.state = "starting"
+        self.exit_code = EXIT_OK
+        self.started_at = time.time()
+        self.catalog_moved_aside: Path | None = None
         self._shutdown = trio.Event()
+        self._sync_now = trio.Event()
+        self._fuse_done = trio.Event()
+        self._fuse_scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
         self._mounted = False
+        self._stores_closed = False
+        self._stop_signals = 0
+
+    def event(self, name: str) -> None:
+        self.events.append(name)
+        log.debug("daemon: %s", name)
+
+    def add_closer(self, name: str, close: Closer) -> None:
+        self.closers.append((name, close))
 
     # -- start-up --------------------------------------------------------------------
 
     async def _open(self) -> None:
         s = self.settings
-        check_mountpoint(self.mountpoint)
         self.lock.acquire()
-        catalog = await trio.to_thread.run_sync(Catalog, s.catalog_path)
+        try:
+            prepare_mountpoint(self.mountpoint)
+        except MountpointError:
+            self.lock.release()
+            raise
+        try:
+            catalog, self.catalog_moved_aside = await trio.to_thread.run_sync(
+                open_catalog, s.catalog_path
+            )
+        except SchemaTooNew as exc:
+            raise StartupError(str(exc)) from None
         pool = open_pool(s)
         self.library = Library(s, catalog, pool)
-        self.reader = DirectReader(pool.read)
+        self.reader = DirectReader(self._fetch)
         tree = await self.library.build_tree()
         self.ops = MusicOperations(tree, self.reader, s.fuse)
+        self.event("opened")
+
+    async def _fetch(self, track: Track, offset: int, length: int) -> bytes:
+        # Through the current pool, which a reload may have replaced.
+        assert self.library is not None
+        return await self.library.pool.read(track, offset, length)
 
     def _mount(self) -> None:
         assert self.ops is not None
@@ -101,19 +192,109 @@ class Daemon:
                 "installed and /dev/fuse usable?"
             ) from None
         self._mounted = True
+        self.event("mounted")
         log.info(
             "mounted %s (%d tracks in the catalog)",
             self.mountpoint,
             sum(1 for _ in self.ops.tree.files()),
         )
 
+    async def _fuse_main(self) -> None:
+        try:
+            with trio.CancelScope() as scope:
+                self._fuse_scope = scope
+                await pyfuse3.main(min_tasks=4, max_tasks=self.settings.fuse.max_tasks)
+        finally:
+            self._fuse_done.set()
+        if self.state not in ("stopping", "stopped"):
+            # The kernel session ended without us: `fusermount3 -u` from outside.
+            log.info("%s was unmounted from outside; stopping", self.mountpoint)
+            self._mounted = False
+            self.request_shutdown()
+
+    async def _wait_until_answering(self) -> None:
+        """READY=1 only once a request through the kernel comes back from our workers."""
+        deadline = trio.current_time() + READY_TIMEOUT
+        last: str = "no answer"
+        while trio.current_time() < deadline and not self._shutdown.is_set():
+            with trio.move_on_after(2.0):
+                try:
+                    await trio.to_thread.run_sync(
+                        probe_mount, self.mountpoint, abandon_on_cancel=True
+                    )
+                except OSError as exc:
+                    last = str(exc)
+                else:
+                    self.state = "serving"
+                    self.notifier.ready(self.status_line())
+                    self.event("ready")
+                    return
+            await trio.sleep(0.1)
+        if not self._shutdown.is_set():
+            log.error("the mount did not answer within %.0fs (%s); stopping", READY_TIMEOUT, last)
+            self.exit_code = EXIT_FAILURE
+            self.request_shutdown()
+
+    def _start_background(self) -> None:
+        assert self.library is not None
+        self.supervisor.start("sync", self._sync_loop, Policy.BEST_EFFORT)
+        self.supervisor.start("health", self.library.pool.health.run, Policy.CRITICAL)
+        interval = watchdog_interval()
+        if interval is not None and self.notifier.enabled:
+            self.watchdog = Watchdog(
+                self.notifier,
+                interval,
+                lambda: probe_mount(self.mountpoint),
+                probe_timeout=max(0.5, interval * 0.8),
+            )
+            self.supervisor.start("watchdog", self.watchdog.run, Policy.CRITICAL)
+        if self.notifier.enabled:
+            self.supervisor.start("notify-status", self._status_loop, Policy.BEST_EFFORT)
+
+    # -- running ---------------------------------------------------------------------
+
+    async def run(self) -> int:
+        install_hooks()
+        try:
+            with self._signal_handlers():
+                await self._open()
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    _start_named(nursery, "supervisor", self.supervisor.run)
+                    if not self._shutdown.is_set():
+                        self._mount()
+                        _start_named(nursery, "fuse-main", self._fuse_main)
+                        await self._start_control(nursery)
+                        await self._wait_until_answering()
+                        if not self._shutdown.is_set():
+                            self._start_background()
+                    await self._shutdown.wait()
+                    await self.shutdown()
+                    nursery.cancel_scope.cancel()
+            return self.exit_code
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._close_stores()
+                self._unmount_now()
+            self.lock.release()
+            self.notifier.close()
+
+    def request_shutdown(self, code: int | None = None) -> None:
+        if code is not None and self.exit_code == EXIT_OK:
+            self.exit_code = code
+        self._shutdown.set()
+
+    def _escalate(self, name: str, exc: BaseException) -> None:
+        log.critical("critical task %s keeps failing; stopping with exit code 1", name)
+        self.request_shutdown(EXIT_FAILURE)
+
     # -- background work ---------------------------------------------------------------
 
     async def _sync_loop(self) -> None:
         assert self.library is not None and self.ops is not None
         publisher = TreePublisher(self.library, self.ops.swap_tree)
-        interval = self.settings.library.scan_interval
         while True:
+            self._sync_now = trio.Event()
             ok = False
 
             async def sync() -> None:
@@ -123,69 +304,353 @@ class Daemon:
 
             await publisher.run_while(sync)
             await self.search.update_async(self.ops.tree)
-            if interval <= 0:
-                return
-            # An origin that could not be listed is retried sooner than the full interval.
-            await trio.sleep(interval if ok else min(interval, 60.0))
+            interval = self.settings.library.scan_interval
+            # An origin that could not be listed is retried sooner than the full interval;
+            # an interval of 0 means "only when asked" (start-up, SIGHUP).
+            delay = (interval if ok else min(interval, 60.0)) if interval > 0 else float("inf")
+            with trio.move_on_after(delay):
+                await self._sync_now.wait()
 
-    async def _signals(self, nursery: trio.Nursery) -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                log.info("received %s: unmounting", signal.Signals(signum).name)
-                self.request_shutdown()
-                return
+    async def _status_loop(self) -> None:
+        last = ""
+        while True:
+            line = self.status_line()
+            if line != last:
+                self.notifier.status(line)
+                last = line
+            await trio.sleep(STATUS_INTERVAL)
 
-    def request_shutdown(self) -> None:
-        self._shutdown.set()
+    # -- status ----------------------------------------------------------------------
 
-    async def _fuse_main(self) -> None:
-        assert self.settings.fuse.max_tasks
-        await pyfuse3.main(min_tasks=4, max_tasks=self.settings.fuse.max_tasks)
-        # main() returns when the kernel session ends, e.g. `fusermount3 -u` from outside.
+    def mode(self) -> str:
+        """online | degraded | offline | passthrough, from the components that report one
+        (the cache's passthrough wins over the origins' mode)."""
+        for component in (self.reader, self.library.pool if self.library else None):
+            report = _status_of(component)
+            if isinstance(report, dict) and report.get("mode") in (
+                "offline",
+                "degraded",
+                "passthrough",
+            ):
+                return str(report["mode"])
+        return "online"
+
+    def track_count(self) -> int:
+        return sum(1 for _ in self.ops.tree.files()) if self.ops else 0
+
+    def status_line(self) -> str:
+        parts = [self.state, self.mode(), f"{self.track_count()} tracks"]
+        cache = _status_of(self.reader)
+        if isinstance(cache, dict) and "used_bytes" in cache:
+            parts.append(f"cache {int(cache['used_bytes']) // 1024**2} MiB")
+        if self.library is not None and self.library.progress:
+            p = self.library.progress
+            parts.append(f"syncing {p['origin']} {p['done']}/{p['total'] or '?'}")
+        return "; ".join(parts)
+
+    def status(self) -> dict[str, Any]:
+        ops = self.ops
+        report: dict[str, Any] = {
+            "pid": os.getpid(),
+            "mountpoint": str(self.mountpoint),
+            "state": self.state,
+            "mode": self.mode(),
+            "uptime": round(time.time() - self.started_at, 1),
+            "tracks": self.track_count(),
+            "tasks": self.supervisor.status(),
+            "sync": self.library.status() if self.library else None,
+            "origins": _status_of(self.library.pool) if self.library else None,
+            "cache": _status_of(self.reader),
+            "watchdog": self.watchdog.status() if self.watchdog else None,
+            "catalog_moved_aside": str(self.catalog_moved_aside)
+            if self.catalog_moved_aside
+            else None,
+        }
+        if ops is not None:
+            st = ops.stats
+            report["fuse"] = {
+                "reads": st.reads,
+                "read_bytes": st.read_bytes,
+                "read_errors": st.read_errors,
+                "deadline_misses": st.deadline_misses,
+                "inflight": st.inflight,
+                "unexpected": st.unexpected,
+            }
+        return report
+
+    # -- control socket ----------------------------------------------------------------
+
+    async def _start_control(self, nursery: trio.Nursery) -> None:
+        path = control.socket_path(self.settings.run_dir, self.mountpoint)
+
+        async def status(request: dict[str, Any]) -> dict[str, Any]:
+            return {"status": self.status()}
+
+        async def unmount(request: dict[str, Any]) -> dict[str, Any]:
+            log.info("control: unmount requested")
+            self.request_shutdown()
+            return {"stopping": True, "pid": os.getpid()}
+
+        async def reload(request: dict[str, Any]) -> dict[str, Any]:
+            return {"result": await self.reload()}
+
+        server = control.ControlServer(
+            path, {"status": status, "unmount": unmount, "reload": reload}
+        )
+        try:
+            await server.bind()
+        except OSError as exc:
+            log.error("control socket %s: %s; `musicfs status` cannot reach this daemon", path, exc)
+            return
+        _start_named(nursery, "control", server.serve)
+
+    # -- signals ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _signal_handlers(self) -> Iterator[None]:
+        """Plain signal handlers (not trio's receiver) so that a second SIGTERM works even
+        when the event loop is stuck: it runs on the main thread between bytecodes."""
+        token = trio.lowlevel.current_trio_token()
+
+        def on_stop(signum: int, frame: FrameType | None) -> None:
+            self._stop_signals += 1
+            if self._stop_signals == 1:
+                token.run_sync_soon(self._first_stop_signal, signum)
+            else:
+                self._force_exit(signum)
+
+        def on_hup(signum: int, frame: FrameType | None) -> None:
+            token.run_sync_soon(self._spawn, "reload", self.reload)
+
+        def on_usr1(signum: int, frame: FrameType | None) -> None:
+            token.run_sync_soon(dump_stacks)
+
+        handlers = {
+            signal.SIGTERM: on_stop,
+            signal.SIGINT: on_stop,
+            signal.SIGHUP: on_hup,
+            signal.SIGUSR1: on_usr1,
+        }
+        previous = {signum: signal.signal(signum, fn) for signum, fn in handlers.items()}
+        # Thread stacks straight from the C signal handler (works with a wedged loop),
+        # then our handler above logs the trio tasks.
+        faulthandler.register(signal.SIGUSR1, file=2, all_threads=True, chain=True)
+        try:
+            yield
+        finally:
+            faulthandler.unregister(signal.SIGUSR1)
+            for signum, old in previous.items():
+                signal.signal(signum, old)
+
+    def _first_stop_signal(self, signum: int) -> None:
+        log.info(
+            "received %s: shutting down (send it again to unmount at once)",
+            signal.Signals(signum).name,
+        )
         self.request_shutdown()
 
-    async def run(self) -> int:
-        try:
-            await self._open()
-            self._mount()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._fuse_main)
-                nursery.start_soon(self._signals, nursery)
-                nursery.start_soon(self._sync_loop)
-                assert self.library is not None
-                nursery.start_soon(self.library.pool.health.run)
-                await self._shutdown.wait()
-                assert self.ops is not None
-                self.ops.draining = True
-                with trio.move_on_after(self.settings.fuse.read_deadline + 2):
-                    pyfuse3.terminate()
-                    # Cancel background work but give FUSE workers their deadline to finish.
-                    nursery.cancel_scope.cancel()
-            return EXIT_OK
-        finally:
-            await self._close()
+    def _spawn(self, name: str, fn: Callable[[], Awaitable[object]]) -> None:
+        if self._nursery is not None and self.state not in ("stopping", "stopped"):
+            _start_named(self._nursery, name, fn)
+        else:
+            log.info("%s: ignored while the daemon is %s", name, self.state)
 
-    async def _close(self) -> None:
+    def _force_exit(self, signum: int) -> None:
+        log.warning(
+            "received %s again: unmounting at once, in-flight requests fail",
+            signal.Signals(signum).name,
+        )
         if self._mounted:
             try:
-                pyfuse3.close(unmount=True)
-            except Exception:
-                log.exception("unmount failed")
-            self._mounted = False
-            log.info("unmounted %s", self.mountpoint)
-        # Shutdown flushes the search index: its last commit then holds the last sync.
-        await trio.to_thread.run_sync(self.search.close)
+                lazy_unmount(self.mountpoint)
+            except (MountpointError, OSError) as exc:
+                log.error("forced unmount of %s failed: %s", self.mountpoint, exc)
+        for handler in logging.getLogger().handlers:
+            with contextlib.suppress(Exception):
+                handler.flush()
+        os._exit(EXIT_FORCED)
+
+    # -- reload ----------------------------------------------------------------------
+
+    async def reload(self) -> str:
+        """Re-read the config (SIGHUP): apply what can change while mounted, log the rest."""
+        if self.reload_settings is None or self.settings.source is None:
+            message = "reload: started without --config, nothing to re-read"
+            log.warning(message)
+            return message
+        self.notifier.reloading()
+        try:
+            try:
+                new = await trio.to_thread.run_sync(self.reload_settings)
+            except ConfigError as exc:
+                message = f"reload: {exc}; keeping the running configuration"
+                log.error(message)
+                return message
+            return await self.apply_settings(new)
+        finally:
+            self.notifier.send("READY=1", f"STATUS={self.status_line()}")
+
+    async def apply_settings(self, new: Settings) -> str:
+        plan = plan_reload(self.settings, new)
+        for name in plan.needs_restart:
+            log.warning("reload: %s changed; it takes effect after a restart", name)
+        old, self.settings = self.settings, plan.settings
         if self.library is not None:
-            await self.library.pool.aclose()
-            await trio.to_thread.run_sync(self.library.catalog.close)
-        self.lock.release()
+            self.library.settings = plan.settings
+            if "library.template" in plan.changed:
+                self.library.template = Template(plan.settings.library.template)
+            if plan.origins_changed:
+                old_pool = self.library.pool
+                self.library.pool = open_pool(plan.settings)
+                log.info(
+                    "reload: origins now %s",
+                    ", ".join(o.display_url for o in self.library.pool),
+                )
+                # The health monitor watches the pool it was started on: move it over.
+                await self.supervisor.stop("health")
+                if not self.supervisor.closed:
+                    self.supervisor.start("health", self.library.pool.health.run, Policy.CRITICAL)
+                await old_pool.aclose()
+        if self.ops is not None:
+            self.ops.settings = plan.settings.fuse
+        reconfigure = getattr(self.reader, "reconfigure", None)
+        if callable(reconfigure):
+            await reconfigure(plan.settings)
+        if plan.settings.log_level != old.log_level:
+            logging.getLogger().setLevel(plan.settings.log_level.upper())
+        if plan.resync:
+            self._sync_now.set()
+        applied = ", ".join(plan.changed) or "nothing changed"
+        log.info("reload: applied %s", applied)
+        return applied
+
+    # -- shutdown --------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        """The ordered shutdown; see the module docstring."""
+        self.state = "stopping"
+        self.notifier.stopping("stopping: draining requests")
+        self.event("stopping")
+        log.info("shutdown: stopping background work")
+        await self.supervisor.close(timeout=CLOSE_TIMEOUT)
+        self.event("background-stopped")
+        await self._drain()
+        self.event("drained")
+        await self._close_stores()
+        self.event("stores-closed")
+        await self._unmount()
+        self.event("unmounted")
+        self.state = "stopped"
+
+    async def _drain(self) -> None:
+        ops = self.ops
+        if ops is None:
+            return
+        ops.draining = True
+        timeout = self.settings.fuse.drain_timeout
+        waiting = ops.stats.inflight
+        with trio.move_on_after(timeout):
+            while ops.stats.inflight:
+                await trio.sleep(0.01)
+        aborted = ops.abort_inflight()
+        if aborted:
+            log.warning(
+                "shutdown: %d reads still running after the %.1fs drain timeout answer EIO",
+                aborted,
+                timeout,
+            )
+            with trio.move_on_after(1.0):
+                while ops.stats.inflight:
+                    await trio.sleep(0.01)
+        log.info("shutdown: drained %d in-flight reads (%d answered EIO)", waiting, aborted)
+
+    async def _close_stores(self) -> None:
+        if self._stores_closed:
+            return
+        self._stores_closed = True
+        steps: list[tuple[str, Closer]] = []
+        if self.reader is not None:
+            steps.append(("reader", self.reader.aclose))
+        # Its last commit then holds the last sync.
+        steps.append(("search", lambda: trio.to_thread.run_sync(self.search.close)))
+        steps.extend(self.closers)
+        if self.library is not None:
+            steps.append(("origins", self.library.pool.aclose))
+            catalog: Catalog = self.library.catalog
+            steps.append(("catalog", lambda: trio.to_thread.run_sync(catalog.close)))
+        for name, close in steps:
+            with trio.move_on_after(CLOSE_TIMEOUT) as scope:
+                try:
+                    await close()
+                except Exception:
+                    log.exception("shutdown: closing %s failed", name)
+            if scope.cancelled_caught:
+                log.error("shutdown: closing %s took over %.0fs; moving on", name, CLOSE_TIMEOUT)
+        log.info("shutdown: stores committed and closed")
+
+    async def _unmount(self) -> None:
+        if self._mounted:
+            pyfuse3.terminate()
+            with trio.move_on_after(2.0):
+                await self._fuse_done.wait()
+            if not self._fuse_done.is_set() and self._fuse_scope is not None:
+                log.warning("shutdown: FUSE workers did not stop; cancelling them")
+                self._fuse_scope.cancel()
+                await self._fuse_done.wait()
+        self._unmount_now()
+
+    def _unmount_now(self) -> None:
+        if not self._mounted:
+            return
+        self._mounted = False
+        try:
+            pyfuse3.close(unmount=True)
+        except Exception:
+            log.exception("unmount of %s failed", self.mountpoint)
+            return
+        log.info("unmounted %s", self.mountpoint)
 
 
-def run_daemon(settings: Settings) -> int:
-    daemon = Daemon(settings)
+def _start_named(nursery: trio.Nursery, name: str, fn: Callable[[], Awaitable[object]]) -> None:
+    """A root task whose crash is logged with ``name`` (and shown under it in stack dumps)."""
+    nursery.start_soon(named_task(name, fn), name=name)
+
+
+def _status_of(component: object) -> object:
+    status = getattr(component, "status", None)
+    if not callable(status):
+        return None
+    try:
+        return status()
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
+def run_daemon(settings: Settings, reload: Callable[[], Settings] | None = None) -> int:
+    daemon = Daemon(settings, reload=reload)
     try:
         return trio.run(daemon.run)
-    except OSError as exc:
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.ENOENT):
-            raise StartupError(str(exc)) from None
+    except (StartupError, MountpointError):
         raise
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.ENOENT, errno.EROFS):
+            raise StartupError(str(exc)) from None
+        log.critical("daemon failed", exc_info=exc)
+        return EXIT_FAILURE
+    except BaseExceptionGroup as group:
+        for leaf in _leaves(group):
+            if isinstance(leaf, StartupError | MountpointError):
+                raise leaf from None
+        log.critical("daemon stopped after an uncaught error", exc_info=group)
+        return EXIT_FAILURE
+    except Exception as exc:
+        log.critical("daemon stopped after an uncaught error", exc_info=exc)
+        return EXIT_FAILURE

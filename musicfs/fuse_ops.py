@@ -27,6 +27,7 @@ import trio
 from musicfs.cache.reader import Reader
 from musicfs.catalog.tree import Node, Tree
 from musicfs.config import FuseSettings
+from musicfs.failpoints import async_fail_point
 from musicfs.origins.base import OriginError
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,9 @@ class MusicOperations(pyfuse3.Operations):  # type: ignore[misc]
         self._next_fh = itertools.count(1)
         # Set by the daemon during shutdown: new reads are refused, in-flight ones drain.
         self.draining = False
+        # One scope per in-flight read, cancelled by ``abort_inflight`` at the end of the
+        # drain window so that every read still running answers EIO.
+        self._inflight: set[trio.CancelScope] = set()
 
     # -- tree ------------------------------------------------------------------------
 
@@ -268,8 +272,21 @@ class MusicOperations(pyfuse3.Operations):  # type: ignore[misc]
         stats.inflight += 1
         started = time.monotonic()
         try:
-            with trio.move_on_after(self.settings.read_deadline) as scope:
-                data = await self.reader.read(track, off, size)
+            with trio.CancelScope() as abort:
+                self._inflight.add(abort)
+                # A stand-in for a wedged request that ignores its deadline (watchdog tests).
+                await async_fail_point("fuse.read")
+                with trio.move_on_after(self.settings.read_deadline) as scope:
+                    data = await self.reader.read(track, off, size)
+            if abort.cancelled_caught:
+                stats.read_errors += 1
+                log.warning(
+                    "read: path=%r offset=%d: aborted by shutdown after the drain timeout, "
+                    "errno=EIO",
+                    track.path,
+                    off,
+                )
+                raise pyfuse3.FUSEError(errno.EIO)
             if scope.cancelled_caught:
                 stats.deadline_misses += 1
                 stats.read_errors += 1
@@ -293,11 +310,19 @@ class MusicOperations(pyfuse3.Operations):  # type: ignore[misc]
                 )
             raise pyfuse3.FUSEError(code) from None
         finally:
+            self._inflight.discard(abort)
             stats.inflight -= 1
             elapsed = time.monotonic() - started
             stats.max_read_seconds = max(stats.max_read_seconds, elapsed)
         stats.read_bytes += len(data)
         return data
+
+    def abort_inflight(self) -> int:
+        """Make every read still running answer EIO now; returns how many there were."""
+        scopes = list(self._inflight)
+        for scope in scopes:
+            scope.cancel()
+        return len(scopes)
 
     @_guard("release")
     async def release(self, fh: int) -> None:

@@ -51,6 +51,9 @@ class Library:
         self.generation = 0
         self.last_sync: dict[str, SyncResult] = {}
         self.sync_errors: dict[str, str] = {}
+        # What the sync in progress is doing, for status: origin, files done / to scan.
+        self.progress: dict[str, object] | None = None
+        self.syncs_finished = 0
 
     def _build(self) -> Tree:
         tracks = self.catalog.tracks()
@@ -65,30 +68,60 @@ class Library:
     ) -> bool:
         """Sync every origin once. True if every origin listed completely."""
         ok = True
-        for origin in self.pool:
-            if not self.pool.health.usable(origin.name):
-                # Listing a dead server would only wait for timeouts; the catalog is kept
-                # and the next sync after it recovers catches up.
-                ok = False
-                self.sync_errors[origin.name] = "origin unhealthy; sync skipped"
-                log.warning("sync: origin=%s is unhealthy; skipped, catalog kept", origin.name)
-                continue
-            try:
-                result = await sync_origin(
-                    self.catalog,
-                    origin,
-                    parallel=self.settings.library.scan_parallel,
-                    progress=progress,
-                    on_batch=on_batch,
-                )
-            except OriginError as exc:
-                ok = False
-                self.sync_errors[origin.name] = str(exc)
-                log.warning("sync: %s; catalog kept as it was", exc)
-                continue
-            self.sync_errors.pop(origin.name, None)
-            self.last_sync[origin.name] = result
+        try:
+            for origin in list(self.pool):
+                if not self.pool.health.usable(origin.name):
+                    # Listing a dead server would only wait for timeouts; the catalog is
+                    # kept and the next sync after it recovers catches up.
+                    ok = False
+                    self.sync_errors[origin.name] = "origin unhealthy; sync skipped"
+                    log.warning("sync: origin=%s is unhealthy; skipped, catalog kept", origin.name)
+                    continue
+
+                def track(done: int, total: int, origin: str = origin.name) -> None:
+                    self.progress = {"origin": origin, "done": done, "total": total}
+                    if progress is not None:
+                        progress(done, total)
+
+                self.progress = {"origin": origin.name, "done": 0, "total": None}
+                try:
+                    result = await sync_origin(
+                        self.catalog,
+                        origin,
+                        batch_size=self.settings.library.scan_batch,
+                        parallel=self.settings.library.scan_parallel,
+                        progress=track,
+                        on_batch=on_batch,
+                    )
+                except OriginError as exc:
+                    ok = False
+                    self.sync_errors[origin.name] = str(exc)
+                    log.warning("sync: %s; catalog kept as it was", exc)
+                    continue
+                self.sync_errors.pop(origin.name, None)
+                self.last_sync[origin.name] = result
+        finally:
+            self.progress = None
+        self.syncs_finished += 1
         return ok
+
+    def status(self) -> dict[str, object]:
+        return {
+            "running": self.progress,
+            "finished": self.syncs_finished,
+            "errors": dict(self.sync_errors),
+            "last": {
+                name: {
+                    "listed": r.listed,
+                    "scanned": r.added_or_changed,
+                    "removed": r.removed,
+                    "tag_errors": r.tag_errors,
+                    "skipped": r.skipped,
+                    "seconds": round(r.seconds, 3),
+                }
+                for name, r in self.last_sync.items()
+            },
+        }
 
 
 class TreePublisher:

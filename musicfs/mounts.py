@@ -4,11 +4,16 @@ can take a new MusicFS mount."""
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
+import stat as stat_mod
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 FSNAME = "musicfs"
 
@@ -98,6 +103,10 @@ def check_mountpoint(path: Path) -> None:
         what = "a MusicFS mount" if is_musicfs(entry) else f"a {entry.fstype} mount"
         stale = " (stale: its daemon is gone)" if is_stale(path) else ""
         raise MountpointError(f"{path}: already {what}{stale}; unmount it first")
+    _check_folder(path)
+
+
+def _check_folder(path: Path) -> None:
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -106,8 +115,6 @@ def check_mountpoint(path: Path) -> None:
         ) from None
     except OSError as exc:
         raise MountpointError(f"{path}: cannot use as mount point: {exc.strerror}") from None
-    import stat as stat_mod
-
     if not stat_mod.S_ISDIR(st.st_mode):
         raise MountpointError(f"{path}: mount point is not a directory")
     try:
@@ -116,3 +123,60 @@ def check_mountpoint(path: Path) -> None:
                 raise MountpointError(f"{path}: mount point is not empty")
     except PermissionError:
         raise MountpointError(f"{path}: mount point is not readable") from None
+
+
+def stat_bounded(path: Path, timeout: float) -> int | None:
+    """``os.stat(path)`` in a helper thread: 0 if it worked, the errno if it failed, None if
+    it did not return within ``timeout`` (a live but wedged FUSE daemon). The thread is left
+    behind in that case; it ends when the mount does."""
+    result: list[int] = []
+
+    def run() -> None:
+        try:
+            os.stat(path)
+            result.append(0)
+        except OSError as exc:
+            result.append(exc.errno or errno.EIO)
+
+    thread = threading.Thread(target=run, name=f"stat {path}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return result[0] if result else None
+
+
+def prepare_mountpoint(path: Path, *, timeout: float = 3.0) -> None:
+    """Make ``path`` ready for a new mount, or raise ``MountpointError`` saying why not.
+
+    A MusicFS mount left behind by a killed daemon (the kernel answers ENOTCONN) is lazily
+    unmounted and the folder reused -- no manual ``fusermount3 -u`` ever. A MusicFS mount
+    whose daemon still answers belongs to a running instance and is refused, as is any
+    other file system mounted there.
+    """
+    for _ in range(8):  # several stale mounts may be stacked on one folder
+        entry = find_mount(path)
+        if entry is None:
+            break
+        if not is_musicfs(entry):
+            raise MountpointError(
+                f"{path}: already a {entry.fstype} mount (from {entry.source}); unmount it first"
+            )
+        code = stat_bounded(path, timeout)
+        if code is None:
+            raise MountpointError(
+                f"{path}: already a MusicFS mount whose daemon is alive but does not answer; "
+                "stop that daemon (or `fusermount3 -uz` the folder) first"
+            )
+        if code != errno.ENOTCONN:
+            raise MountpointError(
+                f"{path}: already a MusicFS mount served by a running daemon; stop it first "
+                f"(`musicfs unmount {path}`)"
+            )
+        log.warning(
+            "mount point %s: stale MusicFS mount left by a daemon that died; "
+            "unmounting it lazily and reusing the folder",
+            path,
+        )
+        lazy_unmount(path)
+    else:
+        raise MountpointError(f"{path}: still mounted after unmounting it 8 times")
+    _check_folder(path)

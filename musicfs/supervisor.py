@@ -55,6 +55,8 @@ class TaskInfo:
     failures: int = 0
     last_error: str | None = None
     since: float = field(default_factory=time.time)
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope, repr=False)
+    ended: trio.Event = field(default_factory=trio.Event, repr=False)
 
     def set(self, state: str) -> None:
         self.state = state
@@ -108,6 +110,19 @@ class Supervisor:
         else:
             self._nursery.start_soon(self._supervise, info, fn, name=f"task:{name}")
 
+    async def stop(self, name: str, timeout: float = 5.0) -> None:
+        """Cancel one task (e.g. to start it again on new objects after a reload)."""
+        info = self.tasks.get(name)
+        if info is None:
+            return
+        info.scope.cancel()
+        if self._nursery is None or info.state not in ("pending", "running", "backoff"):
+            info.set("cancelled")
+            self._queued = [(i, fn) for i, fn in self._queued if i is not info]
+            return
+        with trio.move_on_after(timeout):
+            await info.ended.wait()
+
     def status(self) -> dict[str, dict[str, Any]]:
         return {name: info.as_dict() for name, info in sorted(self.tasks.items())}
 
@@ -151,6 +166,15 @@ class Supervisor:
         return False
 
     async def _supervise(self, info: TaskInfo, fn: TaskFn) -> None:
+        try:
+            with info.scope:
+                await self._restart_loop(info, fn)
+            if info.scope.cancelled_caught:
+                info.set("cancelled")
+        finally:
+            info.ended.set()
+
+    async def _restart_loop(self, info: TaskInfo, fn: TaskFn) -> None:
         backoff = self.backoff_initial
         recent: deque[float] = deque()
         while True:

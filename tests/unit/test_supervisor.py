@@ -189,3 +189,33 @@ def test_close_gives_up_waiting_for_a_task_that_ignores_cancellation(caplog) -> 
 
     run_virtual(main)
     assert "stubborn did not stop within 3.0s" in caplog.text
+
+
+def test_stop_cancels_one_task_so_it_can_start_again() -> None:
+    runs: list[str] = []
+
+    async def main() -> None:
+        sup = Supervisor()
+
+        def monitor(label: str):  # type: ignore[no-untyped-def]
+            async def run() -> None:
+                runs.append(label)
+                await trio.sleep_forever()
+
+            return run
+
+        sup.start("health", monitor("old pool"), Policy.CRITICAL)
+        sup.start("sync", monitor("sync"))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sup.run)
+            await trio.sleep(1)
+            await sup.stop("health")
+            assert sup.status()["health"]["state"] == "cancelled"
+            sup.start("health", monitor("new pool"), Policy.CRITICAL)
+            await trio.sleep(1)
+            assert sup.status()["health"]["state"] == "running"
+            assert sup.status()["sync"]["state"] == "running"
+            await sup.close()
+
+    run_virtual(main)
+    assert sorted(runs) == ["new pool", "old pool", "sync"]
