@@ -41,3 +41,10 @@ def s3(world_dir: Path) -> Iterator[S3Server]:
     cut off while the other keeps serving)."""
     with NetNS() as ns:
         yield S3Server(ns, world_dir).start()
+
+
+@pytest.fixture
+def s3_open(world_dir: Path) -> Iterator[S3Server]:
+    """moto without authentication: survives a restart with the same credentials."""
+    with NetNS() as ns:
+        yield S3Server(ns, world_dir, auth=False).start()

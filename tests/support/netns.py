@@ -226,16 +226,18 @@ class SSHServer:
 
 
 class S3Server:
-    """moto's S3 API server inside ``ns``, with authentication on: only the generated IAM
-    user's key works, and that user may not read objects under ``secret/``."""
+    """moto's S3 API server inside ``ns``. With ``auth`` only the generated IAM user's key
+    works, and that user may not read objects under ``secret/``; without it any key works
+    (and a restarted server accepts the same one)."""
 
-    def __init__(self, ns: NetNS, workdir: Path, port: int = 9000):
+    def __init__(self, ns: NetNS, workdir: Path, port: int = 9000, *, auth: bool = True):
         self.ns = ns
         self.port = port
+        self.auth = auth
         self.log = workdir / f"moto-{ns.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.access_key = ""
-        self.secret_key = ""
+        self.access_key = "" if auth else "open-access-key"
+        self.secret_key = "" if auth else "open-secret-key"
 
     @property
     def endpoint(self) -> str:
@@ -245,7 +247,7 @@ class S3Server:
         self.proc = self.ns.popen(
             "env",
             # The first three requests (the IAM setup below) run without authentication.
-            "INITIAL_NO_AUTH_ACTION_COUNT=3",
+            f"INITIAL_NO_AUTH_ACTION_COUNT={3 if self.auth else 'inf'}",
             sys.executable,
             "-m",
             "moto.server",
@@ -256,7 +258,8 @@ class S3Server:
             log=self.log,
         )
         wait_for_port(self.ns.ip, self.port, timeout=60, proc=self.proc)
-        self._create_user()
+        if self.auth:
+            self._create_user()
         return self
 
     def _create_user(self) -> None:
