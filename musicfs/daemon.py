@@ -39,7 +39,8 @@ import pyfuse3
 import trio
 
 from musicfs import control
-from musicfs.cache.reader import DirectReader, Reader
+from musicfs.cache.reader import CachingReader
+from musicfs.cache.store import ChunkStore
 from musicfs.catalog.db import Catalog, SchemaTooNew
 from musicfs.catalog.integrity import open_catalog
 from musicfs.catalog.model import Track
@@ -126,7 +127,7 @@ class Daemon:
         self.supervisor = Supervisor(on_escalate=self._escalate)
         self.ops: MusicOperations | None = None
         self.library: Library | None = None
-        self.reader: Reader | None = None
+        self.reader: CachingReader | None = None
         self.watchdog: Watchdog | None = None
         self.search = SearchIndex(settings.search_dir)
         # Stores closed in step 3 of the shutdown, after the reader, origins and catalog
@@ -172,7 +173,8 @@ class Daemon:
             raise StartupError(str(exc)) from None
         pool = open_pool(s)
         self.library = Library(s, catalog, pool)
-        self.reader = DirectReader(self._fetch)
+        self.reader = CachingReader(ChunkStore.from_settings(s.cache_dir, s.cache), self._fetch)
+        await self.reader.open()  # start-up repair; a bad cache means passthrough, not exit
         tree = await self.library.build_tree()
         self.ops = MusicOperations(tree, self.reader, s.fuse)
         self.event("opened")
@@ -238,6 +240,9 @@ class Daemon:
     def _start_background(self) -> None:
         assert self.library is not None
         self.supervisor.start("sync", self._sync_loop, Policy.BEST_EFFORT)
+        if self.reader is not None:
+            # Write-behind, read-ahead, eviction, passthrough retries.
+            self.supervisor.start("cache", self.reader.run, Policy.CRITICAL)
         self.supervisor.start("health", self.library.pool.health.run, Policy.CRITICAL)
         interval = watchdog_interval()
         if interval is not None and self.notifier.enabled:

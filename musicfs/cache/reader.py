@@ -1,12 +1,40 @@
 """The reader seam: FUSE ``read()`` asks a ``Reader`` for bytes of a track, and nothing
-else in the FUSE layer knows where the bytes come from."""
+else in the FUSE layer knows where the bytes come from.
+
+``CachingReader`` serves reads from the chunk store and fetches what is missing through
+``Fetch`` (``OriginPool.read``), one chunk-sized range at a time:
+
+* a chunk read from disk is verified against its hash every time; one that fails is
+  quarantined by the store and fetched again -- the player never sees the bad bytes;
+* recently used chunks stay in a small in-memory cache (default 16 MiB), because FUSE
+  asks in 128 KiB pieces and re-reading and re-hashing a 1 MiB chunk for each of its
+  eight pieces would cost 8x the disk reads and hashing;
+* concurrent reads of the same missing chunk share one fetch (single flight);
+* sequential reads start a bounded read-ahead of the next chunks in the background;
+* fetched chunks are written to the store in the background (write-behind), so a miss
+  costs one origin round trip, not an origin round trip plus an fsync;
+* a slow or hung cache disk is given ``store_deadline`` before the origin is asked;
+* in passthrough mode (unusable cache) reads go straight to the origin and the store is
+  retried every ``retry_interval`` seconds.
+"""
 
 from __future__ import annotations
 
+import errno
+import logging
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
 
+import trio
+
+from musicfs.cache.store import HIGH_WATERMARK, PASSTHROUGH, ChunkStore, PutResult, Rejected
 from musicfs.catalog.model import Track
+from musicfs.failpoints import async_fail_point
+
+log = logging.getLogger(__name__)
 
 # Fetch bytes of a track from wherever it is stored (``OriginPool.read``).
 Fetch = Callable[[Track, int, int], Awaitable[bytes]]
@@ -34,3 +62,329 @@ class DirectReader:
 
     async def aclose(self) -> None:
         return None
+
+
+@dataclass
+class ReaderCounters:
+    reads: int = 0
+    memory_hits: int = 0
+    store_hits: int = 0
+    origin_fetches: int = 0
+    origin_bytes: int = 0
+    shared_fetches: int = 0  # reads that waited for another read's fetch
+    readahead: int = 0
+    repaired: int = 0
+    uncached: int = 0  # chunks served but not stored (full, busy or short)
+    passthrough_reads: int = 0
+    store_timeouts: int = 0
+    store_task_errors: int = 0
+
+
+class _Flight:
+    """One fetch of one chunk that every concurrent reader of that chunk waits for."""
+
+    __slots__ = ("data", "done", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.data: bytes | None = None
+        self.error: BaseException | None = None
+
+
+ChunkKey = tuple[bytes, int]
+
+
+class CachingReader:
+    def __init__(
+        self,
+        store: ChunkStore,
+        fetch: Fetch,
+        *,
+        readahead: int = 2,
+        memory_bytes: int = 16 * 1024 * 1024,
+        retry_interval: float = 30.0,
+        maintain_interval: float = 10.0,
+        store_deadline: float = 2.0,
+        threads: int = 4,
+        max_pending_puts: int = 4,
+        drain_timeout: float = 5.0,
+        put_wait: float = 1.0,
+    ):
+        self.store = store
+        self.fetch = fetch
+        self.readahead = readahead
+        self.memory_bytes = memory_bytes
+        self.retry_interval = retry_interval
+        self.maintain_interval = maintain_interval
+        self.store_deadline = store_deadline
+        self.max_pending_puts = max_pending_puts
+        self.drain_timeout = drain_timeout
+        self.put_wait = put_wait
+        self._put_scopes: set[trio.CancelScope] = set()
+        self.counters = ReaderCounters()
+        # Threads may be abandoned when the cache disk hangs; the limiter bounds how many.
+        self._get_limiter = trio.CapacityLimiter(threads)
+        self._put_limiter = trio.CapacityLimiter(1)
+        self._memory: OrderedDict[ChunkKey, bytes] = OrderedDict()
+        self._memory_used = 0
+        self._flights: dict[ChunkKey, _Flight] = {}
+        self._streams: OrderedDict[bytes, int] = OrderedDict()  # version -> next offset
+        self._put_slots = trio.Semaphore(max_pending_puts)
+        self._pending_readahead = 0
+        self._nursery: trio.Nursery | None = None
+        self._wake = trio.Event()
+        self._last_probe = 0.0
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the store and run its start-up repair in a worker thread. Never raises
+        for a bad cache: the store ends up in passthrough mode instead."""
+        await trio.to_thread.run_sync(self.store.open)
+        self._last_probe = time.monotonic()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Background work: write-behind, read-ahead, eviction, passthrough retries.
+        Without it reads still work, storing inline and reading ahead nothing."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._housekeeping)
+                task_status.started()
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    # Shutting down: chunks already fetched still get stored, for a while.
+                    drain_until = trio.current_time() + self.drain_timeout
+                    for scope in self._put_scopes:
+                        scope.deadline = min(scope.deadline, drain_until)
+        finally:
+            self._nursery = None
+
+    async def aclose(self) -> None:
+        await trio.to_thread.run_sync(self.store.close)
+
+    async def _housekeeping(self) -> None:
+        while True:
+            with trio.move_on_after(self.maintain_interval):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            try:
+                if self.store.mode == PASSTHROUGH:
+                    if time.monotonic() - self._last_probe >= self.retry_interval:
+                        self._last_probe = time.monotonic()
+                        await trio.to_thread.run_sync(self.store.probe)
+                else:
+                    await trio.to_thread.run_sync(self.store.maintain)
+            except Exception:
+                log.exception("cache: housekeeping failed; retrying later")
+
+    # -- status ----------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        out = self.store.status()
+        out["reader"] = asdict(self.counters)
+        out["memory_bytes"] = self._memory_used
+        return out
+
+    # -- reads -----------------------------------------------------------------------
+
+    async def read(self, track: Track, offset: int, size: int) -> bytes:
+        if offset < 0:
+            raise OSError(errno.EINVAL, f"negative offset {offset}")
+        if offset >= track.size or size <= 0:
+            return b""
+        end = min(offset + size, track.size)
+        self.counters.reads += 1
+        if self.store.mode == PASSTHROUGH:
+            self.counters.passthrough_reads += 1
+            return await self.fetch(track, offset, end - offset)
+        cs = self.store.chunk_size
+        first, last = offset // cs, (end - 1) // cs
+        parts: list[bytes] = []
+        for n in range(first, last + 1):
+            data = await self._chunk(track, n)
+            base = n * cs
+            parts.append(data[max(offset, base) - base : min(end, base + cs) - base])
+            if len(data) < min(cs, track.size - base):
+                break  # the origin returned less than the catalog promised
+        self._note_stream(track, offset, end, last)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def _chunk(self, track: Track, n: int) -> bytes:
+        key = (track.version_key, n)
+        data = self._memory.get(key)
+        if data is not None:
+            self._memory.move_to_end(key)
+            self.counters.memory_hits += 1
+            return data
+        flight = self._flights.get(key)
+        if flight is None:
+            flight = self._start_flight(track, n, key)
+            if self._nursery is None:
+                await self._load(track, n, key, flight)
+        else:
+            self.counters.shared_fetches += 1
+        await flight.done.wait()
+        if flight.error is not None:
+            err = flight.error
+            if isinstance(err, OSError):
+                raise OSError(err.errno, err.strerror or str(err)) from err
+            raise OSError(errno.EIO, f"chunk fetch failed: {err}") from err
+        assert flight.data is not None
+        return flight.data
+
+    def _start_flight(self, track: Track, n: int, key: ChunkKey) -> _Flight:
+        flight = _Flight()
+        self._flights[key] = flight
+        if self._nursery is not None:
+            # The fetch outlives the read that started it: a read that hits its deadline
+            # does not waste the fetch, and the others waiting for it still get it.
+            self._nursery.start_soon(self._load, track, n, key, flight)
+        return flight
+
+    async def _load(self, track: Track, n: int, key: ChunkKey, flight: _Flight) -> None:
+        try:
+            flight.data = await self._load_chunk(track, n, key)
+        except BaseException as exc:
+            flight.error = exc if isinstance(exc, Exception) else OSError(errno.EIO, "cancelled")
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            flight.done.set()
+            self._flights.pop(key, None)
+
+    async def _load_chunk(self, track: Track, n: int, key: ChunkKey) -> bytes:
+        cs = self.store.chunk_size
+        expected = min(cs, track.size - n * cs)
+        found = await self._from_store(track, n, expected)
+        if isinstance(found, bytes):
+            self.counters.store_hits += 1
+            self._remember(key, found)
+            return found
+        await async_fail_point("reader.fetch")
+        data = await self.fetch(track, n * cs, expected)
+        self.counters.origin_fetches += 1
+        self.counters.origin_bytes += len(data)
+        if isinstance(found, Rejected):
+            self.counters.repaired += 1
+            log.warning(
+                "cache: %r chunk %d repaired: served and re-stored from the origin (%s)",
+                track.path,
+                n,
+                found.problem,
+            )
+        if len(data) != expected:
+            # Never cache a chunk of the wrong length: the origin's file is not the
+            # version the catalog knows. The short read is passed on as it is.
+            self.counters.uncached += 1
+            return data
+        self._remember(key, data)
+        await self._store(track.version_key, n, data)
+        return data
+
+    async def _from_store(self, track: Track, n: int, expected: int) -> bytes | Rejected | None:
+        with trio.move_on_after(self.store_deadline):
+            return await trio.to_thread.run_sync(
+                lambda: self.store.get(track.version_key, n, expected, label=track.path),
+                limiter=self._get_limiter,
+                abandon_on_cancel=True,
+            )
+        self.counters.store_timeouts += 1
+        log.warning(
+            "cache: reading %r chunk %d took over %.1fs; asking the origin instead",
+            track.path,
+            n,
+            self.store_deadline,
+        )
+        return None
+
+    def _remember(self, key: ChunkKey, data: bytes) -> None:
+        old = self._memory.pop(key, None)
+        if old is not None:
+            self._memory_used -= len(old)
+        self._memory[key] = data
+        self._memory_used += len(data)
+        while self._memory_used > self.memory_bytes and len(self._memory) > 1:
+            _, dropped = self._memory.popitem(last=False)
+            self._memory_used -= len(dropped)
+
+    # -- storing ---------------------------------------------------------------------
+
+    async def _store(self, version: bytes, n: int, data: bytes) -> None:
+        if self.store.mode == PASSTHROUGH:
+            self.counters.uncached += 1
+            return
+        if self._nursery is None:
+            await self._put(version, n, data)
+            return
+        # Back-pressure: a reader outrunning the cache disk waits for a write slot, but
+        # only briefly -- if the disk is that slow, serve now and store next time.
+        with trio.move_on_after(self.put_wait):
+            await self._put_slots.acquire()
+            self._nursery.start_soon(self._put, version, n, data, True)
+            return
+        self.counters.uncached += 1
+
+    async def _put(self, version: bytes, n: int, data: bytes, pending: bool = False) -> None:
+        # Shielded: shutdown gives queued writes ``drain_timeout`` to finish (see ``run``).
+        scope = trio.CancelScope(shield=True)
+        self._put_scopes.add(scope)
+        try:
+            with scope:
+                result = await trio.to_thread.run_sync(
+                    self.store.put, version, n, data, limiter=self._put_limiter
+                )
+            if scope.cancelled_caught:
+                return
+            if result in (PutResult.FULL, PutResult.SKIPPED):
+                self.counters.uncached += 1
+            if self.store.used > self.store.max_size * HIGH_WATERMARK:
+                self._wake.set()
+        except Exception:
+            # A bug in the store must not cost the player the bytes it already has.
+            self.counters.store_task_errors += 1
+            log.exception("cache: storing chunk %d failed unexpectedly", n)
+        finally:
+            self._put_scopes.discard(scope)
+            if pending:
+                self._put_slots.release()
+
+    # -- read-ahead ------------------------------------------------------------------
+
+    def _note_stream(self, track: Track, offset: int, end: int, last: int) -> None:
+        version = track.version_key
+        previous = self._streams.pop(version, None)
+        self._streams[version] = end
+        if len(self._streams) > 256:
+            self._streams.popitem(last=False)
+        sequential = offset == 0 or previous == offset
+        if not sequential or self._nursery is None or self.readahead <= 0:
+            return
+        cs = self.store.chunk_size
+        for n in range(last + 1, last + 1 + self.readahead):
+            if n * cs >= track.size:
+                break
+            key = (version, n)
+            if key in self._memory or key in self._flights:
+                continue
+            if self._pending_readahead >= 2 * self.readahead:
+                break
+            self._pending_readahead += 1
+            self._nursery.start_soon(self._read_ahead, track, n, key)
+
+    async def _read_ahead(self, track: Track, n: int, key: ChunkKey) -> None:
+        try:
+            has = await trio.to_thread.run_sync(
+                self.store.has, track.version_key, n, limiter=self._get_limiter
+            )
+            if has or key in self._flights or key in self._memory:
+                return
+            self.counters.readahead += 1
+            flight = _Flight()
+            self._flights[key] = flight
+            await self._load(track, n, key, flight)
+        except Exception as exc:
+            log.info("cache: read-ahead of %r chunk %d failed: %s", track.path, n, exc)
+        finally:
+            self._pending_readahead -= 1

@@ -44,8 +44,9 @@ class MountedDaemon:
         self.mountpoint = mountpoint
         self.log_path = state_dir.parent / f"daemon-{mountpoint.name}.log"
         args = ["mount", "--state-dir", str(state_dir)]
-        if cache_dir is not None:
-            args += ["--cache-dir", str(cache_dir)]
+        # Never the user's ~/.cache: each test gets its own chunk cache next to its state.
+        self.cache_dir = cache_dir or state_dir.parent / f"cache-{state_dir.name}"
+        args += ["--cache-dir", str(self.cache_dir)]
         if config is not None:
             args += ["--config", str(config)]
         for origin in origins:

@@ -1,0 +1,399 @@
+"""Layer 1: the caching reader over a real store and a real local origin -- exact bytes,
+only needed ranges, verification and repair, single flight, read-ahead, full and
+unusable caches, a hung cache disk."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import trio
+
+from musicfs import failpoints
+from musicfs.cache.reader import CachingReader
+from musicfs.cache.store import DEGRADED, HEADER_SIZE, NORMAL, PASSTHROUGH, chunk_hash
+from tests.support.faulty_store import FaultyStore, TrackOrigin
+
+CS = 64 * 1024
+PIECE = 16 * 1024  # stands for FUSE's 128 KiB pieces of a 1 MiB chunk
+
+
+@pytest.fixture
+def origin(tmp_path: Path) -> TrackOrigin:
+    o = TrackOrigin(tmp_path / "origin")
+    o.add_many([10 * CS + 1234, 3 * CS, 100, 0])
+    return o
+
+
+def new_store(tmp_path: Path, **kw: int) -> FaultyStore:
+    opts = {"chunk_size": CS, "max_size": 64 * CS, "min_free": 0}
+    opts.update(kw)
+    return FaultyStore(tmp_path / "cache", **opts)
+
+
+def run(
+    fn: Callable[[CachingReader], Awaitable[None]],
+    store: FaultyStore,
+    origin: TrackOrigin,
+    *,
+    background: bool = False,
+    **kw: float,
+) -> CachingReader:
+    reader = CachingReader(store, origin.fetch, **kw)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        await reader.open()
+        try:
+            if background:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(reader.run)
+                    await fn(reader)
+                    nursery.cancel_scope.cancel()
+            else:
+                await fn(reader)
+        finally:
+            await reader.aclose()
+
+    trio.run(main)
+    return reader
+
+
+async def read_all(reader: CachingReader, origin: TrackOrigin, name: str, piece: int) -> bytes:
+    track = origin.tracks[name]
+    out = bytearray()
+    offset = 0
+    while True:
+        data = await reader.read(track, offset, piece)
+        if not data:
+            return bytes(out)
+        out += data
+        offset += len(data)
+
+
+def test_reads_return_the_origin_bytes_at_any_offset_and_size(
+    tmp_path: Path, origin: TrackOrigin
+) -> None:
+    async def body(reader: CachingReader) -> None:
+        for name, content in origin.content.items():
+            track = origin.tracks[name]
+            for offset, size in [
+                (0, 1),
+                (0, PIECE),
+                (CS - 10, 20),  # across a chunk boundary
+                (CS, CS),
+                (5, 3 * CS),  # three chunks in one read
+                (max(0, len(content) - 7), 100),  # the tail
+                (len(content), 10),  # at EOF
+                (len(content) + 5, 10),  # past EOF
+            ]:
+                assert await reader.read(track, offset, size) == content[offset : offset + size]
+
+    for background in (False, True):
+        run(body, new_store(tmp_path), origin, background=background)
+
+
+def test_a_miss_fetches_only_the_chunk_it_needs(tmp_path: Path, origin: TrackOrigin) -> None:
+    track = origin.tracks["t0.flac"]
+
+    async def body(reader: CachingReader) -> None:
+        await reader.read(track, 3 * CS + 5, 10)
+        await reader.read(track, 10 * CS + 1000, 10)
+
+    run(body, new_store(tmp_path), origin)
+    assert origin.fetches == [("t0.flac", 3 * CS, CS), ("t0.flac", 10 * CS, 1234)]
+
+
+def test_cached_chunks_survive_a_restart_and_need_no_origin(
+    tmp_path: Path, origin: TrackOrigin
+) -> None:
+    async def body(reader: CachingReader) -> None:
+        for name, content in origin.content.items():
+            assert await read_all(reader, origin, name, PIECE) == content
+
+    run(body, new_store(tmp_path), origin, background=True)
+    fetched = len(origin.fetches)
+    assert fetched == 10 + 1 + 3 + 1  # each chunk once: 11 + 3 + 1
+    run(body, new_store(tmp_path), origin)
+    assert len(origin.fetches) == fetched
+
+
+def test_a_chunk_is_read_and_hashed_once_for_all_its_pieces(
+    tmp_path: Path, origin: TrackOrigin
+) -> None:
+    async def fill(reader: CachingReader) -> None:
+        await read_all(reader, origin, "t1.flac", CS)
+
+    run(fill, new_store(tmp_path), origin)
+    store = new_store(tmp_path)
+
+    async def body(reader: CachingReader) -> None:
+        assert await read_all(reader, origin, "t1.flac", PIECE) == origin.content["t1.flac"]
+
+    reader = run(body, store, origin)
+    assert store.calls["read"] == 3  # 3 chunks, 12 pieces
+    assert reader.counters.memory_hits == 12 - 3
+    assert store.counters.hits == 3
+
+
+@pytest.mark.parametrize("damage", ["bit-flip", "truncate", "directory"])
+def test_a_corrupt_chunk_is_never_served_and_is_repaired(
+    tmp_path: Path, origin: TrackOrigin, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    content = origin.content["t1.flac"]
+    store = new_store(tmp_path)
+
+    def corrupt() -> None:
+        path = store.chunk_path(chunk_hash(content[CS : 2 * CS]))
+        raw = bytearray(path.read_bytes())
+        if damage == "bit-flip":
+            raw[HEADER_SIZE + 100] ^= 0x01
+            path.write_bytes(bytes(raw))
+        elif damage == "truncate":
+            path.write_bytes(bytes(raw[:-1]))
+        else:
+            path.unlink()
+            path.mkdir()
+
+    async def body(reader: CachingReader) -> None:
+        assert await read_all(reader, origin, "t1.flac", CS) == content
+        corrupt()  # under the running reader, as on a live mount
+        fetched = len(origin.fetches)
+        assert await read_all(reader, origin, "t1.flac", PIECE) == content
+        assert origin.fetches[fetched:] == [("t1.flac", CS, CS)]
+        assert await read_all(reader, origin, "t1.flac", PIECE) == content
+
+    with caplog.at_level(logging.WARNING):
+        reader = run(body, store, origin, memory_bytes=1)
+    assert reader.counters.repaired == 1
+    assert "'t1.flac' chunk 1 repaired" in caplog.text
+    # the repair was stored
+    again = new_store(tmp_path)
+    again.open()
+    assert again.get(origin.tracks["t1.flac"].version_key, 1, CS) == content[CS : 2 * CS]
+    again.close()
+
+
+def test_a_rotting_disk_never_reaches_the_player(tmp_path: Path, origin: TrackOrigin) -> None:
+    async def fill(reader: CachingReader) -> None:
+        await read_all(reader, origin, "t0.flac", CS)
+
+    run(fill, new_store(tmp_path), origin)
+    store = new_store(tmp_path)
+    store_open = store.open
+    store.open = lambda: (store_open(), setattr(store, "corrupt_reads", True))[0]  # type: ignore[method-assign]
+
+    async def body(reader: CachingReader) -> None:
+        assert await read_all(reader, origin, "t0.flac", PIECE) == origin.content["t0.flac"]
+
+    reader = run(body, store, origin)
+    assert reader.counters.repaired == 11
+    assert reader.counters.store_hits == 0
+
+
+def test_concurrent_misses_of_one_chunk_fetch_it_once(tmp_path: Path, origin: TrackOrigin) -> None:
+    failpoints.set("reader.fetch", "sleep(200)")
+    track = origin.tracks["t0.flac"]
+    content = origin.content["t0.flac"]
+    results: list[bytes] = []
+
+    async def body(reader: CachingReader) -> None:
+        async def one(i: int) -> None:
+            results.append(await reader.read(track, 2 * CS + i * 100, 100))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(10):
+                nursery.start_soon(one, i)
+
+    for background in (False, True):
+        origin.fetches.clear()
+        results.clear()
+        reader = run(body, new_store(tmp_path / str(background)), origin, background=background)
+        assert origin.fetches == [("t0.flac", 2 * CS, CS)]
+        assert sorted(results) == sorted(content[2 * CS + i * 100 :][:100] for i in range(10))
+        assert reader.counters.shared_fetches == 9
+
+
+def test_sequential_reads_read_ahead_a_bounded_number_of_chunks(
+    tmp_path: Path, origin: TrackOrigin
+) -> None:
+    track = origin.tracks["t0.flac"]
+
+    async def body(reader: CachingReader) -> None:
+        await reader.read(track, 0, PIECE)
+        await reader.read(track, PIECE, PIECE)
+        with trio.fail_after(10):
+            while len(origin.fetches) < 3:
+                await trio.sleep(0.01)
+        await trio.sleep(0.2)
+        # only chunks 1 and 2 ahead, never the whole file
+        assert sorted(origin.fetches) == [("t0.flac", n * CS, CS) for n in range(3)]
+        # read-ahead chunks are served from memory without another fetch
+        assert await reader.read(track, CS, CS) == origin.content["t0.flac"][CS : 2 * CS]
+        assert len(origin.fetches) >= 3
+
+    reader = run(body, new_store(tmp_path), origin, background=True, readahead=2)
+    assert reader.counters.readahead >= 2
+
+
+def test_random_access_does_not_read_ahead(tmp_path: Path, origin: TrackOrigin) -> None:
+    track = origin.tracks["t0.flac"]
+
+    async def body(reader: CachingReader) -> None:
+        await reader.read(track, 5 * CS, 10)
+        await reader.read(track, 2 * CS, 10)
+        await trio.sleep(0.3)
+
+    run(body, new_store(tmp_path), origin, background=True)
+    assert len(origin.fetches) == 2
+
+
+def test_origin_errors_reach_the_player_and_nothing_is_cached(
+    tmp_path: Path, origin: TrackOrigin
+) -> None:
+    track = origin.tracks["t0.flac"]
+
+    async def body(reader: CachingReader) -> None:
+        failpoints.set("reader.fetch", "1*error(EIO)")
+        with pytest.raises(OSError) as info:
+            await reader.read(track, 0, 10)
+        assert info.value.errno == errno.EIO
+        assert await reader.read(track, 0, 10) == origin.content["t0.flac"][:10]
+
+    run(body, new_store(tmp_path), origin)
+
+
+def test_a_short_origin_read_is_passed_on_but_never_cached(
+    tmp_path: Path, origin: TrackOrigin
+) -> None:
+    track = origin.tracks["t1.flac"]
+    (origin.root / "t1.flac").write_bytes(origin.content["t1.flac"][: CS + 10])  # shrank
+
+    async def body(reader: CachingReader) -> None:
+        assert await reader.read(track, CS, CS) == origin.content["t1.flac"][CS : CS + 10]
+
+    store = new_store(tmp_path)
+    reader = run(body, store, origin)
+    assert reader.counters.uncached == 1
+    assert store.counters.stored == 0
+
+
+def test_full_cache_serves_uncached_and_reports_degraded(
+    tmp_path: Path, origin: TrackOrigin
+) -> None:
+    store = new_store(tmp_path)
+    store_open = store.open
+
+    def open_then_fill():  # type: ignore[no-untyped-def]
+        report = store_open()
+        store.fail("write", errno.ENOSPC)
+        return report
+
+    store.open = open_then_fill  # type: ignore[method-assign]
+
+    async def body(reader: CachingReader) -> None:
+        assert await read_all(reader, origin, "t0.flac", PIECE) == origin.content["t0.flac"]
+        status = reader.status()
+        assert status["mode"] == DEGRADED
+        assert status["reader"]["uncached"] == 11
+
+    run(body, store, origin)
+
+
+def test_unusable_cache_is_passthrough_then_retried(tmp_path: Path, origin: TrackOrigin) -> None:
+    (tmp_path / "cache").write_text("not a directory")
+    track = origin.tracks["t0.flac"]
+    content = origin.content["t0.flac"]
+
+    async def body(reader: CachingReader) -> None:
+        assert reader.status()["mode"] == PASSTHROUGH
+        assert await reader.read(track, 7, 1000) == content[7:1007]
+        assert origin.fetches == [("t0.flac", 7, 1000)]  # exactly the range asked for
+        (tmp_path / "cache").unlink()  # the operator fixes it
+        with trio.fail_after(10):
+            while reader.status()["mode"] != NORMAL:
+                await trio.sleep(0.02)
+        assert await reader.read(track, 7, 1000) == content[7:1007]
+        assert origin.fetches[-1] == ("t0.flac", 0, CS)
+
+    reader = run(
+        body,
+        new_store(tmp_path),
+        origin,
+        background=True,
+        retry_interval=0.1,
+        maintain_interval=0.05,
+    )
+    assert reader.counters.passthrough_reads == 1
+
+
+def test_cache_turning_read_only_mid_play_keeps_reads_correct(
+    tmp_path: Path, origin: TrackOrigin
+) -> None:
+    store = new_store(tmp_path)
+
+    async def body(reader: CachingReader) -> None:
+        track = origin.tracks["t0.flac"]
+        content = origin.content["t0.flac"]
+        assert await reader.read(track, 0, CS) == content[:CS]
+        store.fail("open_temp", errno.EROFS)
+        assert await reader.read(track, 3 * CS, CS) == content[3 * CS : 4 * CS]
+        assert reader.status()["mode"] == PASSTHROUGH
+        assert await read_all(reader, origin, "t0.flac", PIECE) == content
+
+    run(body, store, origin)
+
+
+def test_a_hung_cache_disk_falls_back_to_the_origin_within_the_deadline(
+    tmp_path: Path, origin: TrackOrigin
+) -> None:
+    async def fill(reader: CachingReader) -> None:
+        await read_all(reader, origin, "t1.flac", CS)
+
+    run(fill, new_store(tmp_path), origin)
+    track = origin.tracks["t1.flac"]
+
+    async def body(reader: CachingReader) -> None:
+        failpoints.set("cas.get.before_read", "1*sleep(3000)")
+        started = time.monotonic()
+        assert await reader.read(track, 0, 100) == origin.content["t1.flac"][:100]
+        assert time.monotonic() - started < 2.5
+
+    reader = run(body, new_store(tmp_path), origin, store_deadline=0.3)
+    assert reader.counters.store_timeouts == 1
+
+
+def test_status_reports_mode_size_and_counters(tmp_path: Path, origin: TrackOrigin) -> None:
+    async def body(reader: CachingReader) -> None:
+        await read_all(reader, origin, "t1.flac", PIECE)
+        status = reader.status()
+        assert status["mode"] == NORMAL and status["reason"] is None
+        assert status["size"] == 3 * CS and status["chunks"] == 3
+        assert status["max_size"] == 64 * CS
+        assert status["counters"]["stored"] == 3
+        assert status["reader"]["origin_fetches"] == 3
+
+    run(body, new_store(tmp_path), origin)
+
+
+def test_cache_stays_under_max_size_while_playing_a_bigger_library(
+    tmp_path: Path, origin: TrackOrigin
+) -> None:
+    big = TrackOrigin(tmp_path / "big")
+    big.add_many([7 * CS + 11] * 8)  # 56+ chunks through an 8-chunk cache
+    store = new_store(tmp_path, max_size=8 * (CS + HEADER_SIZE))
+    peak = 0
+
+    async def body(reader: CachingReader) -> None:
+        nonlocal peak
+        for _ in range(2):
+            for name, content in big.content.items():
+                assert await read_all(reader, big, name, PIECE) == content
+                peak = max(peak, store.used)
+
+    run(body, store, big, background=True)
+    assert peak <= store.max_size
+    assert store.counters.evicted > 40

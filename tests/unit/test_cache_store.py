@@ -1,0 +1,574 @@
+"""Layer 1: the chunk store -- atomic writes, start-up repair, bad chunk files, a broken
+index, size limits and eviction, full / read-only / failing cache directories."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from pathlib import Path
+
+import lmdb
+import pytest
+
+from musicfs import failpoints
+from musicfs.cache.index import map_key
+from musicfs.cache.store import (
+    DEGRADED,
+    HEADER_SIZE,
+    NORMAL,
+    PASSTHROUGH,
+    ChunkStore,
+    PutResult,
+    Rejected,
+    chunk_hash,
+)
+from musicfs.failpoints import FailpointPanic
+from tests.support.faulty_store import FaultyStore, noise
+
+CS = 16 * 1024
+V1 = b"v" * 16
+V2 = b"w" * 16
+
+
+def make_store(root: Path, **kw: int) -> FaultyStore:
+    opts = {"chunk_size": CS, "max_size": 64 * CS, "min_free": 0}
+    opts.update(kw)
+    store = FaultyStore(root, **opts)
+    assert store.open() is not None, store.reason
+    return store
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def store(root: Path):  # type: ignore[no-untyped-def]
+    s = make_store(root)
+    yield s
+    s.close()
+
+
+def reopen(store: ChunkStore, **kw: int) -> FaultyStore:
+    """Close like a crash would (no flush) and open again: the start-up repair runs."""
+    store.close(flush=False)
+    return make_store(store.root, **kw)
+
+
+def chunk(i: int, size: int = CS) -> bytes:
+    return noise(size, f"chunk{i}")
+
+
+def files(root: Path, sub: str) -> list[Path]:
+    return [p for p in (root / sub).rglob("*") if p.is_file() or p.is_symlink()]
+
+
+# -- the happy path --------------------------------------------------------------------
+
+
+def test_put_then_get_returns_the_bytes_from_a_hash_named_file(store: FaultyStore) -> None:
+    data = chunk(1)
+    assert store.put(V1, 0, data) is PutResult.STORED
+    assert store.get(V1, 0, len(data)) == data
+    digest = chunk_hash(data)
+    path = store.chunk_path(digest)
+    assert path.parent.name == digest.hex()[:2] and path.name == digest.hex()
+    assert path.stat().st_size == HEADER_SIZE + len(data)
+    assert files(store.root, "tmp") == []
+    assert store.get(V1, 1, CS) is None
+    assert store.status()["size"] == len(data) and store.status()["mode"] == NORMAL
+
+
+def test_same_bytes_in_two_versions_are_stored_once(store: FaultyStore) -> None:
+    data = chunk(1)
+    store.put(V1, 0, data)
+    assert store.put(V2, 3, data) is PutResult.EXISTS
+    assert store.get(V2, 3, len(data)) == data
+    assert len(files(store.root, "chunks")) == 1
+    store.evict(0)
+    assert store.get(V1, 0, len(data)) is None and store.get(V2, 3, len(data)) is None
+
+
+def test_tail_chunk_length_is_checked(store: FaultyStore) -> None:
+    store.put(V1, 2, chunk(2, 100))
+    assert store.get(V1, 2, 100) == chunk(2, 100)
+    # A reader expecting another length (another chunk size, a changed file) gets no data.
+    assert isinstance(store.get(V1, 2, 200), Rejected)
+
+
+# -- crashes on the write path -----------------------------------------------------------
+
+WRITE_PATH = [
+    ("cas.put.before_write", False),
+    ("cas.put.after_write", False),
+    ("cas.put.after_fsync", False),
+    ("cas.put.after_rename", True),
+    ("cas.put.after_dir_fsync", True),
+    ("cas.put.before_commit", True),
+    ("cas.index.before_commit", True),
+    ("cas.index.after_commit", True),
+    ("cas.put.after_commit", True),
+]
+
+
+@pytest.mark.parametrize(("point", "file_survives"), WRITE_PATH)
+def test_crash_at_each_write_step_leaves_a_consistent_store(
+    store: FaultyStore, point: str, file_survives: bool
+) -> None:
+    store.put(V1, 0, chunk(0))
+    failpoints.set(point, "panic")
+    with pytest.raises(FailpointPanic):
+        store.put(V1, 1, chunk(1))
+    failpoints.clear()
+    again = reopen(store)
+    try:
+        assert files(again.root, "tmp") == []
+        assert again.get(V1, 0, CS) == chunk(0)
+        # After the rename the file is whole: the start-up repair re-adopts it from its
+        # verified header; before it, the chunk is simply not cached.
+        assert again.get(V1, 1, CS) == (chunk(1) if file_survives else None)
+        assert again.status()["chunks"] == (2 if file_survives else 1)
+    finally:
+        again.close()
+
+
+def test_crash_between_unlink_and_index_commit_of_an_eviction(store: FaultyStore) -> None:
+    for i in range(4):
+        store.put(V1, i, chunk(i))
+    failpoints.set("cas.evict.after_unlink", "panic")
+    # Unlike a real crash, the in-process panic still runs the eviction's commit; make
+    # that commit die too, as the process would have.
+    failpoints.set("cas.index.before_commit", "panic")
+    with pytest.raises(FailpointPanic):
+        store.evict(0)
+    failpoints.clear()
+    again = reopen(store)
+    try:
+        report_chunks = again.status()["chunks"]
+        assert report_chunks == 3  # the unlinked chunk's records were dropped at start-up
+        assert again.get(V1, 0, CS) is None
+        assert [again.get(V1, i, CS) for i in (1, 2, 3)] == [chunk(1), chunk(2), chunk(3)]
+    finally:
+        again.close()
+
+
+def test_start_up_sweeps_temp_files_and_drops_records_of_missing_files(
+    store: FaultyStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    for i in range(3):
+        store.put(V1, i, chunk(i))
+    (store.tmp_dir / "123.leftover").write_bytes(b"half a chunk")
+    store.chunk_path(chunk_hash(chunk(1))).unlink()
+    with caplog.at_level(logging.INFO):
+        store.close(flush=False)
+        again = FaultyStore(store.root, chunk_size=CS, max_size=64 * CS, min_free=0)
+        report = again.open()
+    try:
+        assert report is not None
+        assert report.temp_removed == 1 and report.missing_dropped == 1
+        assert files(again.root, "tmp") == []
+        assert again.get(V1, 1, CS) is None
+        assert again.get(V1, 2, CS) == chunk(2)
+        assert "in the index but its file is missing" in caplog.text
+    finally:
+        again.close()
+
+
+def test_unknown_files_are_readopted_if_they_verify_else_deleted(store: FaultyStore) -> None:
+    store.put(V1, 0, chunk(0))
+    good = store.chunk_path(chunk_hash(chunk(0))).read_bytes()
+    store.close(flush=False)
+    # Lose the index entirely: the header in each file is enough to rebuild it.
+    import shutil
+
+    shutil.rmtree(store.index_path)
+    # A stranger: right name shape, wrong content.
+    stranger = store.chunk_path(chunk_hash(b"x"))
+    stranger.parent.mkdir(exist_ok=True)
+    stranger.write_bytes(good)
+    (store.chunks_dir / "ab" / "notachunk").parent.mkdir(exist_ok=True)
+    (store.chunks_dir / "ab" / "notachunk").write_bytes(b"?")
+    (store.chunks_dir / "stray-file").write_bytes(b"?")
+    again = make_store(store.root)
+    try:
+        assert again.get(V1, 0, CS) == chunk(0)
+        assert not stranger.exists()
+        assert not (store.chunks_dir / "ab" / "notachunk").exists()
+        assert not (store.chunks_dir / "stray-file").exists()
+        assert again.status()["chunks"] == 1
+    finally:
+        again.close()
+
+
+# -- bad chunk files ---------------------------------------------------------------------
+
+
+def _truncate(p: Path) -> None:
+    p.write_bytes(p.read_bytes()[: HEADER_SIZE + 10])
+
+
+def _zero_fill(p: Path) -> None:
+    p.write_bytes(bytes(p.stat().st_size))
+
+
+def _flip_payload_bit(p: Path) -> None:
+    raw = bytearray(p.read_bytes())
+    raw[HEADER_SIZE + 1234] ^= 0x10
+    p.write_bytes(bytes(raw))
+
+
+def _flip_header_bit(p: Path) -> None:
+    raw = bytearray(p.read_bytes())
+    raw[30] ^= 0x01
+    p.write_bytes(bytes(raw))
+
+
+def _directory(p: Path) -> None:
+    p.unlink()
+    p.mkdir()
+    (p / "inside").write_bytes(b"x")
+
+
+def _symlink_to_a_valid_copy(p: Path) -> None:
+    copy = p.with_name("copy-elsewhere")
+    os.rename(p, copy)
+    p.symlink_to(copy)
+
+
+def _empty(p: Path) -> None:
+    p.write_bytes(b"")
+
+
+CORRUPTIONS = {
+    "truncated": _truncate,
+    "zero-filled": _zero_fill,
+    "bit-flipped payload": _flip_payload_bit,
+    "bit-flipped header": _flip_header_bit,
+    "replaced by a directory": _directory,
+    "replaced by a symlink": _symlink_to_a_valid_copy,
+    "empty": _empty,
+}
+
+
+@pytest.mark.parametrize("kind", list(CORRUPTIONS))
+def test_bad_chunk_file_is_rejected_quarantined_and_forgotten(
+    store: FaultyStore, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.put(V1, 0, chunk(0))
+    path = store.chunk_path(chunk_hash(chunk(0)))
+    CORRUPTIONS[kind](path)
+    with caplog.at_level(logging.WARNING):
+        got = store.get(V1, 0, CS, label="a/b.flac")
+    assert isinstance(got, Rejected)
+    assert "'a/b.flac' chunk 0" in caplog.text and "corrupt" in caplog.text
+    assert not path.exists() and not path.is_symlink()
+    assert len(list(store.quarantine_dir.iterdir())) == 1
+    assert store.get(V1, 0, CS) is None  # forgotten: the next read refetches
+    assert store.status()["chunks"] == 0 and store.used == 0
+    # ...and a refetch stores it again
+    assert store.put(V1, 0, chunk(0)) is PutResult.STORED
+    assert store.get(V1, 0, CS) == chunk(0)
+
+
+@pytest.mark.parametrize(
+    "kind", ["truncated", "replaced by a directory", "replaced by a symlink", "empty"]
+)
+def test_start_up_repair_catches_bad_chunk_files_without_hashing(
+    store: FaultyStore, kind: str
+) -> None:
+    store.put(V1, 0, chunk(0))
+    store.put(V1, 1, chunk(1))
+    CORRUPTIONS[kind](store.chunk_path(chunk_hash(chunk(0))))
+    store.close(flush=False)
+    again = FaultyStore(store.root, chunk_size=CS, max_size=64 * CS, min_free=0)
+    report = again.open()
+    try:
+        assert report is not None and report.quarantined == 1
+        assert again.get(V1, 0, CS) is None
+        assert again.get(V1, 1, CS) == chunk(1)
+    finally:
+        again.close()
+
+
+def test_quarantine_keeps_only_the_newest_few(store: FaultyStore) -> None:
+    for i in range(5):
+        store.put(V1, i, chunk(i))
+        _flip_payload_bit(store.chunk_path(chunk_hash(chunk(i))))
+        assert isinstance(store.get(V1, i, CS), Rejected)
+    assert len(list(store.quarantine_dir.iterdir())) == store.quarantine_keep
+
+
+def test_read_error_on_a_chunk_file_is_treated_as_corrupt(store: FaultyStore) -> None:
+    store.put(V1, 0, chunk(0))
+    store.fail("read", errno.EIO, times=1)
+    assert isinstance(store.get(V1, 0, CS), Rejected)
+    assert store.get(V1, 0, CS) is None
+
+
+# -- a broken index ----------------------------------------------------------------------
+
+
+def _garbage(p: Path) -> None:
+    p.write_bytes(os.urandom(p.stat().st_size))
+
+
+def _truncate_mdb(p: Path) -> None:
+    # A data.mdb shorter than its meta page says makes LMDB fault (SIGBUS) on access.
+    p.write_bytes(p.read_bytes()[: 3 * 4096])
+
+
+def _zero_pages(p: Path) -> None:
+    raw = bytearray(p.read_bytes())
+    raw[2 * 4096 :] = bytes(len(raw) - 2 * 4096)
+    p.write_bytes(bytes(raw))
+
+
+def _empty_mdb(p: Path) -> None:
+    p.write_bytes(b"")
+
+
+@pytest.mark.parametrize("damage", [_garbage, _truncate_mdb, _zero_pages, _empty_mdb])
+def test_corrupt_index_is_moved_aside_and_rebuilt_from_chunk_files(
+    store: FaultyStore, damage: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    for i in range(40):
+        store.put(V1, i, chunk(i, 256))
+    store.close()
+    damage(store.index_path / "data.mdb")  # type: ignore[operator]
+    again = FaultyStore(store.root, chunk_size=CS, max_size=64 * CS, min_free=0)
+    with caplog.at_level(logging.WARNING):
+        report = again.open()
+    try:
+        assert report is not None, again.reason
+        assert again.mode == NORMAL
+        assert [again.get(V1, i, 256) for i in range(40)] == [chunk(i, 256) for i in range(40)]
+        assert report.index_rebuilt, report
+        assert "moved to" in caplog.text
+        assert list(store.root.glob("index.corrupt-*"))
+        assert report.adopted == 40
+    finally:
+        again.close()
+
+
+def test_index_records_with_bad_checksums_are_dropped(store: FaultyStore) -> None:
+    store.put(V1, 0, chunk(0))
+    store.put(V1, 1, chunk(1))
+    assert store.index is not None
+    # Flip a bit in a mapping's value as a failing disk would: it must not point at the
+    # wrong chunk, it must stop pointing at all.
+    with store.index.env.begin(write=True, db=store.index.maps) as txn:
+        key = map_key(V1, 0)
+        value = bytearray(txn.get(key))
+        value[0] ^= 0x80
+        txn.put(key, bytes(value))
+    assert store.get(V1, 0, CS) is None
+    assert store.get(V1, 1, CS) == chunk(1)
+
+
+def test_changed_chunk_size_forgets_old_mappings(store: FaultyStore) -> None:
+    store.put(V1, 1, chunk(1))
+    store.close()
+    again = make_store(store.root, chunk_size=2 * CS)
+    try:
+        # chunk 1 at 16K would mean bytes 32K..64K now: it must not be served as that.
+        assert again.get(V1, 1, 2 * CS) is None
+        assert again.status()["chunks"] == 0
+    finally:
+        again.close()
+
+
+# -- size limits and eviction --------------------------------------------------------------
+
+
+def test_cache_never_exceeds_max_size_and_evicts_least_recently_used(root: Path) -> None:
+    store = make_store(root, max_size=10 * (CS + HEADER_SIZE))
+    try:
+        for i in range(10):
+            store.put(V1, i, chunk(i))
+        store.get(V1, 0, CS)  # chunk 0 is now the most recently used
+        for i in range(10, 30):
+            store.put(V1, i, chunk(i))
+            assert store.used <= store.max_size
+        assert store.get(V1, 0, CS) == chunk(0) or store.counters.evicted > 20
+        assert store.get(V1, 1, CS) is None  # the oldest went first
+        assert store.get(V1, 29, CS) == chunk(29)
+        on_disk = sum(p.stat().st_size - HEADER_SIZE for p in files(root, "chunks"))
+        assert on_disk == store.used
+    finally:
+        store.close()
+
+
+def test_pinned_chunks_are_never_evicted(store: FaultyStore) -> None:
+    for i in range(5):
+        store.put(V1, i, chunk(i))
+    assert store.pin(V1, 2)
+    store.evict(0)
+    assert store.get(V1, 2, CS) == chunk(2)
+    assert store.status()["chunks"] == 1
+    store.pin(V1, 2, -1)
+    store.evict(0)
+    assert store.get(V1, 2, CS) is None
+
+
+def test_pins_survive_a_restart(store: FaultyStore) -> None:
+    store.put(V1, 0, chunk(0))
+    store.pin(V1, 0)
+    again = reopen(store)
+    try:
+        again.evict(0)
+        assert again.get(V1, 0, CS) == chunk(0)
+    finally:
+        again.close()
+
+
+def test_min_free_shrinks_the_budget_when_the_disk_fills(store: FaultyStore) -> None:
+    for i in range(20):
+        store.put(V1, i, chunk(i))
+    before = store.used
+    # Someone else fills the filesystem: one chunk's worth left, and 2 must stay free.
+    store.min_free = 2 * CS
+    store.free_bytes = CS
+    assert store.put(V1, 99, chunk(99)) is PutResult.STORED
+    assert store.counters.evicted >= 2
+    assert store.used <= before - CS
+
+
+def test_background_maintenance_evicts_down_to_the_low_watermark(root: Path) -> None:
+    store = make_store(root, max_size=100 * CS)
+    try:
+        for i in range(90):
+            store.put(V1, i, chunk(i, CS // 4))
+        before = store.used
+        store.max_size = before  # now over the high watermark
+        store.maintain()
+        assert store.used <= int(before * 0.85)
+        assert store.used > int(before * 0.85) - CS
+    finally:
+        store.close()
+
+
+def test_access_times_persist_so_lru_order_survives_a_restart(store: FaultyStore) -> None:
+    for i in range(3):
+        store.put(V1, i, chunk(i))
+    assert store.index is not None
+    store.get(V1, 0, CS)
+    store._touched[chunk_hash(chunk(0))] = 2**40  # far in the future: most recent
+    store.close()
+    again = make_store(store.root, max_size=64 * CS)
+    try:
+        again.evict(CS)  # keep one
+        assert again.get(V1, 0, CS) == chunk(0)
+    finally:
+        again.close()
+
+
+# -- full disks ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EDQUOT])
+def test_full_disk_evicts_and_retries_once(store: FaultyStore, err: int) -> None:
+    for i in range(10):
+        store.put(V1, i, chunk(i))
+    store.fail("write", err, times=1)
+    assert store.put(V1, 50, chunk(50)) is PutResult.STORED
+    assert store.counters.evicted > 0
+    assert store.mode == NORMAL
+    assert files(store.root, "tmp") == []
+
+
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EDQUOT])
+def test_still_full_after_eviction_means_degraded_until_a_write_succeeds(
+    store: FaultyStore, err: int
+) -> None:
+    store.put(V1, 0, chunk(0))
+    store.fail("write", err)
+    assert store.put(V1, 1, chunk(1)) is PutResult.FULL
+    assert store.mode == DEGRADED and "no room" in (store.reason or "")
+    assert files(store.root, "tmp") == []
+    store.heal()
+    assert store.put(V1, 2, chunk(2)) is PutResult.STORED
+    assert store.mode == NORMAL
+
+
+def test_no_room_at_all_is_degraded_not_an_error(store: FaultyStore) -> None:
+    store.min_free = 10 * CS
+    store.free_bytes = CS
+    assert store.put(V1, 0, chunk(0)) is PutResult.FULL
+    assert store.mode == DEGRADED
+
+
+def test_failed_index_commit_on_a_full_disk_is_retried_then_degraded(store: FaultyStore) -> None:
+    store.put(V1, 0, chunk(0))
+    store.free_bytes = 0  # LMDB reports ENOSPC as EIO: the store asks statvfs
+    store.min_free = 0
+    failpoints.set("cas.index.before_commit", "error(EIO)")
+    assert store.put(V1, 1, chunk(1)) is PutResult.FULL
+    assert store.mode == DEGRADED
+    assert not store.chunk_path(chunk_hash(chunk(1))).exists()
+
+
+# -- unusable cache directories -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("err", [errno.EROFS, errno.EIO, errno.EACCES])
+def test_unwritable_cache_means_passthrough_and_recovers_by_probe(
+    store: FaultyStore, err: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.put(V1, 0, chunk(0))
+    store.fail("open_temp", err)
+    with caplog.at_level(logging.ERROR):
+        assert store.put(V1, 1, chunk(1)) is PutResult.SKIPPED
+    assert store.mode == PASSTHROUGH
+    assert "passthrough" in caplog.text and errno.errorcode[err] in caplog.text
+    assert store.get(V1, 0, CS) is None  # passthrough: no cache reads either
+    assert not store.probe()
+    store.heal()
+    assert store.probe()
+    assert store.mode == NORMAL
+    assert store.get(V1, 0, CS) == chunk(0)
+
+
+def test_failed_index_commit_with_free_space_means_passthrough(store: FaultyStore) -> None:
+    failpoints.set("cas.index.before_commit", "error(EIO)")
+    assert store.put(V1, 1, chunk(1)) is PutResult.SKIPPED
+    assert store.mode == PASSTHROUGH
+    assert not store.chunk_path(chunk_hash(chunk(1))).exists()
+
+
+def test_cache_dir_that_is_a_file_means_passthrough(tmp_path: Path) -> None:
+    (tmp_path / "cache").write_text("oops")
+    store = ChunkStore(tmp_path / "cache", chunk_size=CS)
+    assert store.open() is None
+    assert store.mode == PASSTHROUGH and "not a directory" in (store.reason or "")
+    assert store.put(V1, 0, chunk(0)) is PutResult.SKIPPED
+    assert store.get(V1, 0, CS) is None
+    (tmp_path / "cache").unlink()
+    assert store.probe() and store.mode == NORMAL
+    store.close()
+
+
+def test_unwritable_cache_at_start_up_means_passthrough(root: Path) -> None:
+    store = FaultyStore(root, chunk_size=CS, min_free=0)
+    store.fail("open_temp", errno.EROFS)
+    assert store.open() is None
+    assert store.mode == PASSTHROUGH and "EROFS" in (store.reason or "")
+
+
+def test_second_process_on_the_same_cache_dir_gets_passthrough(store: FaultyStore) -> None:
+    other = ChunkStore(store.root, chunk_size=CS)
+    assert other.open() is None
+    assert "in use by another MusicFS" in (other.reason or "")
+    assert store.mode == NORMAL
+
+
+def test_lmdb_errors_in_lookups_mean_passthrough(store: FaultyStore) -> None:
+    store.put(V1, 0, chunk(0))
+    assert store.index is not None
+    store.index.env.close()  # any lmdb.Error from here on
+    assert store.get(V1, 0, CS) is None
+    assert store.mode == PASSTHROUGH
+    with pytest.raises(lmdb.Error):
+        store.index.lookup(V1, 0)
+    store.index = None
