@@ -32,6 +32,7 @@ import trio
 
 from musicfs.cache.store import HIGH_WATERMARK, PASSTHROUGH, ChunkStore, PutResult, Rejected
 from musicfs.catalog.model import Track
+from musicfs.config import Settings
 from musicfs.failpoints import async_fail_point
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,13 @@ class CachingReader:
 
     async def aclose(self) -> None:
         await trio.to_thread.run_sync(self.store.close)
+
+    async def reconfigure(self, settings: Settings) -> None:
+        """A reload: new size limits apply at once, eviction catches up in the background
+        (``cache.chunk_size`` is restart-only, see ``reload.py``)."""
+        self.store.max_size = settings.cache.max_size
+        self.store.min_free = settings.cache.min_free
+        self._wake.set()
 
     async def _housekeeping(self) -> None:
         while True:

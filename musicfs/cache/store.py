@@ -947,6 +947,7 @@ class ChunkStore:
             "dir": str(self.root),
             "chunks": len(self._lru),
             "size": self._used,
+            "used_bytes": self._used,  # the daemon's status line reads this name
             "max_size": self.max_size,
             "min_free": self.min_free,
             "chunk_size": self.chunk_size,

@@ -418,3 +418,21 @@ def test_cache_stays_under_max_size_while_playing_a_bigger_library(
     run(body, store, big, background=True)
     assert peak <= store.max_size
     assert store.counters.evicted > 40
+
+
+def test_a_reload_shrinks_the_cache_in_the_background(tmp_path: Path, origin: TrackOrigin) -> None:
+    from musicfs.config import CacheSettings, Settings
+
+    store = new_store(tmp_path)
+
+    async def body(reader: CachingReader) -> None:
+        await read_all(reader, origin, "t0.flac", CS)
+        with trio.fail_after(10):
+            while store.counters.stored < 11:  # write-behind catches up
+                await trio.sleep(0.02)
+        await reader.reconfigure(Settings(cache=CacheSettings(max_size=4 * CS, min_free=0)))
+        with trio.fail_after(10):
+            while store.used > 4 * CS:
+                await trio.sleep(0.02)
+
+    run(body, store, origin, background=True, maintain_interval=30)
