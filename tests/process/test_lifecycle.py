@@ -218,7 +218,7 @@ def test_notify_socket_sees_ready_watchdog_stopping_in_order(
         deadline = time.monotonic() + 10
         while notify.fields().count("WATCHDOG=1") < 3 and time.monotonic() < deadline:
             notify.drain()
-        notify.wait_for("STATUS=serving; online; 8 tracks")
+        notify.wait_for("STATUS=serving; online; 8 tracks; cache 0 MiB")
         d.signal(signal.SIGTERM)
         assert d.wait(timeout=20) == 0
         notify.drain()
