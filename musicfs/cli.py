@@ -77,8 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=60.0, help="seconds to wait for the unmount"
     )
 
-    fsck = sub.add_parser("fsck", help="check the catalog (and cache) thoroughly; changes nothing")
+    fsck = sub.add_parser(
+        "fsck", help="verify the catalog and every cached chunk (changes nothing without --repair)"
+    )
     _common(fsck)
+    fsck.add_argument(
+        "--repair",
+        action="store_true",
+        help="repair the cache: rebuild its index, quarantine bad chunks (daemon stopped)",
+    )
 
     demo = sub.add_parser("demo", help="build a small tagged demo library and mount it")
     demo.add_argument(
@@ -219,7 +226,7 @@ def cmd_unmount(args: argparse.Namespace) -> int:
 def cmd_fsck(args: argparse.Namespace) -> int:
     from musicfs.fsck import run_fsck
 
-    return run_fsck(resolve_settings(args))
+    return run_fsck(resolve_settings(args), repair=args.repair)
 
 
 def _control_path(settings: Settings) -> Path:

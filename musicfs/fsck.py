@@ -1,25 +1,198 @@
-"""``musicfs fsck``: the thorough checks start-up skips for speed. Reports, changes nothing.
+"""``musicfs fsck [--repair]``: the thorough checks start-up skips for speed.
 
-Start-up runs SQLite's ``quick_check`` on the catalog; fsck runs the full
-``integrity_check``. Exit status 0 when everything is sound, 1 when something is not.
+* catalog: start-up runs SQLite's ``quick_check``; fsck runs the full ``integrity_check``
+  (reported, never repaired here);
+* chunk cache: every chunk is read and verified against its hash, the index against the
+  files (records of missing files, files the index does not know, records that fail their
+  checksum, mappings that point nowhere, temp files left by a crash). Without
+  ``--repair`` nothing is changed and the index is opened read-only, so it is safe next
+  to a running daemon. ``--repair`` needs the cache to itself: it runs the start-up repair
+  (rebuilding a broken index) and quarantines every chunk that fails verification.
+
+Exit status 0 when nothing is wrong or everything found was repaired, 1 otherwise.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 
+import lmdb
+
+from musicfs.cache.index import ChunkIndex, IndexUnusable, check_structure
+from musicfs.cache.store import ChunkStore, describe
 from musicfs.catalog.integrity import check_catalog
 from musicfs.config import Settings
+
+MAX_LINES = 50
+
+
+@dataclass
+class CacheCheck:
+    root: Path
+    chunks: int = 0
+    bytes: int = 0
+    ok: int = 0
+    problems: list[str] = field(default_factory=list)  # found and left as they are
+    repaired: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        text = (
+            f"cache {self.root}: {self.chunks} chunks ({self.bytes / 2**20:.1f} MiB), "
+            f"{self.ok} verified ok, {len(self.problems)} problems"
+        )
+        if self.repaired:
+            text += f", {len(self.repaired)} repaired"
+        return text
 
 
 def fsck_catalog(settings: Settings) -> list[str]:
     return [f"catalog {settings.catalog_path}: {p}" for p in check_catalog(settings.catalog_path)]
 
 
-def run_fsck(settings: Settings) -> int:
+def _in_use(root: Path) -> bool:
+    """Is a daemon holding the cache lock?"""
+    try:
+        fd = os.open(root / "lock", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def check_cache(settings: Settings, *, repair: bool = False) -> CacheCheck:
+    root = settings.cache_dir
+    result = CacheCheck(root)
+    if not root.exists():
+        result.notes.append(f"cache {root}: does not exist yet; nothing to check")
+        return result
+    if not root.is_dir():
+        result.problems.append(f"cache {root}: not a directory (the daemon runs in passthrough)")
+        return result
+    store = ChunkStore.from_settings(root, settings.cache)
+    if repair:
+        _repair(store, result)
+    else:
+        _check(store, result)
+    return result
+
+
+def _repair(store: ChunkStore, result: CacheCheck) -> None:
+    report = store.open()
+    if report is None:
+        result.problems.append(f"cache {store.root}: cannot repair: {store.reason}")
+        return
+    try:
+        if report.index_rebuilt:
+            result.repaired.append(f"index rebuilt from the chunk files ({report.index_problem})")
+        if report.temp_removed:
+            result.repaired.append(f"{report.temp_removed} temp files removed")
+        result.repaired.extend(report.details)
+        for digest, size in store.stored_chunks():
+            result.chunks += 1
+            result.bytes += size
+            why = store.check_chunk(digest, size)
+            if why is None:
+                result.ok += 1
+                continue
+            store.reject(digest, why, "fsck", then="a read will fetch it again")
+            result.repaired.append(f"chunk {digest.hex()}: {why}; quarantined")
+    finally:
+        store.close()
+
+
+def _check(store: ChunkStore, result: CacheCheck) -> None:
+    in_use = _in_use(store.root)
+    if in_use:
+        result.notes.append(
+            f"cache {store.root}: a running MusicFS uses it; checking read-only "
+            "(chunks it writes meanwhile may show up as unknown files)"
+        )
+    blobs: dict[bytes, int] = {}
+    problem = check_structure(store.index_path)
+    if problem is not None:
+        result.problems.append(f"index {store.index_path}: {problem}")
+    elif (store.index_path / "data.mdb").exists():
+        try:
+            index = ChunkIndex(store.index_path, map_size=2**20, readonly=True)
+        except (IndexUnusable, lmdb.Error) as exc:
+            result.problems.append(f"index {store.index_path}: {describe(exc)}")
+        else:
+            try:
+                _check_index(store, index, blobs, result)
+            finally:
+                index.close()
+    _check_files(store, blobs, result, in_use)
+
+
+def _check_index(
+    store: ChunkStore, index: ChunkIndex, blobs: dict[bytes, int], result: CacheCheck
+) -> None:
+    good, bad = index.all_blobs()
+    for digest in bad:
+        result.problems.append(f"index record for chunk {digest.hex()} fails its checksum")
+    for digest, info in good.items():
+        blobs[digest] = info.size
+        result.chunks += 1
+        result.bytes += info.size
+        why = store.check_chunk(digest, info.size)
+        if why is None:
+            result.ok += 1
+        else:
+            result.problems.append(f"chunk {digest.hex()} ({store.chunk_path(digest)}): {why}")
+    for key, target in index.all_maps():
+        if target is None:
+            result.problems.append(f"index mapping {key.hex()} fails its checksum")
+        elif target not in blobs:
+            result.problems.append(f"index mapping {key.hex()} points at unknown chunk")
+
+
+def _check_files(
+    store: ChunkStore, blobs: dict[bytes, int], result: CacheCheck, in_use: bool
+) -> None:
+    if store.chunks_dir.is_dir():
+        for fan in sorted(store.chunks_dir.iterdir()):
+            entries = sorted(fan.iterdir()) if fan.is_dir() and not fan.is_symlink() else [fan]
+            for path in entries:
+                try:
+                    known = bytes.fromhex(path.name) in blobs
+                except ValueError:
+                    known = False
+                if not known and not in_use:
+                    result.problems.append(
+                        f"{path}: not in the index (start-up or --repair re-adopts or deletes it)"
+                    )
+    if store.tmp_dir.is_dir() and not in_use:
+        for path in store.tmp_dir.iterdir():
+            result.problems.append(f"{path}: temp file left by a crash")
+
+
+def run_fsck(settings: Settings, *, repair: bool = False) -> int:
     problems = fsck_catalog(settings)
     for problem in problems:
         print(problem, file=sys.stderr)
     if not problems:
         print(f"catalog {settings.catalog_path}: ok")
-    return 1 if problems else 0
+    cache = check_cache(settings, repair=repair)
+    for note in cache.notes:
+        print(note)
+    for line in cache.repaired[:MAX_LINES]:
+        print(f"repaired: {line}")
+    for line in cache.problems[:MAX_LINES]:
+        print(f"problem: {line}", file=sys.stderr)
+    hidden = max(0, len(cache.problems) - MAX_LINES) + max(0, len(cache.repaired) - MAX_LINES)
+    if hidden:
+        print(f"... and {hidden} more")
+    print(cache.summary())
+    if cache.problems and not repair:
+        print("run `musicfs fsck --repair` with the daemon stopped to repair the cache")
+    return 1 if problems or cache.problems else 0

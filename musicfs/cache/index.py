@@ -161,20 +161,30 @@ class ChunkIndex:
     """Thread-safe: LMDB serialises writers, readers never block. Callers hold the store
     lock around writes so that the in-memory accounting matches what was committed."""
 
-    def __init__(self, path: Path, *, map_size: int):
+    def __init__(self, path: Path, *, map_size: int, readonly: bool = False):
+        """``readonly`` (fsck without --repair) takes no lock and creates nothing."""
         self.path = path
-        path.mkdir(parents=True, exist_ok=True)
+        if not readonly:
+            path.mkdir(parents=True, exist_ok=True)
         try:
             self.env = lmdb.open(
-                str(path), max_dbs=8, map_size=map_size, subdir=True, max_readers=512
+                str(path),
+                max_dbs=8,
+                map_size=map_size,
+                subdir=True,
+                max_readers=512,
+                readonly=readonly,
+                lock=not readonly,
+                create=not readonly,
             )
         except lmdb.Error as exc:
             raise IndexUnusable(f"cannot open {path}: {exc}") from exc
         try:
-            self.maps = self.env.open_db(b"maps")
-            self.blobs = self.env.open_db(b"blobs")
-            self.refs = self.env.open_db(b"refs")
-            self.meta = self.env.open_db(b"meta")
+            create = not readonly
+            self.maps = self.env.open_db(b"maps", create=create)
+            self.blobs = self.env.open_db(b"blobs", create=create)
+            self.refs = self.env.open_db(b"refs", create=create)
+            self.meta = self.env.open_db(b"meta", create=create)
         except lmdb.Error as exc:
             self.env.close()
             raise IndexUnusable(f"cannot open databases in {path}: {exc}") from exc

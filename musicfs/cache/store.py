@@ -673,13 +673,34 @@ class ChunkStore:
             return "hash mismatch"
         return None
 
-    def _reject(self, digest: bytes, problem: str, where: str) -> None:
+    def check_chunk(self, digest: bytes, size: int) -> str | None:
+        """Why the stored chunk ``digest`` of ``size`` bytes is bad, or ``None`` (fsck)."""
+        try:
+            raw = self._read_file(self.chunk_path(digest), HEADER_SIZE + size + 1)
+        except FileNotFoundError:
+            return "missing"
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EISDIR):
+                return "not a regular file"
+            return f"unreadable: {describe(exc)}"
+        return self._verify(raw, digest, size)
+
+    def stored_chunks(self) -> list[tuple[bytes, int]]:
+        with self._lock:
+            return list(self._lru.items())
+
+    def reject(self, digest: bytes, problem: str, where: str, then: str = "refetching") -> None:
+        """Quarantine a chunk that failed verification and forget it."""
+        self._reject(digest, problem, where, then)
+
+    def _reject(self, digest: bytes, problem: str, where: str, then: str = "refetching") -> None:
         self.counters.corrupt += 1
         log.warning(
-            "cache: %s: chunk %s is corrupt (%s); quarantined, refetching",
+            "cache: %s: chunk %s is corrupt (%s); quarantined, %s",
             where,
             digest.hex()[:16],
             problem,
+            then,
         )
         with self._lock:
             try:
