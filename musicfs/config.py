@@ -163,6 +163,8 @@ class CacheSettings:
     max_size: int = 10 * 1024**3
     min_free: int = 1024**3
     chunk_size: int = 1024 * 1024
+    # Recently verified chunks kept in RAM: FUSE reads a 1 MiB chunk in 8 pieces.
+    memory: int = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -257,7 +259,12 @@ _TABLES: dict[str, tuple[type, dict[str, Parser]]] = {
     ),
     "cache": (
         CacheSettings,
-        {"max_size": parse_size, "min_free": parse_size, "chunk_size": parse_size},
+        {
+            "max_size": parse_size,
+            "min_free": parse_size,
+            "chunk_size": parse_size,
+            "memory": parse_size,
+        },
     ),
     "timeouts": (
         OriginTimeouts,

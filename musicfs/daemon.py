@@ -173,7 +173,11 @@ class Daemon:
             raise StartupError(str(exc)) from None
         pool = open_pool(s)
         self.library = Library(s, catalog, pool)
-        self.reader = CachingReader(ChunkStore.from_settings(s.cache_dir, s.cache), self._fetch)
+        self.reader = CachingReader(
+            ChunkStore.from_settings(s.cache_dir, s.cache),
+            self._fetch,
+            memory_bytes=s.cache.memory,
+        )
         await self.reader.open()  # start-up repair; a bad cache means passthrough, not exit
         tree = await self.library.build_tree()
         self.ops = MusicOperations(tree, self.reader, s.fuse)

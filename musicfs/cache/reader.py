@@ -170,6 +170,7 @@ class CachingReader:
         (``cache.chunk_size`` is restart-only, see ``reload.py``)."""
         self.store.max_size = settings.cache.max_size
         self.store.min_free = settings.cache.min_free
+        self.memory_bytes = settings.cache.memory
         self._wake.set()
 
     async def _housekeeping(self) -> None:

@@ -92,6 +92,8 @@ LOW_WATERMARK = 0.85
 # Errors that mean "this cache directory cannot be used right now".
 _UNUSABLE = {errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ENOTDIR, errno.EBUSY}
 _FULL = {errno.ENOSPC, errno.EDQUOT}
+_NOT_OPENED = "not opened yet"
+_CLOSED = "closed"
 
 
 def chunk_hash(data: bytes | memoryview) -> bytes:
@@ -230,7 +232,7 @@ class ChunkStore:
         self.index_path = self.root / "index"
         self.index: ChunkIndex | None = None
         self.mode = PASSTHROUGH
-        self.reason: str | None = "not opened yet"
+        self.reason: str | None = _NOT_OPENED
         self.counters = StoreCounters()
         self._lock = threading.RLock()
         self._lock_fd: int | None = None
@@ -314,7 +316,8 @@ class ChunkStore:
     def _set_mode(self, mode: str, reason: str | None) -> None:
         if mode == self.mode and reason == self.reason:
             return
-        old, self.mode, self.reason = self.mode, mode, reason
+        old, old_reason = self.mode, self.reason
+        self.mode, self.reason = mode, reason
         if mode == PASSTHROUGH:
             log.error(
                 "cache: %s: passthrough mode, reads go to the origins uncached: %s",
@@ -323,7 +326,7 @@ class ChunkStore:
             )
         elif mode == DEGRADED:
             log.warning("cache: %s: degraded, serving uncached: %s", self.root, reason)
-        elif old != NORMAL:
+        elif old != NORMAL and old_reason not in (_NOT_OPENED, _CLOSED):
             log.info("cache: %s: back to normal (was %s)", self.root, old)
 
     def _unusable(self, what: str, exc: BaseException) -> None:
@@ -569,7 +572,7 @@ class ChunkStore:
         """``flush=False`` closes like a crash would (tests simulate process death)."""
         with self._lock:
             self._close_locked(flush=flush)
-            self.mode, self.reason = PASSTHROUGH, "closed"
+            self.mode, self.reason = PASSTHROUGH, _CLOSED
 
     @contextlib.contextmanager
     def _index_use(self) -> Iterator[None]:
