@@ -179,6 +179,7 @@ class Daemon:
             memory_bytes=s.cache.memory,
         )
         await self.reader.open()  # start-up repair; a bad cache means passthrough, not exit
+        self.library.tag_reader = self.reader.read  # remote tag reads fill the cache
         tree = await self.library.build_tree()
         self.ops = MusicOperations(tree, self.reader, s.fuse)
         self.event("opened")

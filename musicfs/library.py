@@ -17,7 +17,7 @@ from musicfs.origins.base import OriginError
 from musicfs.origins.health import HealthPolicy
 from musicfs.origins.open import OriginConfigError, OriginURLError, open_origin
 from musicfs.origins.pool import OriginPool
-from musicfs.sync import Progress, SyncResult, sync_origin
+from musicfs.sync import Progress, ReadTrack, SyncResult, sync_origin
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ class Library:
         # What the sync in progress is doing, for status: origin, files done / to scan.
         self.progress: dict[str, object] | None = None
         self.syncs_finished = 0
+        # The daemon's caching reader: remote tag reads go through it and stay cached.
+        self.tag_reader: ReadTrack | None = None
 
     def _build(self) -> Tree:
         tracks = self.catalog.tracks()
@@ -92,6 +94,7 @@ class Library:
                         parallel=self.settings.library.scan_parallel,
                         progress=track,
                         on_batch=on_batch,
+                        read_track=self.tag_reader,
                     )
                 except OriginError as exc:
                     ok = False

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
 
 from musicfs.catalog.db import Catalog
+from musicfs.catalog.model import Source, Track
 from musicfs.catalog.tags import TagError, Tags, is_audio_path, read_tags
 from musicfs.failpoints import fail_point
 from musicfs.origin_file import OriginFile, open_buffered
@@ -25,6 +26,8 @@ from musicfs.origins.base import Origin, OriginEntry, OriginError
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
+# Bytes [offset, offset+length) of a track, through the chunk cache (``Reader.read``).
+ReadTrack = Callable[[Track, int, int], Awaitable[bytes]]
 
 
 @dataclass
@@ -45,12 +48,34 @@ def _under_gap(path: str, gaps: Sequence[str]) -> bool:
     return any(path == g or path.startswith(g + "/") for g in gaps)
 
 
+def _as_track(origin: Origin, entry: OriginEntry) -> Track:
+    """The catalog track this entry will become: same path, size, mtime and etag, hence
+    the same ``version_key`` -- so chunks cached while reading its tags serve playback."""
+    return Track(
+        id=0,
+        path=entry.path,
+        size=entry.size,
+        mtime_ns=entry.mtime_ns,
+        etag=entry.etag,
+        tags=Tags(),
+        sources=(Source(origin.name, entry.size, entry.mtime_ns, entry.etag),),
+    )
+
+
 async def _read_one(
-    origin: Origin, entry: OriginEntry, limiter: trio.CapacityLimiter
+    origin: Origin,
+    entry: OriginEntry,
+    limiter: trio.CapacityLimiter,
+    read_track: ReadTrack | None = None,
 ) -> tuple[Tags | None, str | None]:
+    track = _as_track(origin, entry)
+
     async def read_range(offset: int, length: int) -> bytes:
+        if read_track is not None:
+            return await read_track(track, offset, length)
         return await origin.read(entry.path, offset, length)
 
+    # A local folder is read as a plain file: no event-loop hop per read, nothing to cache.
     open_sync = getattr(origin, "open_sync", None)
 
     def parse() -> Tags:
@@ -85,9 +110,14 @@ async def sync_origin(
     parallel: int = 4,
     progress: Progress | None = None,
     on_batch: Callable[[], None] | None = None,
+    read_track: ReadTrack | None = None,
 ) -> SyncResult:
     """One pass over ``origin``. Raises ``OriginError`` if the listing fails (nothing is
-    changed then); per-file problems are logged and counted, never fatal."""
+    changed then); per-file problems are logged and counted, never fatal.
+
+    ``read_track`` (the daemon's caching reader) is how tags of remote files are read:
+    mutagen pulls only the chunks it touches, and they stay cached for playback. Without
+    it, tags are read straight from the origin in small ranged reads."""
     started = time.monotonic()
     result = SyncResult(origin.name)
     listing = await origin.list()
@@ -124,7 +154,7 @@ async def sync_origin(
         async def scan(entry: OriginEntry, batch=batch) -> None:  # type: ignore[no-untyped-def]
             nonlocal done
             try:
-                tags, error = await _read_one(origin, entry, limiter)
+                tags, error = await _read_one(origin, entry, limiter, read_track)
             except OriginError as exc:
                 # Could not read it now (permissions, network): try again next sync
                 # rather than record a false "broken tags".

@@ -273,21 +273,16 @@ class HealthMonitor:
 
     def status(self) -> dict[str, Any]:
         now = self._now()
-        origins = []
-        for h in self._health.values():
-            origins.append(
-                {
-                    "name": h.name,
-                    "url": h.display_url,
-                    "state": h.state.value,
-                    "consecutive_failures": h.failures,
-                    "last_error": h.last_error,
-                    "checks": h.checks,
-                    "last_check_age_s": None
-                    if h.last_check is None
-                    else round(now - h.last_check, 3),
-                    "next_check_in_s": round(max(0.0, h.next_check - now), 3),
-                    "latency_ms": None if h.latency is None else round(h.latency * 1000, 1),
-                }
-            )
+        origins = {}
+        for h in self._health.values():  # in priority order
+            origins[h.name] = {
+                "url": h.display_url,
+                "state": h.state.value,
+                "consecutive_failures": h.failures,
+                "last_error": h.last_error,
+                "checks": h.checks,
+                "last_check_age_s": None if h.last_check is None else round(now - h.last_check, 3),
+                "next_check_in_s": round(max(0.0, h.next_check - now), 3),
+                "latency_ms": None if h.latency is None else round(h.latency * 1000, 1),
+            }
         return {"mode": self._mode.value, "origins": origins}

@@ -145,7 +145,7 @@ def test_offline_mode_and_recovery_without_restart() -> None:
             modes.append((trio.current_time(), monitor.mode.value))
             status = monitor.status()
             assert status["mode"] == "offline"
-            assert {o["state"] for o in status["origins"]} == {"unhealthy"}
+            assert {o["state"] for o in status["origins"].values()} == {"unhealthy"}
             a.set_mode(HEALTHY)
             b.set_mode(HEALTHY)
             # Recovery by itself, within one backoff period plus the recovery checks.
@@ -200,5 +200,5 @@ def test_slow_check_within_timeout_is_healthy_and_reports_latency() -> None:
     o.set_mode(slow(0.2))
     monitor = HealthMonitor([o], HealthPolicy(check_timeout=1.0))
     assert virtual(lambda: monitor.check_one("o")) is True
-    status = monitor.status()["origins"][0]
+    status = monitor.status()["origins"]["o"]
     assert status["state"] == "healthy" and 190 <= status["latency_ms"] <= 250

@@ -299,6 +299,7 @@ def test_status_reports_mode_origins_and_counters() -> None:
     trio.run(pool.read, TRACK, 0, 10)
     status = pool.status()
     assert status["mode"] == "online"
-    assert [o["name"] for o in status["origins"]] == ["a", "b"]
-    assert status["origins"][0]["url"] == "faulty+memory://a"
+    assert list(status["origins"]) == ["a", "b"]
+    assert status["origins"]["a"]["url"] == "faulty+memory://a"
+    assert status["origins"]["b"]["state"] == "healthy"
     assert status["reads"]["reads"] == 1
