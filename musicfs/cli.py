@@ -199,7 +199,7 @@ def cmd_unmount(args: argparse.Namespace) -> int:
     import time
 
     from musicfs.control import ControlError, request
-    from musicfs.mounts import find_mount, is_musicfs, lazy_unmount, stat_bounded
+    from musicfs.mounts import find_mount, is_musicfs, lazy_unmount, probe
 
     settings = resolve_settings(args)
     mountpoint = args.mountpoint
@@ -207,7 +207,7 @@ def cmd_unmount(args: argparse.Namespace) -> int:
         reply = request(_control_path(settings), "unmount")
     except ControlError as exc:
         entry = find_mount(mountpoint)
-        if entry is not None and is_musicfs(entry) and stat_bounded(mountpoint, 3.0) not in (0,):
+        if entry is not None and is_musicfs(entry) and probe(mountpoint, 3.0) != 0:
             lazy_unmount(mountpoint)
             print(f"{mountpoint}: no daemon was serving it; removed the stale mount")
             return 0
@@ -250,8 +250,9 @@ def format_status(status: dict[str, Any]) -> str:
     ]
     origins = status.get("origins")
     if isinstance(origins, dict):
-        for name, info in sorted(origins.get("origins", origins).items()):
-            lines.append(f"  origin {name}: {info}")
+        for o in origins.get("origins") or []:
+            error = f", last error: {o['last_error']}" if o.get("last_error") else ""
+            lines.append(f"  origin {o.get('name')} ({o.get('url')}): {o.get('state')}{error}")
     cache = status.get("cache")
     if cache:
         lines.append(f"  cache: {cache}")

@@ -7,12 +7,14 @@ import logging
 import time
 from collections.abc import Callable
 
+import apsw
 import trio
 
 from musicfs.catalog.db import Catalog
 from musicfs.catalog.naming import Template
 from musicfs.catalog.tree import Tree, build_tree
 from musicfs.config import ConfigError, Settings
+from musicfs.failpoints import fail_point
 from musicfs.origins.base import OriginError
 from musicfs.origins.health import HealthPolicy
 from musicfs.origins.open import OriginConfigError, OriginURLError, open_origin
@@ -58,6 +60,7 @@ class Library:
         self.tag_reader: ReadTrack | None = None
 
     def _build(self) -> Tree:
+        fail_point("tree.build")
         tracks = self.catalog.tracks()
         self.generation += 1
         return build_tree(tracks, self.template, self.catalog.inodes, generation=self.generation)
@@ -100,6 +103,18 @@ class Library:
                     ok = False
                     self.sync_errors[origin.name] = str(exc)
                     log.warning("sync: %s; catalog kept as it was", exc)
+                    continue
+                except (OSError, apsw.FullError, apsw.IOError) as exc:
+                    # The state disk is full or failing: batches committed so far stay, the
+                    # rest is retried at the next sync instead of ending syncing for good.
+                    ok = False
+                    self.sync_errors[origin.name] = f"catalog write failed: {exc}"
+                    log.error(
+                        "sync: origin=%s: catalog write failed (%s); committed batches kept, "
+                        "retrying later",
+                        origin.name,
+                        exc,
+                    )
                     continue
                 self.sync_errors.pop(origin.name, None)
                 self.last_sync[origin.name] = result

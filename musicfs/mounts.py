@@ -16,6 +16,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 FSNAME = "musicfs"
+# A name the tree never contains (MusicFS names never start with a dot).
+PROBE_NAME = ".musicfs-probe"
 
 
 class MountpointError(Exception):
@@ -68,13 +70,9 @@ def is_musicfs(entry: MountEntry) -> bool:
     return entry.fstype in ("fuse.musicfs", "fuse") and entry.source == FSNAME
 
 
-def is_stale(path: Path) -> bool:
+def is_stale(path: Path, timeout: float = 5.0) -> bool:
     """A FUSE mount whose daemon died answers ENOTCONN to everything."""
-    try:
-        os.stat(path)
-    except OSError as exc:
-        return exc.errno == errno.ENOTCONN
-    return False
+    return probe(path, timeout) == errno.ENOTCONN
 
 
 def lazy_unmount(path: Path) -> None:
@@ -125,20 +123,26 @@ def _check_folder(path: Path) -> None:
         raise MountpointError(f"{path}: mount point is not readable") from None
 
 
-def stat_bounded(path: Path, timeout: float) -> int | None:
-    """``os.stat(path)`` in a helper thread: 0 if it worked, the errno if it failed, None if
-    it did not return within ``timeout`` (a live but wedged FUSE daemon). The thread is left
-    behind in that case; it ends when the mount does."""
+def probe(path: Path, timeout: float) -> int | None:
+    """Does the file system mounted at ``path`` answer? 0 if it does, the errno if it fails
+    (ENOTCONN: its FUSE daemon is gone), None if nothing came back within ``timeout`` (a
+    live but wedged daemon; the helper thread is left behind and ends with the mount).
+
+    It looks up a name that never exists: unlike ``stat(path)``, whose attributes the
+    kernel may answer from its cache, a lookup the daemon answered ENOENT is asked again.
+    """
     result: list[int] = []
 
     def run() -> None:
         try:
-            os.stat(path)
+            os.stat(os.path.join(path, PROBE_NAME))
+            result.append(0)
+        except FileNotFoundError:
             result.append(0)
         except OSError as exc:
             result.append(exc.errno or errno.EIO)
 
-    thread = threading.Thread(target=run, name=f"stat {path}", daemon=True)
+    thread = threading.Thread(target=run, name=f"probe {path}", daemon=True)
     thread.start()
     thread.join(timeout)
     return result[0] if result else None
@@ -160,7 +164,7 @@ def prepare_mountpoint(path: Path, *, timeout: float = 3.0) -> None:
             raise MountpointError(
                 f"{path}: already a {entry.fstype} mount (from {entry.source}); unmount it first"
             )
-        code = stat_bounded(path, timeout)
+        code = probe(path, timeout)
         if code is None:
             raise MountpointError(
                 f"{path}: already a MusicFS mount whose daemon is alive but does not answer; "

@@ -23,18 +23,16 @@ from pathlib import Path
 
 import trio
 
+from musicfs.mounts import PROBE_NAME
 from musicfs.notify import Notifier
 
 log = logging.getLogger(__name__)
 
-# A name the tree never contains (names never start with a dot): the lookup reaches the
-# daemon every time because an ENOENT reply is not cached by the kernel.
-PROBE_NAME = ".musicfs-probe"
-
 
 def probe_mount(mountpoint: Path) -> None:
-    """One round trip through the kernel to this daemon's FUSE workers. Raises ``OSError``
-    when the mount does not answer properly (ENOTCONN, EIO, ...)."""
+    """One round trip through the kernel to this daemon's FUSE workers (a lookup the kernel
+    cannot answer from its cache). Raises ``OSError`` when the mount does not answer
+    properly (ENOTCONN, EIO, ...)."""
     try:
         os.stat(os.path.join(mountpoint, PROBE_NAME))
     except FileNotFoundError:

@@ -190,6 +190,7 @@ class Catalog:
         size/mtime/tags follow the origin that last (re)scanned it.
         """
         now = time.time_ns()
+        fail_point("catalog.upsert")
         with self._lock, self.db:
             for path, size, mtime_ns, etag, tags, tag_error in batch:
                 t = tags or Tags()

@@ -3,13 +3,11 @@ exit, sd_notify and the watchdog, seen from outside the process."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +16,15 @@ import pytest
 
 from musicfs.catalog.integrity import check_catalog
 from musicfs.mounts import find_mount, is_stale
-from tests.support.daemon import MountedDaemon
+from tests.support.daemon import MountedDaemon, unmount_leftovers
 from tests.support.library import make_library, sha256
+from tests.support.readers import Reader
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_mounts(tmp_path: Path) -> Iterator[None]:
+    yield
+    unmount_leftovers(tmp_path)
 
 
 @pytest.fixture
@@ -83,40 +88,6 @@ def notify(tmp_path: Path) -> Iterator[NotifyCapture]:
     capture = NotifyCapture(tmp_path / "notify.sock")
     yield capture
     capture.close()
-
-
-class Reader(threading.Thread):
-    """Reads a file on the mount in small pieces; records data read and the first error."""
-
-    def __init__(self, path: Path, block: int = 64 * 1024):
-        super().__init__(daemon=True)
-        self.path, self.block = path, block
-        self.read_bytes = 0
-        self.error: int | None = None
-        self.done_at: float | None = None
-        self.started_reading = threading.Event()
-
-    def run(self) -> None:
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECT)
-        except OSError as exc:
-            self.error = exc.errno
-            self.done_at = time.monotonic()
-            self.started_reading.set()
-            return
-        try:
-            while True:
-                self.started_reading.set()
-                data = os.pread(fd, self.block, self.read_bytes)
-                if not data:
-                    break
-                self.read_bytes += len(data)
-        except OSError as exc:
-            self.error = exc.errno
-        finally:
-            with contextlib.suppress(OSError):  # ENOTCONN once the daemon is gone
-                os.close(fd)
-            self.done_at = time.monotonic()
 
 
 def shutdown_lines(log: str) -> list[str]:

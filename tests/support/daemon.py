@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from musicfs.mounts import find_mount, is_stale, lazy_unmount
+from musicfs.mounts import find_mount, is_stale, lazy_unmount, mount_entries, probe
 
 
 def require_fuse() -> None:
@@ -23,6 +24,14 @@ def require_fuse() -> None:
         problems.append("/dev/fuse not usable")
     if problems:
         pytest.fail("layer 2 (process) cannot run here: " + ", ".join(problems))
+
+
+def unmount_leftovers(root: Path) -> None:
+    """Lazily unmount whatever a failed test left mounted under ``root``."""
+    prefix = os.path.abspath(root) + "/"
+    for entry in reversed(mount_entries()):
+        if entry.mountpoint.startswith(prefix):
+            lazy_unmount(Path(entry.mountpoint))
 
 
 def musicfs_cmd(*args: str) -> list[str]:
@@ -39,8 +48,10 @@ class MountedDaemon:
         extra: list[str] | None = None,
         env: dict[str, str] | None = None,
         config: Path | None = None,
+        nofile: int | None = None,
     ):
         require_fuse()
+        self.nofile = nofile  # RLIMIT_NOFILE for the daemon process
         self.mountpoint = mountpoint
         self.log_path = state_dir.parent / f"daemon-{mountpoint.name}.log"
         args = ["mount", "--state-dir", str(state_dir)]
@@ -60,14 +71,26 @@ class MountedDaemon:
         mountpoint_ready = self.mountpoint
         mountpoint_ready.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
+        nofile = self.nofile
+
+        def limits() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         self.proc = subprocess.Popen(
-            musicfs_cmd(*self.args), stdout=self._log, stderr=subprocess.STDOUT, env=self.env
+            musicfs_cmd(*self.args),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            preexec_fn=limits if nofile is not None else None,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
-            if find_mount(self.mountpoint) is not None:
+            # Mounted and answering: a stale mount left by a killed daemon is listed too,
+            # but answers ENOTCONN.
+            if find_mount(self.mountpoint) is not None and probe(self.mountpoint, 2) == 0:
                 return self
             time.sleep(0.05)
         raise AssertionError(f"mount did not appear within {timeout}s:\n{self.log()}")
@@ -82,6 +105,14 @@ class MountedDaemon:
                 return
             time.sleep(0.05)
         raise AssertionError(f"{text!r} not logged within {timeout}s:\n{self.log()}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None

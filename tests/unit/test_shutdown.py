@@ -16,33 +16,10 @@ import trio
 
 from musicfs import failpoints
 from musicfs.catalog.db import Catalog
-from musicfs.config import FuseSettings, LibrarySettings, OriginSettings, Settings, finish
 from musicfs.daemon import Daemon
 from musicfs.supervisor import Policy
+from tests.support.inprocess import opened_daemon, settings_for
 from tests.support.library import make_library
-
-
-def settings_for(tmp_path: Path, lib: Path, **fuse: float) -> Settings:
-    (tmp_path / "mnt").mkdir(exist_ok=True)
-    return finish(
-        Settings(
-            mountpoint=tmp_path / "mnt",
-            state_dir=tmp_path / "state",
-            cache_dir=tmp_path / "cache",
-            origins=(OriginSettings(url=str(lib)),),
-            library=LibrarySettings(scan_interval=0),
-            fuse=FuseSettings(**fuse),  # type: ignore[arg-type]
-        )
-    )
-
-
-async def opened_daemon(settings: Settings) -> Daemon:
-    daemon = Daemon(settings)
-    await daemon._open()
-    assert daemon.library is not None and daemon.ops is not None
-    await daemon.library.sync()
-    daemon.ops.swap_tree(await daemon.library.build_tree())
-    return daemon
 
 
 async def read(daemon: Daemon, label: str, ino: int) -> None:
