@@ -186,7 +186,8 @@ def test_sigterm_with_20_readers_mid_file(tmp_path: Path) -> None:
     lib = tmp_path / "lib"
     make_library(lib, albums=4, tracks=5, pad_to=3_000_000)
     originals = {sha256(p): p.read_bytes() for p in lib.rglob("*") if p.is_file()}
-    config = write_config(tmp_path, '[fuse]\ndrain_timeout = "2s"\n')
+    # Small chunks: every 64 KiB piece is its own (slow) origin fetch.
+    config = write_config(tmp_path, '[fuse]\ndrain_timeout = "2s"\n[cache]\nchunk_size = "64K"\n')
     d = MountedDaemon(
         tmp_path / "mnt",
         [lib],

@@ -11,14 +11,24 @@ from pathlib import Path
 
 import pyfuse3
 
-from musicfs.config import FuseSettings, LibrarySettings, OriginSettings, Settings, finish
+from musicfs.config import (
+    CacheSettings,
+    FuseSettings,
+    LibrarySettings,
+    OriginSettings,
+    Settings,
+    finish,
+)
 from musicfs.daemon import Daemon
 
 
-def settings_for(tmp_path: Path, lib: Path, **fuse: float) -> Settings:
+def settings_for(
+    tmp_path: Path, lib: Path, *, cache: CacheSettings | None = None, **fuse: float
+) -> Settings:
     (tmp_path / "mnt").mkdir(exist_ok=True)
     return finish(
         Settings(
+            cache=cache or CacheSettings(),
             mountpoint=tmp_path / "mnt",
             state_dir=tmp_path / "state",
             cache_dir=tmp_path / "cache",
@@ -39,12 +49,14 @@ async def opened_daemon(settings: Settings) -> Daemon:
     return daemon
 
 
-async def read_through_fuse(daemon: Daemon, ino: int, size: int = 4096) -> bytes | int:
+async def read_through_fuse(
+    daemon: Daemon, ino: int, size: int = 4096, offset: int = 0
+) -> bytes | int:
     """open + read + release through the FUSE operations: the data, or the errno answered."""
     assert daemon.ops is not None
     info = await daemon.ops.open(ino, os.O_RDONLY, None)
     try:
-        return bytes(await daemon.ops.read(info.fh, 0, size))
+        return bytes(await daemon.ops.read(info.fh, offset, size))
     except pyfuse3.FUSEError as exc:
         return int(exc.errno or errno.EIO)
     finally:

@@ -4,15 +4,18 @@ and never a half-applied state."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import resource
+from collections.abc import Iterator
 from pathlib import Path
 
 import trio
 
 from musicfs import failpoints
 from musicfs.catalog.db import Catalog
+from musicfs.config import CacheSettings
 from musicfs.supervisor import Policy
 from tests.support.inprocess import opened_daemon, read_through_fuse, running, settings_for
 from tests.support.library import make_library
@@ -20,6 +23,26 @@ from tests.support.library import make_library
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+@contextlib.contextmanager
+def no_descriptors_left() -> Iterator[None]:
+    """Take every descriptor this process may still open (the next open() gets EMFILE)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (open_fds() + 16, hard))
+    hog: list[int] = []
+    try:
+        while True:
+            try:
+                hog.append(os.open("/dev/null", os.O_RDONLY))
+            except OSError as exc:
+                assert exc.errno == errno.EMFILE
+                break
+        yield
+    finally:
+        for fd in hog:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_emfile_answers_eio_for_that_request_and_leaks_nothing(tmp_path: Path) -> None:
@@ -30,31 +53,20 @@ def test_emfile_answers_eio_for_that_request_and_leaks_nothing(tmp_path: Path) -
     async def main() -> None:
         async with running(settings) as daemon:
             assert daemon.ops is not None
-            ino = next(n.ino for n in daemon.ops.tree.files())
-            assert isinstance(await read_through_fuse(daemon, ino), bytes)
-            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            cached, uncached = (n.ino for n in daemon.ops.tree.files())
+            assert isinstance(await read_through_fuse(daemon, cached), bytes)
             before = open_fds()
-            # Take every descriptor the process may still open: the origin's open() gets EMFILE.
-            resource.setrlimit(resource.RLIMIT_NOFILE, (before + 16, hard))
-            hog: list[int] = []
-            try:
-                while True:
-                    try:
-                        hog.append(os.open("/dev/null", os.O_RDONLY))
-                    except OSError as exc:
-                        assert exc.errno == errno.EMFILE
-                        break
-                results = [await read_through_fuse(daemon, ino) for _ in range(50)]
-            finally:
-                for fd in hog:
-                    os.close(fd)
-                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-            assert set(results) == {errno.EIO}
-            assert daemon.ops.stats.read_errors == 50
-            assert daemon.mode() == "online"  # our shortage, not the origin's: still healthy
+            with no_descriptors_left():
+                fresh = [await read_through_fuse(daemon, uncached) for _ in range(50)]
+                # What is already cached in memory is still served.
+                again = await read_through_fuse(daemon, cached)
+            assert set(fresh) == {errno.EIO}
+            assert isinstance(again, bytes) and again
+            # Our shortage, not the origin's nor the cache disk's: nothing marked down.
+            assert daemon.mode() == "online"
             # The limit lifted, the same daemon serves again, and no descriptor leaked.
-            data = await read_through_fuse(daemon, ino)
-            assert isinstance(data, bytes) and len(data) == 4096
+            data = await read_through_fuse(daemon, uncached)
+            assert isinstance(data, bytes) and data
             assert open_fds() == before
 
     trio.run(main)
@@ -79,22 +91,37 @@ def test_enomem_answers_eio_and_the_next_read_works(tmp_path: Path) -> None:
 
 def test_reads_under_load_leave_no_descriptor_behind(tmp_path: Path) -> None:
     lib = tmp_path / "lib"
-    make_library(lib, albums=2, tracks=5, pad_to=200_000)
-    settings = settings_for(tmp_path, lib)
+    make_library(lib, albums=2, tracks=5, pad_to=1_000_000)
+    contents = {p.relative_to(lib).as_posix(): p.read_bytes() for p in lib.rglob("*.*")}
+    # 64 KiB chunks: 300 reads at distinct offsets are 300 fetches, a fifth of them failing.
+    settings = settings_for(tmp_path, lib, cache=CacheSettings(chunk_size=64 * 1024))
 
     async def main() -> None:
         async with running(settings) as daemon:
             assert daemon.ops is not None
-            inodes = [n.ino for n in daemon.ops.tree.files()]
-            await read_through_fuse(daemon, inodes[0])
+            nodes = list(daemon.ops.tree.files())
+            await read_through_fuse(daemon, nodes[0].ino)
             before = open_fds()
-            failpoints.set("origin.local.read", "error(EIO)")
-            failpoints.set("origin.local.read", "after(100)->error(EIO)")
+            failpoints.set("origin.local.read", "60*after(20)->error(EMFILE)")
+            results: list[tuple[int, int, bytes | int]] = []
+
+            async def read_at(i: int) -> None:
+                node = nodes[i % len(nodes)]
+                offset = (i // len(nodes)) * 65536
+                got = await read_through_fuse(daemon, node.ino, 65536, offset)
+                results.append((i % len(nodes), offset, got))
+
             async with trio.open_nursery() as nursery:
                 for i in range(300):
-                    nursery.start_soon(read_through_fuse, daemon, inodes[i % len(inodes)], 65536)
+                    nursery.start_soon(read_at, i)
             assert daemon.ops.stats.inflight == 0
-            assert daemon.ops.stats.read_errors == 200
+            failed = [r for r in results if isinstance(r[2], int)]
+            assert 0 < len(failed) <= 60 and {r[2] for r in failed} == {errno.EIO}
+            for index, offset, got in results:
+                if isinstance(got, bytes):
+                    track = nodes[index].track
+                    assert track is not None
+                    assert got == contents[track.path][offset : offset + 65536]
             assert open_fds() == before
 
     trio.run(main)
