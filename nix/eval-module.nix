@@ -1,119 +1,22 @@
-# Evaluates nixos/module.nix with nothing but nixpkgs' `lib`: the NixOS options the module
-# writes to (systemd.services, users, programs.fuse, assertions, ...) are declared here as
-# loose stand-ins and pkgs holds fake derivations, so the module's own logic -- option
-# types, defaults, merging, assertions, the generated unit and settings -- is evaluated for
-# real without a nixpkgs checkout. scripts/eval-nixos-module.sh runs the scenarios below
-# and checks the results.
+# Evaluates nixos/module.nix with nothing but nixpkgs' lib: the NixOS options the module
+# writes to (systemd.services, users, programs.fuse, assertions, ...) are declared as loose
+# stand-ins (nix/stubs.nix) and pkgs holds fake derivations, so the module's own logic --
+# option types, defaults, merging, assertions, the generated unit and settings -- is
+# evaluated for real without a nixpkgs checkout. scripts/eval-nixos-module.sh runs the
+# scenarios below and checks the results.
 #
 #   nix-instantiate --eval --strict --json nix/eval-module.nix --arg lib 'import /path/to/lib'
 { lib }:
 
 let
-  inherit (lib) mkOption types;
-
-  fakeStorePath = name: "${builtins.storeDir}/00000000000000000000000000000000-${name}";
-
-  fakePackage = name: {
-    type = "derivation";
-    inherit name;
-    outPath = fakeStorePath name;
-    meta.mainProgram = name;
-  };
-
-  # pkgs.formats.toml: the same value type as nixpkgs' (TOML has no null), and a
-  # "generated file" that keeps the value so the checks can read what would be rendered.
-  tomlFormat =
-    { }:
-    {
-      type =
-        let
-          valueType =
-            types.oneOf [
-              types.bool
-              types.int
-              types.float
-              types.str
-              types.path
-              (types.attrsOf valueType)
-              (types.listOf valueType)
-            ]
-            // {
-              description = "TOML value";
-            };
-        in
-        valueType;
-      generate = name: value: fakePackage name // { inherit value; };
-    };
-
-  pkgs = {
-    formats.toml = tomlFormat;
-    fuse3 = fakePackage "fuse3";
-    coreutils = fakePackage "coreutils";
-    musicfs = fakePackage "musicfs";
-  };
-
-  # nixos/lib/utils.nix: every argument JSON-quoted, with systemd's % and $ doubled.
-  utils = rec {
-    escapeSystemdExecArg =
-      arg: lib.replaceStrings [ "%" "$" ] [ "%%" "$$" ] (builtins.toJSON (toString arg));
-    escapeSystemdExecArgs = lib.concatMapStringsSep " " escapeSystemdExecArg;
-  };
-
-  loose = types.attrsOf types.anything;
-
-  # The NixOS options the module sets, declared loosely enough to accept any definition.
-  # `withFuseEnable` mirrors the two nixpkgs generations: with and without
-  # programs.fuse.enable.
-  nixosStubs =
-    { withFuseEnable }:
-    {
-      options = {
-        assertions = mkOption {
-          type = types.listOf loose;
-          default = [ ];
-        };
-        warnings = mkOption {
-          type = types.listOf types.str;
-          default = [ ];
-        };
-        environment.systemPackages = mkOption {
-          type = types.listOf types.package;
-          default = [ ];
-        };
-        users.users = mkOption {
-          type = types.attrsOf loose;
-          default = { };
-        };
-        users.groups = mkOption {
-          type = types.attrsOf loose;
-          default = { };
-        };
-        programs.fuse = {
-          userAllowOther = mkOption {
-            type = types.bool;
-            default = false;
-          };
-        }
-        // lib.optionalAttrs withFuseEnable {
-          enable = mkOption {
-            type = types.bool;
-            default = false;
-          };
-        };
-        systemd.services = mkOption {
-          type = types.attrsOf (
-            types.submodule {
-              freeformType = loose;
-              options.serviceConfig = mkOption {
-                type = loose;
-                default = { };
-              };
-            }
-          );
-          default = { };
-        };
-      };
-    };
+  stubs = import ./stubs.nix { inherit lib; };
+  inherit (stubs)
+    fakeStorePath
+    fakePackage
+    pkgs
+    utils
+    nixosStubs
+    ;
 
   evalWith =
     {
@@ -170,6 +73,85 @@ let
   };
 in
 {
+  # nix/package.nix with a recording python3Packages: which libraries it asks for and how
+  # it wraps the program. (Its `src`, a lib.fileset, needs Nix >= 2.14 and is left out.)
+  package =
+    let
+      python3Packages = lib.genAttrs [
+        "buildPythonApplication"
+        "setuptools"
+        "pytestCheckHook"
+        "pytest-timeout"
+        "hypothesis"
+        "pyfuse3"
+        "trio"
+        "apsw"
+        "lmdb"
+        "mutagen"
+        "tantivy"
+        "minio"
+        "asyncssh"
+      ] (name: name) // { buildPythonApplication = attrs: attrs; };
+      drv = import ../nix/package.nix {
+        inherit lib python3Packages;
+        fuse3 = fakePackage "fuse3";
+      };
+    in
+    {
+      inherit (drv)
+        pname
+        version
+        dependencies
+        build-system
+        makeWrapperArgs
+        disabledTestPaths
+        ;
+      inherit (drv.meta) mainProgram description;
+    };
+
+  # flake.nix's outputs over a stand-in nixpkgs: names of packages, apps and checks, and
+  # the module wrapper (nixosModules.default must supply this flake's package).
+  flake =
+    let
+      system = "x86_64-linux";
+      stubNixpkgs = {
+        inherit lib;
+        legacyPackages = lib.genAttrs [ "x86_64-linux" "aarch64-linux" ] (system: {
+          stdenv.hostPlatform.system = system;
+          callPackage =
+            _path: _args: fakePackage "musicfs" // { outPath = fakeStorePath "musicfs-${system}"; };
+          testers.runNixOSTest = test: fakePackage "vm-test" // { inherit test; };
+        });
+      };
+      outputs = (import ../flake.nix).outputs { self = outputs; nixpkgs = stubNixpkgs; };
+      withDefaultModule =
+        (lib.evalModules {
+          specialArgs = {
+            inherit utils;
+            pkgs = stubNixpkgs.legacyPackages.${system} // pkgs;
+          };
+          modules = [
+            outputs.nixosModules.default
+            (nixosStubs { withFuseEnable = true; })
+            {
+              services.musicfs = {
+                enable = true;
+                origins = [ { url = "/srv/music"; } ];
+              };
+            }
+          ];
+        }).config;
+    in
+    {
+      systems = builtins.attrNames outputs.packages;
+      packages = builtins.attrNames outputs.packages.${system};
+      apps = lib.mapAttrs (_: app: app.program) outputs.apps.${system};
+      checks = builtins.attrNames outputs.checks.${system};
+      modules = builtins.attrNames outputs.nixosModules;
+      defaultModulePackage = "${withDefaultModule.services.musicfs.package}";
+      flakePackage = "${outputs.packages.${system}.musicfs}";
+    };
+
   # A realistic configuration: three origins, secrets, tuned settings.
   typical = report (evalWith { } typical);
   # The same on a nixpkgs whose programs.fuse has no `enable` switch.

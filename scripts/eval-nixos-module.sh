@@ -6,7 +6,9 @@
 #   LIB_DIR is nixpkgs' lib/ folder, e.g. from a checkout of
 #   https://github.com/nix-community/nixpkgs.lib (its lib/ subfolder). Nothing is fetched.
 # The rendered settings are also fed to the daemon's own config parser, so a key the
-# module writes but MusicFS does not know fails here, not on a user's machine.
+# module writes but MusicFS does not know fails here, not on a user's machine. Then the
+# Python scripts of the VM tests (nixos/tests) are linted (ruff's pyflakes rules) and
+# type-checked (mypy), as the NixOS test driver does before it boots a VM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,15 +33,21 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 nix-instantiate --eval --strict --json nix/eval-module.nix \
   --arg lib "import $lib_dir" >"$tmp/result.json"
+nix-instantiate --eval --strict --json nix/eval-test-scripts.nix \
+  --arg lib "import $lib_dir" >"$tmp/vm-tests.json"
 
-"$python" - "$tmp/result.json" <<'PY'
+"$python" - "$tmp" <<'PY'
 import json
 import sys
+import tomllib
 from pathlib import Path
 
 from musicfs.config import settings_from_dict
 
-results = json.loads(Path(sys.argv[1]).read_text())
+tmp = Path(sys.argv[1])
+results = json.loads((tmp / "result.json").read_text())
+# Nix 2.8 leaves some control characters unescaped in its JSON; strict=False takes them.
+vm_tests = json.loads((tmp / "vm-tests.json").read_text(), strict=False)
 problems: list[str] = []
 
 
@@ -170,6 +178,45 @@ disabled = results["disabled"]
 check("disabled", disabled["service"] is None and not disabled["users"] and not disabled["systemPackages"]
       and disabled["fuse"] == {"enable": False, "userAllowOther": False}, "a disabled module changes the system")
 
+pyproject = tomllib.loads(Path("pyproject.toml").read_text())["project"]
+package = results["package"]
+wanted = sorted(d.split(">")[0].split("=")[0].split("<")[0].strip().lower() for d in pyproject["dependencies"])
+check("package", sorted(package["dependencies"]) == wanted,
+      f"dependencies {sorted(package['dependencies'])} differ from pyproject.toml's {wanted}")
+check("package", package["version"] == pyproject["version"] and package["pname"] == "musicfs", "name/version")
+check("package", package["mainProgram"] == "musicfs" and "musicfs" in pyproject["scripts"], "mainProgram")
+wrap = package["makeWrapperArgs"]
+check("package", wrap[:3] == ["--suffix", "PATH", ":"] and wrap[3].endswith("-fuse3/bin"),
+      f"fuse3 must be appended to PATH (the setuid wrapper wins): {wrap}")
+check("package", "MUSICFS_FIXTURES" in wrap, "demo fixtures not wired")
+check("package", set(package["disabledTestPaths"]) == {"tests/process", "tests/network"}, "checkPhase layers")
+
+flake = results["flake"]
+check("flake", flake["systems"] == ["aarch64-linux", "x86_64-linux"], f"systems {flake['systems']}")
+check("flake", flake["packages"] == ["default", "musicfs"], f"packages {flake['packages']}")
+check("flake", set(flake["apps"]) == {"default", "musicfs"}
+      and all(p.endswith("-musicfs-x86_64-linux/bin/musicfs") for p in flake["apps"].values()),
+      f"apps {flake['apps']}")
+test_files = sorted(p.stem for p in Path("nixos/tests").glob("*.nix") if p.stem not in ("all", "common"))
+check("flake", flake["checks"] == sorted(["package", *(f"vm-{t}" for t in test_files)]),
+      f"checks {flake['checks']} do not cover nixos/tests {test_files}")
+check("flake", flake["modules"] == ["default", "musicfs"], f"nixosModules {flake['modules']}")
+check("flake", flake["defaultModulePackage"] == flake["flakePackage"],
+      "nixosModules.default does not use the flake's package")
+
+# The VM test machines through the real module: no failed assertion, and MusicFS
+# settings the daemon accepts. Their scripts are written out for ruff and mypy.
+for name, test in vm_tests.items():
+    for node, evaluated in test["nodes"].items():
+        where = f"{name}/{node}"
+        check(where, not evaluated["failedAssertions"], f"assertions failed: {evaluated['failedAssertions']}")
+        if evaluated["musicfs"] is not None:
+            check_settings(where, {"settings": evaluated["musicfs"]})
+    # What the driver provides: one object per machine, start_all and subtest.
+    names = [*test["nodes"], "start_all", "subtest"]
+    header = "from typing import Any\n\n" + "".join(f"{n}: Any = None\n" for n in names)
+    (tmp / f"{name.replace('-', '_')}.py").write_text(header + "\n" + test["testScript"])
+
 if problems:
     print("eval-nixos-module: FAILED", file=sys.stderr)
     for p in problems:
@@ -177,5 +224,15 @@ if problems:
     sys.exit(1)
 for n in notes:
     print("eval-nixos-module: note: " + n)
-print(f"eval-nixos-module: ok ({len(results)} scenarios evaluated; settings accepted by musicfs.config)")
+print(f"eval-nixos-module: ok ({len(results) - 2} module scenarios, package, flake outputs and the"
+      f" machines of {len(vm_tests)} VM tests evaluated; settings accepted by musicfs.config)")
 PY
+
+# -- VM test scripts: lint and type-check, as the NixOS test driver does ----------------
+bindir=$(cd "$(dirname "$(command -v "$python")")" && pwd)
+ruff=$bindir/ruff mypy=$bindir/mypy
+[ -x "$ruff" ] || ruff=ruff
+[ -x "$mypy" ] || mypy=mypy
+"$ruff" check --isolated --select F,E9 --quiet "$tmp"/vm_*.py
+(cd "$tmp" && "$mypy" --no-error-summary --ignore-missing-imports --check-untyped-defs vm_*.py)
+echo "eval-nixos-module: VM test scripts lint- and type-clean"

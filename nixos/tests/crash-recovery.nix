@@ -1,0 +1,77 @@
+# Crash recovery under systemd: `kill -9` of the daemon while a player holds a file open
+# -> Restart=on-failure brings it back, the old mount is detached lazily (it is busy), the
+# new mount serves the same bytes and no stale "Transport endpoint is not connected" mount
+# is left. A stale mount left by a daemon systemd never knew about is cleaned up by the
+# next start.
+{ self }:
+{ pkgs, ... }:
+
+let
+  common = import ./common.nix { inherit self pkgs; };
+  library = common.demoLibrary;
+in
+{
+  name = "musicfs-crash-recovery";
+
+  nodes.machine = {
+    imports = [ (common.musicfsNode { origins = [ { url = "${library}"; } ]; }) ];
+    virtualisation.additionalPaths = [ library ];
+  };
+
+  testScript = common.prelude + ''
+    ORIGIN = "${library}"
+
+    machine.wait_for_unit("musicfs.service")
+    expected = sums(machine, ORIGIN)
+    wait_for_tracks(machine, len(expected))
+
+    with subtest("kill -9 with a player attached: restarted, remounted, same bytes"):
+        before = main_pid(machine)
+        held = machine.succeed(f"find {MNT} -type f -name '*.flac' -print -quit").strip()
+        # A player with the file open across the crash keeps the old mount busy.
+        machine.succeed(
+            f"systemd-run --unit=player /run/current-system/sw/bin/sh -c 'exec 3< \"$0\"; exec sleep 600' {shlex.quote(held)}"
+        )
+        machine.wait_until_succeeds("systemctl is-active player.service")
+        machine.succeed("systemctl kill --signal=KILL musicfs.service")
+        machine.wait_until_succeeds(
+            f'pid=$(systemctl show -P MainPID musicfs.service); [ "$pid" != 0 ] && [ "$pid" != {before} ]',
+            timeout=60,
+        )
+        machine.wait_for_unit("musicfs.service")
+        assert restarts(machine) >= 1, "systemd did not restart the daemon"
+        assert_mounted_once(machine)
+        wait_for_tracks(machine, len(expected), timeout=60)
+        assert sums(machine, MNT) == expected, "bytes differ after the restart"
+        machine.succeed("systemctl stop player.service")
+
+    with subtest("a second crash in a row recovers the same way"):
+        before = main_pid(machine)
+        machine.succeed("systemctl kill --signal=KILL musicfs.service")
+        machine.wait_until_succeeds(
+            f'pid=$(systemctl show -P MainPID musicfs.service); [ "$pid" != 0 ] && [ "$pid" != {before} ]',
+            timeout=60,
+        )
+        machine.wait_for_unit("musicfs.service")
+        assert_mounted_once(machine)
+        assert sums(machine, MNT) == expected
+
+    with subtest("a stale mount from a daemon outside systemd is cleaned up by the next start"):
+        machine.succeed("systemctl stop musicfs.service")
+        machine.fail(f"mountpoint -q {MNT}")
+        machine.succeed(
+            "systemd-run --unit=rogue --uid=musicfs --gid=musicfs"
+            " --property=StateDirectory=musicfs-rogue --property=CacheDirectory=musicfs-rogue"
+            " --setenv=PATH=/run/wrappers/bin:/run/current-system/sw/bin"
+            f" /run/current-system/sw/bin/musicfs mount --origin {ORIGIN} {MNT}"
+        )
+        machine.wait_until_succeeds(f"findmnt -n {MNT}", timeout=60)
+        machine.succeed("systemctl kill --signal=KILL rogue.service")
+        machine.wait_until_succeeds(f"stat {MNT} 2>&1 | grep -q 'Transport endpoint is not connected'")
+        machine.succeed("systemctl start musicfs.service")
+        machine.wait_for_unit("musicfs.service")
+        assert_mounted_once(machine)
+        wait_for_tracks(machine, len(expected), timeout=60)
+        assert sums(machine, MNT) == expected
+  '';
+}
