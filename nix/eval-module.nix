@@ -41,6 +41,7 @@ let
     users = config.users.users;
     groups = config.users.groups;
     systemPackages = map toString config.environment.systemPackages;
+    etc = lib.mapAttrs (_: entry: toString entry.source) config.environment.etc;
   };
 
   typical = {

@@ -76,6 +76,10 @@ rec {
           type = types.listOf types.package;
           default = [ ];
         };
+        environment.etc = mkOption {
+          type = types.attrsOf loose;
+          default = { };
+        };
         users.users = mkOption {
           type = types.attrsOf loose;
           default = { };

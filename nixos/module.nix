@@ -67,6 +67,9 @@ let
   renderOrigin = origin: lib.filterAttrs (_: value: value != null) origin;
 
   configFile = settingsFormat.generate "musicfs.toml" cfg.settings;
+  # A stable path, as in dist/musicfs.service: a changed configuration is then a reload
+  # (SIGHUP: the daemon re-reads it without unmounting), not a restart.
+  configPath = "/etc/musicfs/config.toml";
 
   fusermount3 = "${lib.getBin pkgs.fuse3}/bin/fusermount3";
   mountpointArg = utils.escapeSystemdExecArg cfg.mountpoint;
@@ -249,6 +252,7 @@ in
         programs.fuse.userAllowOther = mkIf cfg.allowOther true;
 
         environment.systemPackages = [ cfg.package ];
+        environment.etc."musicfs/config.toml".source = configFile;
 
         users.users = mkIf (cfg.user == "musicfs") {
           musicfs = {
@@ -266,6 +270,8 @@ in
           after = [ "network-online.target" ];
           # The folder holding the mount point may itself be a mount (a separate disk).
           unitConfig.RequiresMountsFor = [ (dirOf cfg.mountpoint) ];
+          # Only the configuration changed: reload (SIGHUP), players keep their mount.
+          reloadTriggers = [ configFile ];
           # Crash loops stop after 10 starts in 5 minutes instead of spinning forever.
           startLimitIntervalSec = 300;
           startLimitBurst = 10;
@@ -282,6 +288,10 @@ in
             WatchdogSec = lib.mkDefault "30s";
             Restart = "on-failure";
             RestartSec = lib.mkDefault "2s";
+            # 2 = bad configuration or mount point: restarting cannot fix it.
+            RestartPreventExitStatus = 2;
+            # 3 = a second SIGTERM cut the drain short: a stop, not a failure.
+            SuccessExitStatus = 3;
 
             ExecStartPre = [
               # "-": nothing mounted is fine. "+": as root, whoever owns a stale mount.
@@ -292,12 +302,14 @@ in
               (lib.getExe cfg.package)
               "mount"
               "--config"
-              "${configFile}"
+              configPath
             ];
+            ExecReload = "${lib.getExe' pkgs.coreutils "kill"} -HUP $MAINPID";
             ExecStopPost = [ "-+${fusermount3} -u -z ${mountpointArg}" ];
-            # Above the daemon's drain window (read deadline + 2 s by default), so a
-            # graceful shutdown is never cut short by SIGKILL.
+            # Above the daemon's drain window (fuse.drain_timeout, 5 s by default) plus
+            # closing the stores, so a graceful shutdown is never cut short by SIGKILL.
             TimeoutStopSec = lib.mkDefault "30s";
+            TimeoutStartSec = lib.mkDefault "120s";
 
             User = cfg.user;
             Group = cfg.group;

@@ -104,8 +104,13 @@ def check_service(name: str, r: dict, mountpoint: str) -> None:
     check(name, len(post) == 1 and post[0].startswith("-+") and post[0].endswith(unmount),
           f"ExecStopPost is not a lazy unmount: {post}")
     start = sc.get("ExecStart", "")
-    check(name, start.endswith(f'"mount" "--config" "{r["configFile"]}"') and "/bin/musicfs" in start,
+    check(name, start.endswith('"mount" "--config" "/etc/musicfs/config.toml"') and "/bin/musicfs" in start,
           f"ExecStart {start!r}")
+    check(name, r["etc"].get("musicfs/config.toml") == r["configFile"], "/etc/musicfs/config.toml is not the rendered file")
+    check(name, svc.get("reloadTriggers") == [r["configFile"]], "a changed configuration does not reload")
+    check(name, sc.get("ExecReload", "").endswith("/bin/kill -HUP $MAINPID"), f"ExecReload {sc.get('ExecReload')!r}")
+    check(name, sc.get("RestartPreventExitStatus") == 2 and sc.get("SuccessExitStatus") == 3,
+          "exit statuses 2 (bad config) and 3 (forced stop) not handled as in dist/musicfs.service")
     check(name, "/run/wrappers" in svc.get("path", []), "setuid wrappers not on PATH")
     check(name, "multi-user.target" in svc.get("wantedBy", []), "not wanted by multi-user.target")
     check(name, "network-online.target" in svc.get("wants", []) and "network-online.target" in svc.get("after", []),
@@ -176,6 +181,7 @@ check("secretsInStore", any("credentials" in m for m in secrets), "a store crede
 check("noOrigin", any("origin" in m for m in results["noOrigin"]["failedAssertions"]), "no origin passes")
 disabled = results["disabled"]
 check("disabled", disabled["service"] is None and not disabled["users"] and not disabled["systemPackages"]
+      and not disabled["etc"]
       and disabled["fuse"] == {"enable": False, "userAllowOther": False}, "a disabled module changes the system")
 
 pyproject = tomllib.loads(Path("pyproject.toml").read_text())["project"]

@@ -60,6 +60,15 @@ in
             out = machine.fail(f"{command} 2>&1")
             assert "Read-only file system" in out, f"{command}: {out}"
 
+    with subtest("reload (SIGHUP) re-reads the configuration without unmounting"):
+        before = main_pid(machine)
+        machine.succeed("systemctl reload musicfs.service")
+        machine.sleep(2)
+        assert main_pid(machine) == before, "reload restarted the daemon"
+        machine.succeed("systemctl is-active musicfs.service")
+        assert_mounted_once(machine)
+        assert sums(machine, MNT) == expected
+
     with subtest("stop unmounts, start mounts the same tree again"):
         machine.succeed("systemctl stop musicfs.service")
         machine.fail(f"mountpoint -q {MNT}")

@@ -1,8 +1,9 @@
 # Crash recovery under systemd: `kill -9` of the daemon while a player holds a file open
 # -> Restart=on-failure brings it back, the old mount is detached lazily (it is busy), the
 # new mount serves the same bytes and no stale "Transport endpoint is not connected" mount
-# is left. A stale mount left by a daemon systemd never knew about is cleaned up by the
-# next start.
+# is left. A wedged daemon (every FUSE worker stuck) stops its watchdog pings and systemd
+# restarts it. A stale mount left by a daemon systemd never knew about is cleaned up by
+# the next start.
 { self }:
 { pkgs, ... }:
 
@@ -16,6 +17,8 @@ in
   nodes.machine = {
     imports = [ (common.musicfsNode { origins = [ { url = "${library}"; } ]; }) ];
     virtualisation.additionalPaths = [ library ];
+    # Two FUSE workers: four stuck reads are enough to wedge the daemon.
+    services.musicfs.settings.fuse.max_tasks = 2;
   };
 
   testScript = common.prelude + ''
@@ -54,6 +57,34 @@ in
         )
         machine.wait_for_unit("musicfs.service")
         assert_mounted_once(machine)
+        assert sums(machine, MNT) == expected
+
+    with subtest("wedged (every worker stuck): no watchdog ping, systemd restarts it"):
+        dropin = "/run/systemd/system/musicfs.service.d"
+        machine.succeed(
+            f"mkdir -p {dropin}",
+            # Every read blocks for two minutes, deadline or not (a failpoint).
+            "printf '[Service]\\nEnvironment=MUSICFS_FAILPOINTS=fuse.read=sleep(120000)\\n"
+            f"WatchdogSec=6s\\n' > {dropin}/wedge.conf",
+            "systemctl daemon-reload",
+            "systemctl restart musicfs.service",
+        )
+        machine.wait_for_unit("musicfs.service")
+        wait_for_tracks(machine, len(expected), timeout=60)
+        before = main_pid(machine)
+        machine.succeed(
+            f"find {MNT} -type f -print0 | head -z -n 4 | "
+            "xargs -0 -I{} sh -c 'timeout 300 cat \"$1\" > /dev/null 2>&1 &' sh {}"
+        )
+        machine.wait_until_succeeds(
+            f'pid=$(systemctl show -P MainPID musicfs.service); [ "$pid" != 0 ] && [ "$pid" != {before} ]',
+            timeout=90,
+        )
+        machine.succeed("journalctl -u musicfs.service | grep -q 'Watchdog timeout'")
+        machine.succeed(f"rm {dropin}/wedge.conf", "systemctl daemon-reload", "systemctl restart musicfs.service")
+        machine.wait_for_unit("musicfs.service")
+        assert_mounted_once(machine)
+        wait_for_tracks(machine, len(expected), timeout=60)
         assert sums(machine, MNT) == expected
 
     with subtest("a stale mount from a daemon outside systemd is cleaned up by the next start"):
