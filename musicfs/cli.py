@@ -250,9 +250,10 @@ def format_status(status: dict[str, Any]) -> str:
     ]
     origins = status.get("origins")
     if isinstance(origins, dict):
-        for o in origins.get("origins") or []:
+        # The health monitor keys its origins by name.
+        for name, o in (origins.get("origins") or {}).items():
             error = f", last error: {o['last_error']}" if o.get("last_error") else ""
-            lines.append(f"  origin {o.get('name')} ({o.get('url')}): {o.get('state')}{error}")
+            lines.append(f"  origin {name} ({o.get('url')}): {o.get('state')}{error}")
     cache = status.get("cache")
     if cache:
         lines.append(f"  cache: {cache}")

@@ -53,7 +53,7 @@ def test_status_json_and_text(tmp_path: Path) -> None:
         assert status["tasks"]["sync"]["policy"] == "best-effort"
         assert status["tasks"]["health"] == {**status["tasks"]["health"], "state": "running"}
         assert status["tasks"]["health"]["policy"] == "critical"
-        assert status["origins"]["origins"][0]["state"] == "healthy"
+        assert status["origins"]["origins"]["local"]["state"] == "healthy"
         assert status["sync"]["finished"] >= 1 and status["sync"]["last"]["local"]["listed"] == 6
         assert status["fuse"]["inflight"] == 0
         # Without the mount point: the only daemon in that runtime directory answers.
