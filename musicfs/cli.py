@@ -243,6 +243,24 @@ def _control_path(settings: Settings) -> Path:
     raise ConfigError(f"several MusicFS daemons run {where}; name the mount point")
 
 
+def format_cache(cache: dict[str, Any]) -> str:
+    """One line: mode (and why), size against the limit, and what reads did."""
+    mode = cache.get("mode", "?")
+    if cache.get("reason"):
+        mode += f" ({cache['reason']})"
+    c = cache.get("counters") or {}
+    r = cache.get("reader") or {}
+    mib = 2**20
+    return (
+        f"  cache: {mode}, {int(cache.get('size', 0)) / mib:.0f} of "
+        f"{int(cache.get('max_size', 0)) / mib:.0f} MiB in {cache.get('chunks', 0)} chunks; "
+        f"hits {c.get('hits', 0)} (+{r.get('memory_hits', 0)} in memory), "
+        f"origin fetches {r.get('origin_fetches', 0)}, corrupt {c.get('corrupt', 0)} "
+        f"(repaired {r.get('repaired', 0)}), evicted {c.get('evicted', 0)}, "
+        f"uncached {r.get('uncached', 0)}"
+    )
+
+
 def format_status(status: dict[str, Any]) -> str:
     lines = [
         f"{status['mountpoint']}: {status['state']}, {status['mode']}, "
@@ -255,8 +273,8 @@ def format_status(status: dict[str, Any]) -> str:
             error = f", last error: {o['last_error']}" if o.get("last_error") else ""
             lines.append(f"  origin {name} ({o.get('url')}): {o.get('state')}{error}")
     cache = status.get("cache")
-    if cache:
-        lines.append(f"  cache: {cache}")
+    if isinstance(cache, dict):
+        lines.append(format_cache(cache))
     sync = status.get("sync") or {}
     running = sync.get("running")
     if running:

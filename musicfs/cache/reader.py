@@ -309,6 +309,8 @@ class CachingReader:
         return None
 
     def _remember(self, key: ChunkKey, data: bytes) -> None:
+        if self.memory_bytes <= 0:
+            return  # cache.memory = 0: every read goes to the store (the bench compares)
         old = self._memory.pop(key, None)
         if old is not None:
             self._memory_used -= len(old)

@@ -436,3 +436,15 @@ def test_a_reload_shrinks_the_cache_in_the_background(tmp_path: Path, origin: Tr
                 await trio.sleep(0.02)
 
     run(body, store, origin, background=True, maintain_interval=30)
+
+
+def test_status_line_for_musicfs_status(tmp_path: Path, origin: TrackOrigin) -> None:
+    from musicfs.cli import format_cache
+
+    async def body(reader: CachingReader) -> None:
+        await read_all(reader, origin, "t1.flac", PIECE)
+        line = format_cache(reader.status())
+        assert line.startswith("  cache: normal, 0 of 4 MiB in 3 chunks")
+        assert "origin fetches 3" in line
+
+    run(body, new_store(tmp_path), origin)
