@@ -10,7 +10,8 @@ else in the FUSE layer knows where the bytes come from.
   asks in 128 KiB pieces and re-reading and re-hashing a 1 MiB chunk for each of its
   eight pieces would cost 8x the disk reads and hashing;
 * concurrent reads of the same missing chunk share one fetch (single flight);
-* sequential reads start a bounded read-ahead of the next chunks in the background;
+* sequential reads start a bounded read-ahead of the next chunks in the background --
+  fetched from the origin if missing, read and verified from disk if cached;
 * fetched chunks are written to the store in the background (write-behind), so a miss
   costs one origin round trip, not an origin round trip plus an fsync;
 * a slow or hung cache disk is given ``store_deadline`` before the origin is asked;
@@ -386,11 +387,17 @@ class CachingReader:
 
     async def _read_ahead(self, track: Track, n: int, key: ChunkKey) -> None:
         try:
-            has = await trio.to_thread.run_sync(
-                self.store.has, track.version_key, n, limiter=self._get_limiter
-            )
-            if has or key in self._flights or key in self._memory:
+            if self.memory_bytes <= 0:
+                # Nowhere to keep a verified chunk: only fetch what the cache lacks.
+                has = await trio.to_thread.run_sync(
+                    self.store.has, track.version_key, n, limiter=self._get_limiter
+                )
+                if has:
+                    return
+            if key in self._flights or key in self._memory:
                 return
+            # A cached chunk is read and verified ahead too: its hashing then overlaps
+            # with serving the current chunk instead of stalling the next read.
             self.counters.readahead += 1
             flight = _Flight()
             self._flights[key] = flight

@@ -247,6 +247,7 @@ class ChunkStore:
         self._temp_seq = 0
         self._users = 0
         self._users_cond = threading.Condition()
+        self._map_grow = 1
 
     @classmethod
     def from_settings(cls, cache_dir: Path, settings: CacheSettings) -> ChunkStore:
@@ -390,14 +391,18 @@ class ChunkStore:
         self._lock_fd = fd
 
     def _map_size(self) -> int:
-        # Three small records per chunk; LMDB only uses what it writes (sparse file).
-        return max(64 * 2**20, (self.max_size // self.chunk_size + 1) * 4096)
+        """The LMDB map: address space, not disk -- the file only grows as records are
+        written. Three small records per chunk; 1 GiB holds millions of chunks."""
+        return max(2**30, (self.max_size // self.chunk_size + 1) * 4096)
+
+    def _index_map_size(self) -> int:
+        return self._map_size() * self._map_grow
 
     def _open_index(self, report: StartupReport) -> None:
         problem = check_structure(self.index_path)
         if problem is None:
             try:
-                self.index = ChunkIndex(self.index_path, map_size=self._map_size())
+                self.index = ChunkIndex(self.index_path, map_size=self._index_map_size())
                 self._check_meta(report)
                 return
             except (IndexUnusable, lmdb.Error) as exc:
@@ -408,7 +413,7 @@ class ChunkStore:
         move_aside(self.index_path, problem)
         report.index_rebuilt = True
         report.index_problem = problem
-        self.index = ChunkIndex(self.index_path, map_size=self._map_size())
+        self.index = ChunkIndex(self.index_path, map_size=self._index_map_size())
         self._check_meta(report)
 
     def _check_meta(self, report: StartupReport) -> None:
@@ -795,6 +800,9 @@ class ChunkStore:
             except (lmdb.Error, OSError) as exc:
                 self.counters.write_errors += 1
                 self._discard(digest)
+                if isinstance(exc, lmdb.MapFullError):
+                    self._map_full(exc)
+                    return PutResult.SKIPPED
                 # LMDB reports a full disk as EIO: ask the filesystem which it was.
                 if self._free_bytes() < 2 * need + self.min_free:
                     continue
@@ -815,6 +823,13 @@ class ChunkStore:
             f"min_free {self.min_free})",
         )
         return PutResult.FULL
+
+    def _map_full(self, exc: BaseException) -> None:
+        """More index records than the map was sized for. Not even deletes fit in a full
+        map, so eviction cannot help, and growing it needs every reader out of the
+        environment: go passthrough; the periodic re-open uses a map twice the size."""
+        self._map_grow *= 2
+        self._unusable("index map full, re-opening with a larger map", exc)
 
     def _write_chunk(self, digest: bytes, header: bytes, data: bytes) -> None:
         """temp -> fsync -> rename -> fsync dir. A failure leaves no temp file behind."""

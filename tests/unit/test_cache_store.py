@@ -572,3 +572,27 @@ def test_lmdb_errors_in_lookups_mean_passthrough(store: FaultyStore) -> None:
     with pytest.raises(lmdb.Error):
         store.index.lookup(V1, 0)
     store.index = None
+
+
+class SmallMapStore(FaultyStore):
+    def _map_size(self) -> int:
+        return 40 * 4096  # an index sized for far fewer chunks than it is given
+
+
+def test_a_full_index_map_means_passthrough_then_a_larger_map(root: Path) -> None:
+    store = SmallMapStore(root, chunk_size=CS, max_size=2**30, min_free=0)
+    assert store.open() is not None
+    try:
+        skipped = 0
+        for i in range(1200):
+            result = store.put(V1, i, chunk(i, 64))
+            if result is PutResult.SKIPPED:
+                skipped += 1
+                assert store.mode == PASSTHROUGH and "map full" in (store.reason or "")
+                assert store.probe()  # what the reader's housekeeping does every 30 s
+        assert 1 <= skipped <= 4
+        assert store.mode == NORMAL
+        assert store.get(V1, 1199, 64) == chunk(1199, 64)
+        assert store.get(V1, 0, 64) == chunk(0, 64)  # nothing was lost on the way
+    finally:
+        store.close()
