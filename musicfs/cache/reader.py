@@ -103,6 +103,7 @@ class CachingReader:
         fetch: Fetch,
         *,
         readahead: int = 2,
+        readahead_after: int = 256 * 1024,
         memory_bytes: int = 16 * 1024 * 1024,
         retry_interval: float = 30.0,
         maintain_interval: float = 10.0,
@@ -115,6 +116,7 @@ class CachingReader:
         self.store = store
         self.fetch = fetch
         self.readahead = readahead
+        self.readahead_after = readahead_after
         self.memory_bytes = memory_bytes
         self.retry_interval = retry_interval
         self.maintain_interval = maintain_interval
@@ -130,7 +132,8 @@ class CachingReader:
         self._memory: OrderedDict[ChunkKey, bytes] = OrderedDict()
         self._memory_used = 0
         self._flights: dict[ChunkKey, _Flight] = {}
-        self._streams: OrderedDict[bytes, int] = OrderedDict()  # version -> next offset
+        # version -> (end of the last read, bytes read sequentially up to it)
+        self._streams: OrderedDict[bytes, tuple[int, int]] = OrderedDict()
         self._put_slots = trio.Semaphore(max_pending_puts)
         self._pending_readahead = 0
         self._nursery: trio.Nursery | None = None
@@ -366,12 +369,14 @@ class CachingReader:
 
     def _note_stream(self, track: Track, offset: int, end: int, last: int) -> None:
         version = track.version_key
-        previous = self._streams.pop(version, None)
-        self._streams[version] = end
+        previous_end, streak = self._streams.pop(version, (-1, 0))
+        streak = streak + (end - offset) if previous_end == offset else end - offset
+        self._streams[version] = (end, streak)
         if len(self._streams) > 256:
             self._streams.popitem(last=False)
-        sequential = offset == 0 or previous == offset
-        if not sequential or self._nursery is None or self.readahead <= 0:
+        # Playback, not a tag parser nibbling at a header (sync reads tags through here):
+        # only a run of ``readahead_after`` sequential bytes starts read-ahead.
+        if streak < self.readahead_after or self._nursery is None or self.readahead <= 0:
             return
         cs = self.store.chunk_size
         for n in range(last + 1, last + 1 + self.readahead):

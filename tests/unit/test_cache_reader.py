@@ -235,8 +235,27 @@ def test_sequential_reads_read_ahead_a_bounded_number_of_chunks(
         assert await reader.read(track, CS, CS) == origin.content["t0.flac"][CS : 2 * CS]
         assert len(origin.fetches) >= 3
 
-    reader = run(body, new_store(tmp_path), origin, background=True, readahead=2)
+    reader = run(
+        body, new_store(tmp_path), origin, background=True, readahead=2, readahead_after=PIECE
+    )
     assert reader.counters.readahead >= 2
+
+
+def test_a_tag_parser_nibbling_at_the_header_does_not_read_ahead(
+    tmp_path: Path, origin: TrackOrigin
+) -> None:
+    track = origin.tracks["t0.flac"]
+
+    async def body(reader: CachingReader) -> None:
+        offset = 0
+        for size in (4, 10, 100, 4096, 30_000):  # sequential, but a few KiB in all
+            await reader.read(track, offset, size)
+            offset += size
+        await trio.sleep(0.3)
+
+    reader = run(body, new_store(tmp_path), origin, background=True)
+    assert origin.fetches == [("t0.flac", 0, CS)]
+    assert reader.counters.readahead == 0
 
 
 def test_random_access_does_not_read_ahead(tmp_path: Path, origin: TrackOrigin) -> None:
