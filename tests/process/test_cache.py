@@ -5,6 +5,7 @@ mount must equal the origin's."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import subprocess
@@ -95,7 +96,11 @@ def chunk_files(cache: Path) -> list[Path]:
 
 
 def chunk_bytes(cache: Path) -> int:
-    return sum(p.stat().st_size for p in chunk_files(cache))
+    total = 0
+    for path in chunk_files(cache):
+        with contextlib.suppress(FileNotFoundError):  # evicted between listing and stat
+            total += path.stat().st_size
+    return total
 
 
 def wait_until_stored(cache: Path, timeout: float = 20.0) -> None:
