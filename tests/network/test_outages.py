@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import MountedDaemon
+from tests.support.daemon import MountedDaemon, forget_page_cache
 from tests.support.library import make_library, sha256
 from tests.support.netns import S3Server, SSHServer
 
@@ -400,31 +400,6 @@ def test_reads_fail_over_from_sftp_to_s3_mirror_mid_album(
         )
 
 
-def daemon_status(d: MountedDaemon) -> dict[str, object]:
-    from tests.support.daemon import musicfs_cmd
-
-    state_dir = d.args[d.args.index("--state-dir") + 1]
-    out = subprocess.run(
-        musicfs_cmd("status", "--json", "--state-dir", state_dir, str(d.mountpoint)),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=d.env,
-        check=True,
-    )
-    status: dict[str, object] = json.loads(out.stdout)
-    return status
-
-
-def forget_page_cache(path: Path) -> None:
-    """Drop the kernel's copy of one file, so the next read really asks MusicFS."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 def test_cached_album_plays_to_the_end_during_an_outage(
     sshd: SSHServer, world_dir: Path, tmp_path: Path
 ) -> None:
@@ -441,7 +416,7 @@ def test_cached_album_plays_to_the_end_during_an_outage(
             assert sha256_bytes(track.read_bytes()) in expected
         deadline = time.monotonic() + 30
         while True:
-            cache = daemon_status(d)["cache"]
+            cache = d.status()["cache"]
             assert isinstance(cache, dict)
             if cache["used_bytes"] >= album_bytes:
                 break
@@ -476,7 +451,7 @@ def test_cached_album_plays_to_the_end_during_an_outage(
         took, result = timed(lambda: read_block(other, offset))
         assert isinstance(result, OSError) and result.errno == errno.EIO
         assert took < DEADLINE + SLACK
-        status = daemon_status(d)
+        status = d.status()
         cache = status["cache"]
         assert isinstance(cache, dict)
         assert cache["reader"]["origin_fetches"] <= fetched_before + 1  # only the failed one

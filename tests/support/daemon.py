@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,6 +56,7 @@ class MountedDaemon:
         self.nofile = nofile  # RLIMIT_NOFILE for the daemon process
         self.mountpoint = mountpoint
         self.log_path = state_dir.parent / f"daemon-{mountpoint.name}.log"
+        self.state_dir = state_dir
         args = ["mount", "--state-dir", str(state_dir)]
         # Never the user's ~/.cache: each test gets its own chunk cache next to its state.
         self.cache_dir = cache_dir or state_dir.parent / f"cache-{state_dir.name}"
@@ -94,6 +97,21 @@ class MountedDaemon:
                 return self
             time.sleep(0.05)
         raise AssertionError(f"mount did not appear within {timeout}s:\n{self.log()}")
+
+    def status(self) -> dict[str, Any]:
+        """``musicfs status --json`` of this daemon (through its control socket)."""
+        out = subprocess.run(
+            musicfs_cmd(
+                "status", "--json", "--state-dir", str(self.state_dir), str(self.mountpoint)
+            ),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=self.env,
+            check=True,
+        )
+        status: dict[str, Any] = json.loads(out.stdout)
+        return status
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -142,3 +160,12 @@ class MountedDaemon:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def forget_page_cache(path: Path) -> None:
+    """Drop the kernel's copy of one file, so the next read really asks the daemon."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
