@@ -161,7 +161,7 @@ def test_sync_crashed_mid_way_resumes_without_duplicates_or_a_rescan(tmp_path: P
         state,
         config=config,
         env={"MUSICFS_FAILPOINTS": "sync.after_batch=after(2)->exit(77)"},
-    ).start()
+    ).start(wait=False)
     try:
         assert d.wait(timeout=60) == 77  # died right after committing its third batch
     finally:

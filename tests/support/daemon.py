@@ -70,7 +70,8 @@ class MountedDaemon:
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 20.0) -> MountedDaemon:
+    def start(self, timeout: float = 20.0, *, wait: bool = True) -> MountedDaemon:
+        """Start the daemon; unless ``wait`` is false, return once its mount answers."""
         mountpoint_ready = self.mountpoint
         mountpoint_ready.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
@@ -87,6 +88,8 @@ class MountedDaemon:
             env=self.env,
             preexec_fn=limits if nofile is not None else None,
         )
+        if not wait:
+            return self
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import os
 import resource
 from collections.abc import Iterator
@@ -28,6 +29,9 @@ def open_fds() -> int:
 @contextlib.contextmanager
 def no_descriptors_left() -> Iterator[None]:
     """Take every descriptor this process may still open (the next open() gets EMFILE)."""
+    # A file object collected meanwhile would free a descriptor: collect now, not during.
+    gc.collect()
+    gc.disable()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (open_fds() + 16, hard))
     hog: list[int] = []
@@ -43,6 +47,7 @@ def no_descriptors_left() -> Iterator[None]:
         for fd in hog:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        gc.enable()
 
 
 def test_emfile_answers_eio_for_that_request_and_leaks_nothing(tmp_path: Path) -> None:
