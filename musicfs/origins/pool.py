@@ -6,8 +6,10 @@ before degraded, then priority), is bounded per attempt by the operation timeout
 over to the next origin, and retries with exponential backoff and jitter -- all inside the
 request's deadline (the caller's trio deadline or ``read_deadline``, whichever is sooner).
 A read may switch origins mid-range: bytes are the same on every origin that holds the
-version, and the cache verifies what it stores. When no origin can serve (offline mode)
-the read fails at once with EIO instead of waiting.
+version, and the cache verifies what it stores. An origin that is slow to answer is
+hedged: after ``hedge_after`` the next holder is asked as well and the first answer wins,
+so losing the primary costs a player about a second, not a whole operation timeout. When
+no origin can serve (offline mode) the read fails at once with EIO instead of waiting.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import logging
 import math
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -42,9 +44,25 @@ _STATE_RANK = {State.HEALTHY: 0, State.DEGRADED: 1, State.UNHEALTHY: 2}
 class RetryPolicy:
     base: float = 0.05  # first backoff after every origin failed once
     cap: float = 1.0  # longest backoff between rounds
+    # An origin that has not answered within this is not waited for alone: the next
+    # origin holding the track is asked too and the first answer wins (a hedged read).
+    # Without a second holder nothing changes -- a slow origin is simply waited for.
+    hedge_after: float = 1.0
     # Stop starting attempts this long before the deadline, so the caller gets our
     # error (which names the origins) rather than a bare timeout.
     margin: float = 0.05
+
+
+@dataclass
+class _Request:
+    """What one ``OriginPool.read`` has learned so far."""
+
+    track: Track
+    end: float  # trio clock: no attempt starts or runs past this
+    # Origins that refused this file for a file-specific reason (gone, shrunk,
+    # permission): no point asking them again for this request.
+    refused: dict[str, OriginError] = field(default_factory=dict)
+    last: OriginError | None = None
 
 
 class OriginPool:
@@ -119,85 +137,130 @@ class OriginPool:
                 errno.EIO, "no configured origin holds this track", origin="-", path=track.path
             )
         end = self._deadline(deadline) - self.retry.margin
+        req = _Request(track, end)
         parts: list[bytes] = []
         pos, remaining = offset, want
-        # Origins that refused this file for a file-specific reason (gone, shrunk,
-        # permission): no point asking them again for this request.
-        refused: dict[str, OriginError] = {}
-        last: OriginError | None = None
         rounds = 0
         previous: str | None = None
         while remaining > 0:
-            order = [o for o in self.candidates(track) if o.name not in refused]
+            order = [o for o in self.candidates(track) if o.name not in req.refused]
             if not order:
-                raise self._nothing_to_ask(track, holders, refused, last)
-            progressed = False
-            for origin in order:
-                budget = end - trio.current_time()
-                if budget <= 0:
-                    break
-                if previous is not None and origin.name != previous:
+                raise self._nothing_to_ask(track, holders, req.refused, req.last)
+            won = await self._race(req, order, pos, remaining)
+            if won is not None:
+                origin, data = won
+                if origin.name != (previous or order[0].name):
                     self.stats["failovers"] += 1
                     log.info(
                         "read: path=%r offset=%d: switching origin %s -> %s",
                         track.path,
                         pos,
-                        previous,
+                        previous or order[0].name,
                         origin.name,
                     )
                 previous = origin.name
-                limit = min(self.operation_timeout, budget)
-                try:
-                    with trio.fail_after(limit):
-                        data = await origin.read(track.path, pos, remaining)
-                except trio.TooSlowError:
-                    last = OriginError(
-                        errno.ETIMEDOUT,
-                        f"no data within {limit:.2f}s",
-                        origin=origin.name,
-                        path=track.path,
-                    )
-                    self._failed(origin, last, pos)
-                    continue
-                except OriginError as exc:
-                    last = exc
-                    if not is_origin_failure(exc):
-                        refused[origin.name] = exc
-                        log.warning("read: %s offset=%d", exc, pos)
-                    else:
-                        self._failed(origin, exc, pos)
-                    continue
-                if not data:
-                    # The catalogued version is longer than what the origin has now: the
-                    # file shrank or was replaced since the last sync.
-                    last = OriginError(
-                        errno.EIO,
-                        f"file ends at {pos} but the catalogued version has {track.size} bytes "
-                        "(changed since the last sync)",
-                        origin=origin.name,
-                        path=track.path,
-                    )
-                    refused[origin.name] = last
-                    log.warning("read: %s", last)
-                    continue
-                data = data[:remaining]
-                self.health.record_success(origin.name)
                 parts.append(data)
                 pos += len(data)
                 remaining -= len(data)
-                progressed = True
-                break  # the rest (after a short read) starts again from the best origin
-            if remaining <= 0:
-                break
+                continue  # the rest (after a short read) starts again from the best origin
             if trio.current_time() >= end:
-                raise self._out_of_time(track, want - remaining, last)
-            if not progressed:
-                rounds += 1
-                self.stats["retries"] += 1
-                delay = backoff_delay(rounds, self.retry.base, self.retry.cap, self._rng)
-                delay = min(delay, max(0.0, end - trio.current_time()))
-                await trio.sleep(delay)
+                raise self._out_of_time(track, want - remaining, req.last)
+            rounds += 1
+            self.stats["retries"] += 1
+            delay = backoff_delay(rounds, self.retry.base, self.retry.cap, self._rng)
+            await trio.sleep(min(delay, max(0.0, end - trio.current_time())))
         return b"".join(parts)
+
+    async def _race(
+        self, req: _Request, order: list[Origin], pos: int, length: int
+    ) -> tuple[Origin, bytes] | None:
+        """Ask ``order[0]``; if it has not answered within ``hedge_after`` (or failed), ask
+        the next one too, and so on. The first origin to deliver wins and the others are
+        cancelled. None if every attempt failed."""
+        won: tuple[Origin, bytes] | None = None
+        running: dict[str, float] = {}  # origin -> when its attempt started
+        outrun: list[str] = []  # attempts the winner beat by more than hedge_after
+        finished = trio.Event()
+
+        async def attempt(origin: Origin) -> None:
+            nonlocal won
+            running[origin.name] = trio.current_time()
+            try:
+                data = await self._attempt(req, origin, pos, length)
+            finally:
+                running.pop(origin.name, None)
+                finished.set()
+            if data is not None and won is None:
+                won = (origin, data)
+                now = trio.current_time()
+                outrun.extend(n for n, t in running.items() if now - t >= self.retry.hedge_after)
+                nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            for i, origin in enumerate(order):
+                if trio.current_time() >= req.end:
+                    break
+                finished = trio.Event()
+                nursery.start_soon(attempt, origin)
+                if i + 1 < len(order):
+                    # Wait until this attempt is done or slow enough to hedge.
+                    with trio.move_on_after(self.retry.hedge_after):
+                        await finished.wait()
+                    if won is not None:
+                        break
+        if won is not None:
+            winner, _ = won
+            for name in outrun:
+                # It lost by more than the hedge delay: prefer the winner from now on.
+                self.health.record_failure(
+                    name,
+                    OriginError(
+                        errno.ETIMEDOUT,
+                        f"slower than {winner.name} by over {self.retry.hedge_after:g}s",
+                        origin=name,
+                        path=req.track.path,
+                    ),
+                )
+            self.health.record_success(winner.name)
+        return won
+
+    async def _attempt(self, req: _Request, origin: Origin, pos: int, length: int) -> bytes | None:
+        """One bounded read from one origin: its bytes, or None after recording why not."""
+        limit = min(self.operation_timeout, req.end - trio.current_time())
+        if limit <= 0:
+            return None
+        track = req.track
+        try:
+            with trio.fail_after(limit):
+                data = await origin.read(track.path, pos, length)
+        except trio.TooSlowError:
+            req.last = OriginError(
+                errno.ETIMEDOUT, f"no data within {limit:.2f}s", origin=origin.name, path=track.path
+            )
+            self._failed(origin, req.last, pos)
+            return None
+        except OriginError as exc:
+            req.last = exc
+            if is_origin_failure(exc):
+                self._failed(origin, exc, pos)
+            else:
+                req.refused[origin.name] = exc
+                log.warning("read: %s offset=%d", exc, pos)
+            return None
+        if not data:
+            # The catalogued version is longer than what the origin has now: the file
+            # shrank or was replaced since the last sync.
+            req.last = OriginError(
+                errno.EIO,
+                f"file ends at {pos} but the catalogued version has {track.size} bytes "
+                "(changed since the last sync)",
+                origin=origin.name,
+                path=track.path,
+            )
+            req.refused[origin.name] = req.last
+            log.warning("read: %s", req.last)
+            return None
+        return data[:length]
 
     def _failed(self, origin: Origin, exc: OriginError, pos: int) -> None:
         log.warning("read: %s offset=%d", exc, pos)

@@ -66,10 +66,13 @@ def test_failover_to_mirror_when_primary_refuses_connections() -> None:
     assert (a.calls["read"], b.calls["read"]) == (1, 2)
 
 
-def test_failover_on_hang_within_deadline() -> None:
+def test_hanging_primary_is_hedged_to_the_mirror() -> None:
+    """A primary that stops answering costs about ``hedge_after``, not the operation
+    timeout: the mirror is asked too, answers first, and is preferred from then on."""
     a, b = origin("a"), origin("b")
     a.set_mode(hang())
-    pool = pool_of(a, b, operation_timeout=0.3, read_deadline=2.0)
+    retry = RetryPolicy(hedge_after=0.2)
+    pool = pool_of(a, b, operation_timeout=5.0, read_deadline=8.0, retry=retry)
 
     async def main() -> tuple[bytes, float]:
         start = trio.current_time()
@@ -79,7 +82,38 @@ def test_failover_on_hang_within_deadline() -> None:
     started = time.monotonic()
     data, took = trio.run(main)
     assert data == DATA[:100]
-    assert 0.3 <= took < 0.6 and time.monotonic() - started < 1.5
+    assert 0.2 <= took < 0.5 and time.monotonic() - started < 2
+    assert pool.health.state("a") is State.DEGRADED  # outrun by the mirror
+    assert pool.stats["failovers"] == 1
+    trio.run(pool.read, TRACK, 100, 100)
+    assert (a.calls["read"], b.calls["read"]) == (1, 2)  # the mirror goes first now
+
+
+def test_slow_but_working_primary_is_not_hedged_before_hedge_after() -> None:
+    a, b = origin("a"), origin("b")
+    a.set_mode(slow(0.1))
+    pool = pool_of(a, b, retry=RetryPolicy(hedge_after=0.5))
+    assert virtual(lambda: pool.read(TRACK, 0, 100)) == DATA[:100]
+    assert (a.calls["read"], b.calls["read"]) == (1, 0)
+    assert pool.health.state("a") is State.HEALTHY
+
+
+def test_hedged_read_takes_whichever_answers_first() -> None:
+    a, b = origin("a"), origin("b")
+    a.set_mode(slow(0.6))  # slower than hedge_after, but it does answer...
+    b.set_mode(slow(0.8))  # ...before the mirror asked at 0.3 s (0.3 + 0.8 = 1.1 s)
+    pool = pool_of(
+        a, b, operation_timeout=2.0, read_deadline=4.0, retry=RetryPolicy(hedge_after=0.3)
+    )
+
+    async def main() -> float:
+        start = trio.current_time()
+        assert await pool.read(TRACK, 0, 100) == DATA[:100]
+        return trio.current_time() - start
+
+    assert virtual(main) == 0.6
+    assert (a.calls["read"], b.calls["read"]) == (1, 1)
+    assert pool.stats["failovers"] == 0  # the primary won
 
 
 def test_switches_origins_mid_file() -> None:
