@@ -294,3 +294,26 @@ def test_cache_dir_turned_read_only_under_a_running_mount_means_passthrough(
         assert "EROFS" in d.log()
         assert "Traceback" not in d.log()
         assert d.proc is not None and d.proc.poll() is None
+
+
+def test_cache_dir_that_is_a_file_still_mounts_and_serves_in_passthrough(
+    tmp_path: Path, config: Path
+) -> None:
+    lib = tmp_path / "lib"
+    expected = build_library(lib, albums=1, tracks=3, size=1_100_000)
+    state = tmp_path / "state"
+    scan(lib, state)
+    cache = tmp_path / "not-a-dir"
+    cache.write_text("someone's file")
+    with MountedDaemon(tmp_path / "mnt", [lib], state, cache_dir=cache, config=config) as d:
+        read_all_exact(d.mountpoint, expected)
+        proc = subprocess.run(
+            [*musicfs_cmd("status", "--state-dir", str(state)), str(d.mountpoint)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "cache: passthrough (" in proc.stdout and "not a directory" in proc.stdout
+        assert "passthrough" in proc.stdout.splitlines()[0]  # the daemon's mode says so too
+    assert cache.read_text() == "someone's file"
