@@ -298,11 +298,21 @@ class CachingReader:
 
     async def _from_store(self, track: Track, n: int, expected: int) -> bytes | Rejected | None:
         with trio.move_on_after(self.store_deadline):
-            return await trio.to_thread.run_sync(
-                lambda: self.store.get(track.version_key, n, expected, label=track.path),
-                limiter=self._get_limiter,
-                abandon_on_cancel=True,
-            )
+            try:
+                return await trio.to_thread.run_sync(
+                    lambda: self.store.get(track.version_key, n, expected, label=track.path),
+                    limiter=self._get_limiter,
+                    abandon_on_cancel=True,
+                )
+            except Exception:
+                # A bug in the cache must not cost the player a read the origin can serve.
+                self.counters.store_task_errors += 1
+                log.exception(
+                    "cache: reading %r chunk %d failed unexpectedly; asking the origin",
+                    track.path,
+                    n,
+                )
+                return None
         self.counters.store_timeouts += 1
         log.warning(
             "cache: reading %r chunk %d took over %.1fs; asking the origin instead",
