@@ -16,7 +16,7 @@ import pytest
 
 from musicfs.catalog.integrity import check_catalog
 from musicfs.mounts import find_mount, is_stale
-from tests.support.daemon import MountedDaemon, unmount_leftovers
+from tests.support.daemon import MountedDaemon, musicfs_cmd, unmount_leftovers
 from tests.support.library import make_library, sha256
 from tests.support.readers import Reader
 
@@ -131,14 +131,29 @@ def test_signal_shuts_down_in_order_and_exits_0(tmp_path: Path, library: Path, s
 
         with open(tmp_path / "state" / "musicfs.lock", "rb") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Catalog (full integrity_check) and every cached chunk verify.
+        fsck = subprocess.run(
+            musicfs_cmd("fsck", "--state-dir", str(d.state_dir), "--cache-dir", str(d.cache_dir)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+        assert "0 problems" in fsck.stdout
     finally:
         d.stop()
     # Committed before the signal, still there after it: a restart serves the same bytes
-    # without scanning anything again.
+    # without scanning anything again, and finds the search index it committed current.
+    earlier = len(d.log())
     with MountedDaemon(tmp_path / "mnt", [library], tmp_path / "state") as d2:
         assert len(mounted_files(d2.mountpoint)) == 8
-        d2.wait_for_log("sync: origin=local")
-        assert "scanned=0" in d2.log()
+        deadline = time.monotonic() + 20
+        while "search index: +" not in d2.log()[earlier:] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second_run = d2.log()[earlier:]
+        assert "scanned=0" in second_run
+        search_line = next(x for x in second_run.splitlines() if "search index: +" in x)
+        assert "+0 -0, 8 tracks" in search_line and "rebuilt" not in search_line
 
 
 def test_second_signal_during_the_drain_forces_a_prompt_exit(tmp_path: Path, library: Path) -> None:

@@ -189,3 +189,23 @@ def test_a_full_state_disk_mid_sync_keeps_committed_batches_and_retries(
 
     trio.run(main)
     assert Catalog(settings.catalog_path).track_count() == 32
+
+
+def test_an_unexpected_error_in_one_read_answers_eio_and_serving_continues(
+    tmp_path: Path,
+) -> None:
+    lib = tmp_path / "lib"
+    make_library(lib, albums=1, tracks=2)
+    settings = settings_for(tmp_path, lib)
+
+    async def main() -> None:
+        async with running(settings) as daemon:
+            assert daemon.ops is not None
+            first, second = (n.ino for n in daemon.ops.tree.files())
+            failpoints.set("origin.local.read", "1*panic")  # a bug, not an I/O error
+            assert await read_through_fuse(daemon, first) == errno.EIO
+            assert isinstance(await read_through_fuse(daemon, first), bytes)
+            assert isinstance(await read_through_fuse(daemon, second), bytes)
+            assert daemon.mode() == "online"
+
+    trio.run(main)
