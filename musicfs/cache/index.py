@@ -50,6 +50,7 @@ _CHUNK_NO = struct.Struct(">Q")
 _BLOB = struct.Struct(">QQI")
 # A whole-environment walk of a 1 TB cache's index reads ~200 MB: seconds, not minutes.
 CHECK_TIMEOUT = 120.0
+_CORRUPT_EXIT = 3
 
 
 class IndexUnusable(Exception):
@@ -108,6 +109,8 @@ def check_structure(path: Path, timeout: float = CHECK_TIMEOUT) -> str | None:
     """
     if not (path / "data.mdb").exists():
         return None
+    # Our own import path: wrapped interpreters (Nix) do not find musicfs or lmdb otherwise.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "musicfs.cache.index", str(path)],
@@ -115,14 +118,24 @@ def check_structure(path: Path, timeout: float = CHECK_TIMEOUT) -> str | None:
             text=True,
             timeout=timeout,
             check=False,
+            env=env,
         )
     except subprocess.TimeoutExpired:
         return f"structure check did not finish within {timeout:.0f}s"
+    except OSError as exc:
+        log.warning("cache: cannot run the index check (%s); opening the index unchecked", exc)
+        return None
     if proc.returncode == 0:
         return None
     if proc.returncode < 0:
         return f"structure check died of signal {-proc.returncode}"
-    return (proc.stderr.strip().splitlines() or ["structure check failed"])[-1]
+    last = (proc.stderr.strip().splitlines() or ["structure check failed"])[-1]
+    if proc.returncode == _CORRUPT_EXIT:
+        return last
+    # The check itself could not run (say, the child cannot import us): that says nothing
+    # about the index, which must not be thrown away (and rebuilt) at every start for it.
+    log.warning("cache: the index check could not run (%s); opening the index unchecked", last)
+    return None
 
 
 def _walk(path: Path) -> int:
@@ -393,6 +406,6 @@ class ChunkIndex:
 if __name__ == "__main__":  # the child side of check_structure
     try:
         _walk(Path(sys.argv[1]))
-    except lmdb.Error as exc:
+    except Exception as exc:  # whatever a damaged file makes LMDB or py-lmdb raise
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
-        sys.exit(3)
+        sys.exit(_CORRUPT_EXIT)

@@ -596,3 +596,21 @@ def test_a_full_index_map_means_passthrough_then_a_larger_map(root: Path) -> Non
         assert store.get(V1, 0, 64) == chunk(0, 64)  # nothing was lost on the way
     finally:
         store.close()
+
+
+def test_an_index_check_that_cannot_run_keeps_the_index(
+    store: FaultyStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.put(V1, 0, chunk(0))
+    store.close()
+    # The child interpreter cannot import musicfs (as a badly wrapped install would).
+    monkeypatch.setattr("sys.executable", "/bin/false")
+    again = FaultyStore(store.root, chunk_size=CS, max_size=64 * CS, min_free=0)
+    with caplog.at_level(logging.WARNING):
+        report = again.open()
+    try:
+        assert report is not None and not report.index_rebuilt
+        assert "could not run" in caplog.text
+        assert again.get(V1, 0, CS) == chunk(0)
+    finally:
+        again.close()
