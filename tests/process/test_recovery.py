@@ -116,6 +116,29 @@ def test_corrupt_catalog_is_moved_aside_and_rebuilt(tmp_path: Path) -> None:
     assert Catalog(catalog).check(full=True) == []
 
 
+def test_corrupt_catalog_with_the_origin_down_still_serves_the_cache(tmp_path: Path) -> None:
+    """A damaged catalog is rebuilt from the origins -- but with the origin unreachable the
+    rows salvaged from the damaged file keep the library listed and the cache serves it."""
+    lib = tmp_path / "lib"
+    make_library(lib, albums=2, tracks=5, pad_to=300_000)
+    state = tmp_path / "state"
+    with MountedDaemon(tmp_path / "mnt", [lib], state) as d:
+        d.wait_for_log("tree: generation")
+        before = hashes(d.mountpoint)  # every byte read once: the cache holds it all
+    catalog = state / "catalog.sqlite"
+    db = apsw.Connection(str(catalog))
+    (page,) = db.execute(
+        "SELECT rootpage FROM sqlite_master WHERE name = 'sources_by_origin'"
+    ).fetchone()
+    db.close()
+    corrupt_pages(catalog, int(page) - 1, 1)
+    lib.rename(tmp_path / "lib-unreachable")
+    with MountedDaemon(tmp_path / "mnt", [lib], state) as d2:
+        assert "is unusable" in d2.log() and "salvaged 10 tracks" in d2.log()
+        assert hashes(d2.mountpoint) == before  # same names, same bytes, origin gone
+    (tmp_path / "lib-unreachable").rename(lib)
+
+
 def test_garbage_catalog_file_is_replaced_too(tmp_path: Path) -> None:
     lib = tmp_path / "lib"
     make_library(lib, albums=1, tracks=3)
