@@ -427,6 +427,7 @@ class SFTPOrigin:
 
         async def op(slot: _Slot) -> bytes:
             assert slot.sftp is not None
+            fail_point("origin.sftp.read")  # runs on the asyncio thread: sleep() hangs it
             f = slot.files.get(full)
             if f is None:
                 f = await slot.sftp.open(full, "rb")
@@ -446,11 +447,7 @@ class SFTPOrigin:
                 raise
             return data
 
-        async def run() -> bytes:
-            fail_point("origin.sftp.read")
-            return await self._with_session(path, op)
-
-        return await self._call(run)
+        return await self._call(lambda: self._with_session(path, op))
 
     def _entry(self, path: str, attrs: asyncssh.SFTPAttrs) -> OriginEntry:
         mtime_ns = attrs.mtime_ns

@@ -346,3 +346,70 @@ def test_password_in_url_is_refused() -> None:
         settings_from_dict({"origin": [{"url": "sftp://me:hunter2@nas/music"}]})
     assert "must not contain a password" in str(info.value)
     assert "hunter2" not in str(info.value)
+
+
+def test_agent_auth_without_a_key_file(sshd: SSHServer, world_dir: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+
+    sock = world_dir / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if sock.exists():
+                break
+            time.sleep(0.05)
+        env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+        subprocess.run(["ssh-add", "-q", str(sshd.client_key)], env=env, check=True, timeout=10)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        monkeypatch.setenv("HOME", str(world_dir))  # no ~/.ssh/id_* to fall back on
+        o = origin(sshd, library(world_dir), key_file=None)
+        assert run(o, lambda: o.read("artist/album/02.flac", 0, 5)) == b"small"
+    finally:
+        agent.terminate()
+        agent.wait(10)
+
+
+def test_failpoints_on_the_asyncio_side(sshd: SSHServer, world_dir: Path) -> None:
+    """``origin.sftp.read=sleep`` hangs the asyncio thread itself: trio callers still get
+    their answer on time, and ``error`` becomes an OriginError the pool can fail over."""
+    from musicfs import failpoints
+
+    o = origin(sshd, library(world_dir))
+    pool = OriginPool([o], read_deadline=TIMEOUT, operation_timeout=TIMEOUT)
+    track = Track(
+        1, "artist/album/02.flac", 5, 0, None, Tags(), sources=(Source("nas", 5, 0, None),)
+    )
+
+    async def main() -> None:
+        await o.check()
+        failpoints.set("origin.sftp.read", "1*sleep(4000)")
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await trio.sleep(0.05)
+                ticks += 1
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticker)
+            started = trio.current_time()
+            with pytest.raises(OriginError):
+                await pool.read(track, 0, 5)
+            assert trio.current_time() - started < TIMEOUT + 0.5
+            assert ticks >= 10  # the trio loop kept running meanwhile
+            nursery.cancel_scope.cancel()
+        failpoints.set("origin.sftp.read", "1*error(EIO)")
+        with pytest.raises(OriginError) as info:
+            await o.read("artist/album/02.flac", 0, 5)
+        assert info.value.errno == errno.EIO
+        failpoints.set("origin.sftp.connect", "1*error(ENETUNREACH)")
+        for slot in o._slots:
+            slot.drop()
+        with pytest.raises(OriginError) as info:
+            await o.check()
+        assert info.value.errno == errno.ENETUNREACH
+        await o.check()
+        assert await o.read("artist/album/02.flac", 0, 5) == b"small"
+
+    run(o, main)
