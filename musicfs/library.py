@@ -71,7 +71,8 @@ class Library:
     async def sync(
         self, *, progress: Progress | None = None, on_batch: Callable[[], None] | None = None
     ) -> bool:
-        """Sync every origin once. True if every origin listed completely."""
+        """Sync every origin once. True if every origin listed completely and every file
+        that needed reading could be read."""
         ok = True
         try:
             for origin in list(self.pool):
@@ -118,6 +119,8 @@ class Library:
                     continue
                 self.sync_errors.pop(origin.name, None)
                 self.last_sync[origin.name] = result
+                if result.skipped:
+                    ok = False  # files that could not be read now: retry soon, not in hours
         finally:
             self.progress = None
         self.syncs_finished += 1

@@ -6,6 +6,8 @@ this module maps them all onto one ``Tags`` record.
 
 from __future__ import annotations
 
+import errno
+import importlib
 import re
 from dataclasses import dataclass, fields
 from typing import IO, Any
@@ -13,6 +15,16 @@ from typing import IO, Any
 import mutagen
 from mutagen.id3 import ID3
 from mutagen.mp4 import MP4Tags
+
+# mutagen.File imports each format's module on first use. Import them all now: a first use
+# under pressure (no file descriptor or memory left, two threads importing at once) would
+# otherwise fail inside the parser and pass for a fact about the file.
+_FORMAT_MODULES = (
+    "aac ac3 aiff apev2 asf dsdiff dsf flac id3 monkeysaudio mp3 mp4 musepack oggflac "
+    "oggopus oggspeex oggtheora oggvorbis optimfrog smf tak trueaudio wave wavpack"
+)
+for _format in _FORMAT_MODULES.split():
+    importlib.import_module(f"mutagen.{_format}")
 
 AUDIO_EXTENSIONS = frozenset(
     {
@@ -207,6 +219,10 @@ def read_tags(fileobj: IO[bytes], filename: str) -> Tags:
     """Parse the tags of one file. Raises ``TagError`` if mutagen cannot make sense of it."""
     try:
         audio = mutagen.File(fileobj, filename=filename)
+    except (ImportError, MemoryError) as exc:
+        # This process is short of something (descriptors, memory): retry later, never
+        # record it as the file's broken tags.
+        raise OSError(errno.EAGAIN, f"cannot parse tags right now: {exc!r}") from exc
     except Exception as exc:  # mutagen raises many types for bad input
         io_error = _io_cause(exc)
         if io_error is not None:

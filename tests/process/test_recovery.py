@@ -4,6 +4,7 @@ crashed mid-way, readers caught by a shutdown, and a tiny file-descriptor limit.
 from __future__ import annotations
 
 import errno
+import hashlib
 import signal
 import subprocess
 import threading
@@ -254,27 +255,44 @@ def test_sigterm_with_20_readers_mid_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(240)
-def test_rlimit_nofile_64_survives_100_parallel_readers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("nofile", [64, 26])
+def test_rlimit_nofile_64_survives_100_parallel_readers(tmp_path: Path, nofile: int) -> None:
+    """64 as the issue asks (the daemon needs about 22 descriptors, so that is headroom);
+    26 leaves it a handful, so syncing and reading really run into EMFILE. No RAM cache
+    and 64 KiB chunks: every read opens a chunk file or the origin file."""
     lib = tmp_path / "lib"
     make_library(lib, albums=5, tracks=4, pad_to=400_000)
     originals = {sha256(p) for p in lib.rglob("*") if p.is_file()}
-    d = MountedDaemon(tmp_path / "mnt", [lib], tmp_path / "state", nofile=64).start()
+    config = write_config(
+        tmp_path,
+        '[cache]\nmemory = 0\nchunk_size = "64K"\n[library]\nscan_interval = "1s"\n',
+    )
+    d = MountedDaemon(
+        tmp_path / "mnt", [lib], tmp_path / "state", config=config, nofile=nofile
+    ).start()
     try:
-        d.wait_for_log("tree: generation")
+        # Files the first sync could not open for want of descriptors are retried soon.
+        deadline = time.monotonic() + 60
+        while len(mounted_files(d.mountpoint)) < 20 and time.monotonic() < deadline:
+            time.sleep(0.2)
         files = mounted_files(d.mountpoint)
         assert len(files) == 20
-        for p in files:  # warm up everything that opens lazily, then count descriptors
-            sha256(p)
+        # ... and a shortage is never recorded as a file's broken tags. (The search index
+        # may not manage with so few descriptors; it logs that and serving goes on.)
+        time.sleep(1.5)  # background work settles: a fair descriptor baseline
+        catalog = Catalog(tmp_path / "state" / "catalog.sqlite")
+        errors = [t.tag_error for t in catalog.tracks() if t.tag_error]
+        catalog.close()
+        assert not [e for e in errors if "Error" in e and "Header" not in e], errors
         baseline = d.open_fds()
         results: list[str | int] = []
         lock = threading.Lock()
 
         def read(p: Path) -> None:
-            try:
-                with open(p, "rb", buffering=0) as f:
-                    out: str | int = __import__("hashlib").sha256(f.read()).hexdigest()
-            except OSError as exc:
-                out = exc.errno or -1
+            # O_DIRECT: every piece reaches the daemon, none comes from the page cache.
+            r = Reader(p, block=128 * 1024)
+            r.run()
+            out = r.error if r.error is not None else hashlib.sha256(r.data).hexdigest()
             with lock:
                 results.append(out)
 
@@ -290,6 +308,8 @@ def test_rlimit_nofile_64_survives_100_parallel_readers(tmp_path: Path) -> None:
         assert len(results) == 100 * rounds
         assert {r for r in results if isinstance(r, str)} <= originals  # never wrong bytes
         assert {r for r in results if isinstance(r, int)} <= {errno.EIO}
+        if nofile < 30:
+            assert "Too many open files" in d.log() or "EMFILE" in d.log()
         # Still serving, and nothing leaked.
         assert sorted(sha256(p) for p in files) == sorted(originals)
         assert d.open_fds() <= baseline + 2, (baseline, d.open_fds())
