@@ -99,6 +99,12 @@ def _positive_int(value: Any) -> int:
     return value
 
 
+def _non_negative_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a whole number of at least 0, got {value!r}")
+    return value
+
+
 def _level(value: Any) -> str:
     text = _str(value).lower()
     if text not in ("debug", "info", "warning", "error"):
@@ -146,6 +152,12 @@ class LibrarySettings:
     scan_batch: int = 200
 
 
+# Workers that background reads can never occupy: lookups, stat, open and readdir (which
+# the kernel does not count as background) always find one free.
+FUSE_SPARE_WORKERS = 32
+FUSE_KERNEL_BACKGROUND = 12  # the kernel's max_background when the daemon names none
+
+
 @dataclass(frozen=True)
 class FuseSettings:
     allow_other: bool = False
@@ -153,9 +165,22 @@ class FuseSettings:
     read_deadline: float = 8.0
     # How long the kernel may trust names and attributes before asking again.
     attr_timeout: float = 60.0
-    max_tasks: int = 64
+    # Requests the daemon works on at once (workers start on demand and end when idle).
+    max_tasks: int = 320
+    # Page-cache reads the kernel hands the daemon at once (its default is 12), raised
+    # after mounting through fusectl: reads stuck on a hung origin must not hold every
+    # slot while reads of cached tracks wait behind them. 0 leaves the kernel's value.
+    # Held to max_tasks - FUSE_SPARE_WORKERS (``background_slots``), so that hung reads
+    # never take every worker.
+    max_background: int = 256
     # On shutdown, in-flight requests get this long to finish before they answer EIO.
     drain_timeout: float = 5.0
+
+    @property
+    def background_slots(self) -> int:
+        """The ``max_background`` to ask the kernel for (0: leave its value alone)."""
+        slots = min(self.max_background, self.max_tasks - FUSE_SPARE_WORKERS)
+        return slots if slots > FUSE_KERNEL_BACKGROUND else 0
 
 
 @dataclass(frozen=True)
@@ -254,6 +279,7 @@ _TABLES: dict[str, tuple[type, dict[str, Parser]]] = {
             "read_deadline": parse_duration,
             "attr_timeout": parse_duration,
             "max_tasks": _positive_int,
+            "max_background": _non_negative_int,
             "drain_timeout": parse_duration,
         },
     ),
@@ -450,6 +476,13 @@ def finish(settings: Settings) -> Settings:
             "must not be shorter than timeouts.health_interval",
             file=settings.source,
             key="timeouts.health_max_backoff",
+        )
+    fuse = settings.fuse
+    if fuse.max_background > 65535:
+        raise ConfigError(
+            "must be at most 65535 (the kernel's limit)",
+            file=settings.source,
+            key="fuse.max_background",
         )
     if settings.cache.chunk_size < 4096 or settings.cache.chunk_size > 64 * 1024 * 1024:
         raise ConfigError(

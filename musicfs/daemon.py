@@ -45,9 +45,10 @@ from musicfs.catalog.db import Catalog, SchemaTooNew
 from musicfs.catalog.integrity import open_catalog
 from musicfs.catalog.model import Track
 from musicfs.catalog.naming import Template
-from musicfs.config import ConfigError, Settings
+from musicfs.config import FUSE_KERNEL_BACKGROUND, ConfigError, Settings
 from musicfs.crashlog import dump_stacks, install_hooks, named_task
 from musicfs.fuse_ops import MusicOperations, mount_options
+from musicfs.fusectl import Outcome, tune_connection
 from musicfs.library import Library, TreePublisher, open_pool
 from musicfs.mounts import MountpointError, lazy_unmount, prepare_mountpoint
 from musicfs.notify import Notifier, watchdog_interval
@@ -65,6 +66,7 @@ EXIT_USAGE = 2  # bad configuration, arguments, mount point, state dir or catalo
 EXIT_FORCED = 3  # a second SIGTERM/SIGINT cut the drain short: unmounted lazily at once
 
 READY_TIMEOUT = 15.0
+FUSECTL_TIMEOUT = 5.0  # sysfs answers at once; a bound all the same
 STATUS_INTERVAL = 1.0  # checked this often; sent only when it changed
 CLOSE_TIMEOUT = 10.0
 
@@ -129,6 +131,8 @@ class Daemon:
         self.library: Library | None = None
         self.reader: CachingReader | None = None
         self.watchdog: Watchdog | None = None
+        # The kernel's limits for our connection once raised through fusectl.
+        self.fuse_limits: Outcome | None = None
         self.search = SearchIndex(settings.search_dir)
         # Stores closed in step 3 of the shutdown, after the reader, origins and catalog
         # (e.g. the search index). ``add_closer`` registers one.
@@ -242,6 +246,26 @@ class Daemon:
             self.exit_code = EXIT_FAILURE
             self.request_shutdown()
 
+    async def _raise_background_limit(self) -> None:
+        """Let the kernel hand us more page-cache reads at once (fusectl), after INIT --
+        whose reply would otherwise reset the limit."""
+        slots = self.settings.fuse.background_slots
+        if slots == 0:
+            log.info(
+                "fuse: max_background left at the kernel's %d (fuse.max_background = %d, "
+                "fuse.max_tasks = %d)",
+                FUSE_KERNEL_BACKGROUND,
+                self.settings.fuse.max_background,
+                self.settings.fuse.max_tasks,
+            )
+            return
+        with trio.move_on_after(FUSECTL_TIMEOUT):
+            self.fuse_limits = await trio.to_thread.run_sync(
+                tune_connection, self.mountpoint, slots, abandon_on_cancel=True
+            )
+            return
+        log.warning("fuse: fusectl did not answer within %.0fs; limits unchanged", FUSECTL_TIMEOUT)
+
     def _start_background(self) -> None:
         assert self.library is not None
         self.supervisor.start("sync", self._sync_loop, Policy.BEST_EFFORT)
@@ -277,6 +301,7 @@ class Daemon:
                         await self._start_control(nursery)
                         await self._wait_until_answering()
                         if not self._shutdown.is_set():
+                            await self._raise_background_limit()
                             self._start_background()
                     await self._shutdown.wait()
                     await self.shutdown()
@@ -385,6 +410,9 @@ class Daemon:
                 "deadline_misses": st.deadline_misses,
                 "inflight": st.inflight,
                 "unexpected": st.unexpected,
+                "max_background": self.fuse_limits.after.max_background
+                if self.fuse_limits
+                else None,
             }
         return report
 

@@ -29,6 +29,7 @@ class MountEntry:
     mountpoint: str
     fstype: str
     source: str
+    device: tuple[int, int] = (0, 0)  # (major, minor) of the mounted file system
 
 
 def _unescape(field: str) -> str:
@@ -44,17 +45,25 @@ def _unescape(field: str) -> str:
     return "".join(out)
 
 
-def mount_entries() -> list[MountEntry]:
+def parse_mountinfo(text: str) -> list[MountEntry]:
+    """The entries of a ``/proc/self/mountinfo`` text, in the kernel's order (a mount
+    stacked on another comes after it)."""
     entries = []
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields = left.split()
-            rest = right.split()
-            if len(fields) < 5 or len(rest) < 2:
-                continue
-            entries.append(MountEntry(_unescape(fields[4]), rest[0], _unescape(rest[1])))
+    for line in text.splitlines():
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        rest = right.split()
+        if len(fields) < 5 or len(rest) < 2:
+            continue
+        major, _, minor = fields[2].partition(":")
+        device = (int(major), int(minor)) if major.isdigit() and minor.isdigit() else (0, 0)
+        entries.append(MountEntry(_unescape(fields[4]), rest[0], _unescape(rest[1]), device))
     return entries
+
+
+def mount_entries() -> list[MountEntry]:
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        return parse_mountinfo(f.read())
 
 
 def find_mount(path: Path) -> MountEntry | None:

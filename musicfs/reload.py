@@ -16,6 +16,7 @@ RESTART_ONLY = (
     "runtime_dir",
     "fuse.allow_other",
     "fuse.max_tasks",
+    "fuse.max_background",
     "cache.chunk_size",
 )
 # Settings that change which origins exist or how they are reached: the pool is rebuilt.
