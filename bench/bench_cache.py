@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import Report, environment, stopwatch
-from musicfs.cache.store import HASH_LEN
+from musicfs.cache.index import HASH_LEN
 from tests.support.daemon import MountedDaemon, musicfs_cmd
 from tests.support.library import make_library
 

@@ -22,8 +22,10 @@ from pathlib import Path
 
 import lmdb
 
+from musicfs.cache.disk import CacheDisk
 from musicfs.cache.index import ChunkIndex, IndexUnusable, check_structure
-from musicfs.cache.store import ChunkStore, describe
+from musicfs.cache.modes import describe
+from musicfs.cache.store import ChunkStore
 from musicfs.catalog.integrity import check_catalog
 from musicfs.config import Settings
 
@@ -78,11 +80,10 @@ def check_cache(settings: Settings, *, repair: bool = False) -> CacheCheck:
     if not root.is_dir():
         result.problems.append(f"cache {root}: not a directory (the daemon runs in passthrough)")
         return result
-    store = ChunkStore.from_settings(root, settings.cache)
     if repair:
-        _repair(store, result)
+        _repair(ChunkStore.from_settings(root, settings.cache), result)
     else:
-        _check(store, result)
+        _check(CacheDisk(root), result)
     return result
 
 
@@ -100,7 +101,7 @@ def _repair(store: ChunkStore, result: CacheCheck) -> None:
         for digest, size in store.stored_chunks():
             result.chunks += 1
             result.bytes += size
-            why = store.check_chunk(digest, size)
+            why = store.disk.check_chunk(digest, size)
             if why is None:
                 result.ok += 1
                 continue
@@ -110,32 +111,33 @@ def _repair(store: ChunkStore, result: CacheCheck) -> None:
         store.close()
 
 
-def _check(store: ChunkStore, result: CacheCheck) -> None:
-    in_use = _in_use(store.root)
+def _check(disk: CacheDisk, result: CacheCheck) -> None:
+    """Read-only: no lock, nothing created or changed."""
+    in_use = _in_use(disk.root)
     if in_use:
         result.notes.append(
-            f"cache {store.root}: a running MusicFS uses it; checking read-only "
+            f"cache {disk.root}: a running MusicFS uses it; checking read-only "
             "(chunks it writes meanwhile may show up as unknown files)"
         )
     blobs: dict[bytes, int] = {}
-    problem = check_structure(store.index_path)
+    problem = check_structure(disk.index_path)
     if problem is not None:
-        result.problems.append(f"index {store.index_path}: {problem}")
-    elif (store.index_path / "data.mdb").exists():
+        result.problems.append(f"index {disk.index_path}: {problem}")
+    elif (disk.index_path / "data.mdb").exists():
         try:
-            index = ChunkIndex(store.index_path, map_size=2**20, readonly=True)
+            index = ChunkIndex(disk.index_path, map_size=2**20, readonly=True)
         except (IndexUnusable, lmdb.Error) as exc:
-            result.problems.append(f"index {store.index_path}: {describe(exc)}")
+            result.problems.append(f"index {disk.index_path}: {describe(exc)}")
         else:
             try:
-                _check_index(store, index, blobs, result)
+                _check_index(disk, index, blobs, result)
             finally:
                 index.close()
-    _check_files(store, blobs, result, in_use)
+    _check_files(disk, blobs, result, in_use)
 
 
 def _check_index(
-    store: ChunkStore, index: ChunkIndex, blobs: dict[bytes, int], result: CacheCheck
+    disk: CacheDisk, index: ChunkIndex, blobs: dict[bytes, int], result: CacheCheck
 ) -> None:
     good, bad = index.all_blobs()
     for digest in bad:
@@ -144,11 +146,11 @@ def _check_index(
         blobs[digest] = info.size
         result.chunks += 1
         result.bytes += info.size
-        why = store.check_chunk(digest, info.size)
+        why = disk.check_chunk(digest, info.size)
         if why is None:
             result.ok += 1
         else:
-            result.problems.append(f"chunk {digest.hex()} ({store.chunk_path(digest)}): {why}")
+            result.problems.append(f"chunk {digest.hex()} ({disk.chunk_path(digest)}): {why}")
     for key, target in index.all_maps():
         if target is None:
             result.problems.append(f"index mapping {key.hex()} fails its checksum")
@@ -157,10 +159,10 @@ def _check_index(
 
 
 def _check_files(
-    store: ChunkStore, blobs: dict[bytes, int], result: CacheCheck, in_use: bool
+    disk: CacheDisk, blobs: dict[bytes, int], result: CacheCheck, in_use: bool
 ) -> None:
-    if store.chunks_dir.is_dir():
-        for fan in sorted(store.chunks_dir.iterdir()):
+    if disk.chunks_dir.is_dir():
+        for fan in sorted(disk.chunks_dir.iterdir()):
             entries = sorted(fan.iterdir()) if fan.is_dir() and not fan.is_symlink() else [fan]
             for path in entries:
                 try:
@@ -171,8 +173,8 @@ def _check_files(
                     result.problems.append(
                         f"{path}: not in the index (start-up or --repair re-adopts or deletes it)"
                     )
-    if store.tmp_dir.is_dir() and not in_use:
-        for path in store.tmp_dir.iterdir():
+    if disk.tmp_dir.is_dir() and not in_use:
+        for path in disk.tmp_dir.iterdir():
             result.problems.append(f"{path}: temp file left by a crash")
 
 

@@ -31,7 +31,9 @@ from typing import Any, Protocol
 
 import trio
 
-from musicfs.cache.store import HIGH_WATERMARK, PASSTHROUGH, ChunkStore, PutResult, Rejected
+from musicfs.cache.modes import PASSTHROUGH
+from musicfs.cache.space import HIGH_WATERMARK
+from musicfs.cache.store import ChunkStore, PutResult, Rejected
 from musicfs.catalog.model import Track
 from musicfs.config import Settings
 from musicfs.failpoints import async_fail_point

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from musicfs.cache.disk import CacheDisk
 from musicfs.cache.store import ChunkStore
 from musicfs.catalog.model import Source, Track
 from musicfs.catalog.tags import Tags
@@ -25,38 +26,16 @@ class _Fault:
     fired: int = 0
 
 
-class FaultyStore(ChunkStore):
-    """Everything but the named primitives is the production store.
+class FaultyDisk(CacheDisk):
+    """The production filesystem layer, but each named primitive can be told to fail."""
 
-    ``fail(op, errno)`` makes ``op`` (one of ``OPS``) raise ``OSError(errno)``;
-    ``free_bytes = N`` makes statvfs report N bytes free now, then more or less as the
-    store's own chunks shrink or grow (a disk someone else filled);
-    ``corrupt_reads`` flips a bit in every chunk file read (a rotting disk).
-    """
-
-    def __init__(self, root: Path, **kwargs: int):
-        super().__init__(root, **kwargs)
+    def __init__(self, root: Path, *, quarantine_keep: int, used: Callable[[], int]):
+        super().__init__(root, quarantine_keep=quarantine_keep)
         self.faults: dict[str, _Fault] = {}
-        self._free: tuple[int, int] | None = None  # (free bytes, store size) when set
+        self.free: tuple[int, int] | None = None  # (free bytes, store size) when set
         self.corrupt_reads = False
         self.calls: dict[str, int] = {}
-
-    def fail(self, op: str, err: int, times: int | None = None) -> None:
-        assert op in OPS, op
-        self.faults[op] = _Fault(err, times)
-
-    @property
-    def free_bytes(self) -> int | None:
-        return None if self._free is None else self._free_bytes()
-
-    @free_bytes.setter
-    def free_bytes(self, value: int | None) -> None:
-        self._free = None if value is None else (value, self.used)
-
-    def heal(self) -> None:
-        self.faults.clear()
-        self._free = None
-        self.corrupt_reads = False
+        self._used = used
 
     def _hit(self, op: str) -> None:
         self.calls[op] = self.calls.get(op, 0) + 1
@@ -66,44 +45,88 @@ class FaultyStore(ChunkStore):
         fault.fired += 1
         raise OSError(fault.err, f"FaultyStore: {op}: {os.strerror(fault.err)}")
 
-    def _open_temp(self) -> tuple[int, Path]:
+    def open_temp(self) -> tuple[int, Path]:
         self._hit("open_temp")
-        return super()._open_temp()
+        return super().open_temp()
 
-    def _write_all(self, fd: int, data: bytes | memoryview) -> None:
+    def write_all(self, fd: int, data: bytes | memoryview) -> None:
         self._hit("write")
-        super()._write_all(fd, data)
+        super().write_all(fd, data)
 
-    def _fsync(self, fd: int) -> None:
+    def fsync(self, fd: int) -> None:
         self._hit("fsync")
-        super()._fsync(fd)
+        super().fsync(fd)
 
-    def _rename(self, src: Path, dst: Path) -> None:
+    def rename(self, src: Path, dst: Path) -> None:
         self._hit("rename")
-        super()._rename(src, dst)
+        super().rename(src, dst)
 
-    def _fsync_dir(self, path: Path) -> None:
+    def fsync_dir(self, path: Path) -> None:
         self._hit("fsync_dir")
-        super()._fsync_dir(path)
+        super().fsync_dir(path)
 
-    def _unlink(self, path: Path) -> None:
+    def unlink(self, path: Path) -> None:
         self._hit("unlink")
-        super()._unlink(path)
+        super().unlink(path)
 
-    def _read_file(self, path: Path, limit: int) -> bytes:
+    def read_file(self, path: Path, limit: int) -> bytes:
         self._hit("read")
-        data = super()._read_file(path, limit)
+        data = super().read_file(path, limit)
         if self.corrupt_reads and len(data) > 100:
             flipped = bytearray(data)
             flipped[-1] ^= 0x01
             return bytes(flipped)
         return data
 
-    def _free_bytes(self) -> int:
-        if self._free is not None:
-            free, used_then = self._free
-            return max(0, free + used_then - self.used)
-        return super()._free_bytes()
+    def free_bytes(self) -> int:
+        if self.free is not None:
+            free, used_then = self.free
+            return max(0, free + used_then - self._used())
+        return super().free_bytes()
+
+
+class FaultyStore(ChunkStore):
+    """Everything but the filesystem primitives is the production store.
+
+    ``fail(op, errno)`` makes ``op`` (one of ``OPS``) raise ``OSError(errno)``;
+    ``free_bytes = N`` makes statvfs report N bytes free now, then more or less as the
+    store's own chunks shrink or grow (a disk someone else filled);
+    ``corrupt_reads`` flips a bit in every chunk file read (a rotting disk).
+    """
+
+    disk: FaultyDisk
+
+    def _make_disk(self, root: Path, quarantine_keep: int) -> CacheDisk:
+        return FaultyDisk(root, quarantine_keep=quarantine_keep, used=lambda: self.used)
+
+    def fail(self, op: str, err: int, times: int | None = None) -> None:
+        assert op in OPS, op
+        self.disk.faults[op] = _Fault(err, times)
+
+    @property
+    def calls(self) -> dict[str, int]:
+        return self.disk.calls
+
+    @property
+    def corrupt_reads(self) -> bool:
+        return self.disk.corrupt_reads
+
+    @corrupt_reads.setter
+    def corrupt_reads(self, value: bool) -> None:
+        self.disk.corrupt_reads = value
+
+    @property
+    def free_bytes(self) -> int | None:
+        return None if self.disk.free is None else self.disk.free_bytes()
+
+    @free_bytes.setter
+    def free_bytes(self, value: int | None) -> None:
+        self.disk.free = None if value is None else (value, self.used)
+
+    def heal(self) -> None:
+        self.disk.faults.clear()
+        self.disk.free = None
+        self.disk.corrupt_reads = False
 
 
 def noise(n: int, seed: str) -> bytes:

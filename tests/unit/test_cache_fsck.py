@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from musicfs.cache.store import HEADER_SIZE, ChunkStore, chunk_hash
+from musicfs.cache.chunkfile import HEADER_SIZE, chunk_hash
+from musicfs.cache.store import ChunkStore
 from musicfs.cli import main
 from tests.support.daemon import musicfs_cmd
 from tests.support.faulty_store import noise
@@ -68,8 +69,8 @@ def test_every_kind_of_damage_is_found_and_nothing_changes(
     path_of(cache, 1).unlink()  # index points at an absent file
     path_of(cache, 2).write_bytes(bytes(HEADER_SIZE + CS))  # zero-filled
     os.truncate(path_of(cache, 3), 100)  # truncated
-    (cache.tmp_dir / "leftover").write_bytes(b"x")
-    stranger = cache.chunks_dir / "ab" / ("ab" + "0" * 62)
+    (cache.disk.tmp_dir / "leftover").write_bytes(b"x")
+    stranger = cache.disk.chunks_dir / "ab" / ("ab" + "0" * 62)
     stranger.parent.mkdir(exist_ok=True)
     stranger.write_bytes(b"unknown")
     before = {p: p.stat().st_mtime_ns for p in cache.root.rglob("*") if p.is_file()}
@@ -97,7 +98,7 @@ def test_every_kind_of_damage_is_found_and_nothing_changes(
 def test_a_corrupt_index_is_reported_then_rebuilt(
     tmp_path: Path, cache: ChunkStore, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = cache.index_path / "data.mdb"
+    data = cache.disk.index_path / "data.mdb"
     data.write_bytes(data.read_bytes()[: 2 * 4096])
     assert fsck(tmp_path) == 1
     assert "index" in capsys.readouterr().err

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from musicfs import failpoints
+from musicfs.cache.chunkfile import HEADER_SIZE, decode_header
 from musicfs.cache.reader import CachingReader
-from musicfs.cache.store import HEADER_SIZE, decode_header
 from musicfs.failpoints import FailpointPanic
 from tests.support.faulty_store import FaultyStore, TrackOrigin
 
@@ -87,7 +87,7 @@ def _damage(path: Path, how: str, where: int) -> None:
 def _assert_consistent(store: FaultyStore) -> None:
     """What every start-up must leave behind: no temp files, and every index record
     backed by a regular file of the right size."""
-    assert list(store.tmp_dir.iterdir()) == []
+    assert list(store.disk.tmp_dir.iterdir()) == []
     assert store.index is not None
     blobs, bad = store.index.all_blobs()
     assert bad == []
@@ -164,7 +164,7 @@ class World:
                     raise
             await self.crash()
         elif kind == "damage":
-            chunks = sorted(p for p in (self.store.chunks_dir).rglob("*") if p.is_file())
+            chunks = sorted(p for p in (self.store.disk.chunks_dir).rglob("*") if p.is_file())
             if chunks:
                 victim = chunks[op[2] % len(chunks)]
                 header = decode_header(victim.read_bytes())

@@ -14,8 +14,9 @@ import pytest
 import trio
 
 from musicfs import failpoints
+from musicfs.cache.chunkfile import HEADER_SIZE, chunk_hash
+from musicfs.cache.modes import DEGRADED, NORMAL, PASSTHROUGH
 from musicfs.cache.reader import CachingReader
-from musicfs.cache.store import DEGRADED, HEADER_SIZE, NORMAL, PASSTHROUGH, chunk_hash
 from tests.support.faulty_store import FaultyStore, TrackOrigin
 
 CS = 64 * 1024

@@ -12,17 +12,10 @@ import lmdb
 import pytest
 
 from musicfs import failpoints
+from musicfs.cache.chunkfile import HEADER_SIZE, chunk_hash
 from musicfs.cache.index import map_key
-from musicfs.cache.store import (
-    DEGRADED,
-    HEADER_SIZE,
-    NORMAL,
-    PASSTHROUGH,
-    ChunkStore,
-    PutResult,
-    Rejected,
-    chunk_hash,
-)
+from musicfs.cache.modes import DEGRADED, NORMAL, PASSTHROUGH
+from musicfs.cache.store import ChunkStore, PutResult, Rejected
 from musicfs.failpoints import FailpointPanic
 from tests.support.faulty_store import FaultyStore, noise
 
@@ -159,7 +152,7 @@ def test_start_up_sweeps_temp_files_and_drops_records_of_missing_files(
 ) -> None:
     for i in range(3):
         store.put(V1, i, chunk(i))
-    (store.tmp_dir / "123.leftover").write_bytes(b"half a chunk")
+    (store.disk.tmp_dir / "123.leftover").write_bytes(b"half a chunk")
     store.chunk_path(chunk_hash(chunk(1))).unlink()
     with caplog.at_level(logging.INFO):
         store.close(flush=False)
@@ -183,20 +176,20 @@ def test_unknown_files_are_readopted_if_they_verify_else_deleted(store: FaultySt
     # Lose the index entirely: the header in each file is enough to rebuild it.
     import shutil
 
-    shutil.rmtree(store.index_path)
+    shutil.rmtree(store.disk.index_path)
     # A stranger: right name shape, wrong content.
     stranger = store.chunk_path(chunk_hash(b"x"))
     stranger.parent.mkdir(exist_ok=True)
     stranger.write_bytes(good)
-    (store.chunks_dir / "ab" / "notachunk").parent.mkdir(exist_ok=True)
-    (store.chunks_dir / "ab" / "notachunk").write_bytes(b"?")
-    (store.chunks_dir / "stray-file").write_bytes(b"?")
+    (store.disk.chunks_dir / "ab" / "notachunk").parent.mkdir(exist_ok=True)
+    (store.disk.chunks_dir / "ab" / "notachunk").write_bytes(b"?")
+    (store.disk.chunks_dir / "stray-file").write_bytes(b"?")
     again = make_store(store.root)
     try:
         assert again.get(V1, 0, CS) == chunk(0)
         assert not stranger.exists()
-        assert not (store.chunks_dir / "ab" / "notachunk").exists()
-        assert not (store.chunks_dir / "stray-file").exists()
+        assert not (store.disk.chunks_dir / "ab" / "notachunk").exists()
+        assert not (store.disk.chunks_dir / "stray-file").exists()
         assert again.status()["chunks"] == 1
     finally:
         again.close()
@@ -264,7 +257,7 @@ def test_bad_chunk_file_is_rejected_quarantined_and_forgotten(
     assert isinstance(got, Rejected)
     assert "'a/b.flac' chunk 0" in caplog.text and "corrupt" in caplog.text
     assert not path.exists() and not path.is_symlink()
-    assert len(list(store.quarantine_dir.iterdir())) == 1
+    assert len(list(store.disk.quarantine_dir.iterdir())) == 1
     assert store.get(V1, 0, CS) is None  # forgotten: the next read refetches
     assert store.status()["chunks"] == 0 and store.used == 0
     # ...and a refetch stores it again
@@ -297,7 +290,7 @@ def test_quarantine_keeps_only_the_newest_few(store: FaultyStore) -> None:
         store.put(V1, i, chunk(i))
         _flip_payload_bit(store.chunk_path(chunk_hash(chunk(i))))
         assert isinstance(store.get(V1, i, CS), Rejected)
-    assert len(list(store.quarantine_dir.iterdir())) == store.quarantine_keep
+    assert len(list(store.disk.quarantine_dir.iterdir())) == store.disk.quarantine_keep
 
 
 def test_read_error_on_a_chunk_file_is_treated_as_corrupt(store: FaultyStore) -> None:
@@ -336,7 +329,7 @@ def test_corrupt_index_is_moved_aside_and_rebuilt_from_chunk_files(
     for i in range(40):
         store.put(V1, i, chunk(i, 256))
     store.close()
-    damage(store.index_path / "data.mdb")  # type: ignore[operator]
+    damage(store.disk.index_path / "data.mdb")  # type: ignore[operator]
     again = FaultyStore(store.root, chunk_size=CS, max_size=64 * CS, min_free=0)
     with caplog.at_level(logging.WARNING):
         report = again.open()
@@ -454,7 +447,7 @@ def test_access_times_persist_so_lru_order_survives_a_restart(store: FaultyStore
         store.put(V1, i, chunk(i))
     assert store.index is not None
     store.get(V1, 0, CS)
-    store._touched[chunk_hash(chunk(0))] = 2**40  # far in the future: most recent
+    store.ledger.touched[chunk_hash(chunk(0))] = 2**40  # far in the future: most recent
     store.close()
     again = make_store(store.root, max_size=64 * CS)
     try:
