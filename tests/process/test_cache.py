@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import MountedDaemon, musicfs_cmd
+from tests.support.daemon import (
+    MountedDaemon,
+    forget_page_cache,
+    mounted_files,
+    musicfs_cmd,
+    scan,
+)
 from tests.support.library import make_library, sha256
 
 CHUNK = 1024 * 1024
@@ -54,39 +59,23 @@ def config(tmp_path: Path) -> Path:
     return path
 
 
-def build_library(root: Path, albums: int, tracks: int, size: int) -> dict[str, str]:
-    """relative origin path -> sha256, for files that show up in the mount."""
-    make_library(root, albums=albums, tracks=tracks, pad_to=size)
-    return {str(p.relative_to(root)): sha256(p) for p in root.rglob("*") if p.is_file()}
-
-
-def scan(lib: Path, state: Path) -> None:
-    subprocess.run(
-        musicfs_cmd("scan", "--origin", str(lib), "--state-dir", str(state)),
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-
-
-def mounted(mnt: Path) -> list[Path]:
-    return sorted(p for p in mnt.rglob("*") if p.is_file())
-
-
-def drop_page_cache(path: Path) -> None:
-    """Make the next read of ``path`` reach the daemon (files are opened with keep_cache)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+def scanned_library(
+    tmp_path: Path, albums: int, tracks: int, size: int
+) -> tuple[Path, Path, dict[str, str]]:
+    """A library under ``tmp_path/lib``, scanned into ``tmp_path/state``, and its files'
+    sha256 by relative origin path (every one of them shows up in the mount)."""
+    lib, state = tmp_path / "lib", tmp_path / "state"
+    make_library(lib, albums=albums, tracks=tracks, pad_to=size)
+    scan(lib, state)
+    expected = {str(p.relative_to(lib)): sha256(p) for p in lib.rglob("*") if p.is_file()}
+    return lib, state, expected
 
 
 def read_all_exact(mnt: Path, expected: dict[str, str]) -> None:
-    files = mounted(mnt)
+    files = mounted_files(mnt)
     assert len(files) == len(expected)
     for path in files:
-        drop_page_cache(path)
+        forget_page_cache(path)
     assert sorted(sha256(p) for p in files) == sorted(expected.values())
 
 
@@ -127,16 +116,15 @@ def fsck(state: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess[s
 def test_tiny_cache_plays_a_library_many_times_larger(
     tmp_path: Path, tiny_tmpfs: Path, config: Path
 ) -> None:
-    lib = tmp_path / "lib"
-    expected = build_library(lib, albums=4, tracks=5, size=2_000_000)  # 40 MB through 8 MiB
-    state = tmp_path / "state"
-    scan(lib, state)
+    lib, state, expected = scanned_library(
+        tmp_path, albums=4, tracks=5, size=2_000_000
+    )  # 40 MB through 8 MiB
     cache = tiny_tmpfs / "cache"
     with MountedDaemon(tmp_path / "mnt", [lib], state, cache_dir=cache, config=config) as d:
         peak = 0
         for _ in range(2):
-            for path in mounted(d.mountpoint):
-                drop_page_cache(path)
+            for path in mounted_files(d.mountpoint):
+                forget_page_cache(path)
                 assert sha256(path) in expected.values()
                 peak = max(peak, chunk_bytes(cache))
         wait_until_stored(cache)
@@ -169,10 +157,7 @@ WRITE_PATH = {
 def test_kill_at_each_write_path_failpoint_then_restart_reads_exact(
     tmp_path: Path, tiny_tmpfs: Path, config: Path, point: str
 ) -> None:
-    lib = tmp_path / "lib"
-    expected = build_library(lib, albums=2, tracks=4, size=1_300_000)
-    state = tmp_path / "state"
-    scan(lib, state)
+    lib, state, expected = scanned_library(tmp_path, albums=2, tracks=4, size=1_300_000)
     cache = tiny_tmpfs / "cache"
     # Let a few hits pass so the crash lands mid-play with a populated cache (eviction
     # needs a full one: 5 MiB of chunks first).
@@ -186,9 +171,9 @@ def test_kill_at_each_write_path_failpoint_then_restart_reads_exact(
         env={"MUSICFS_FAILPOINTS": f"{point}=after({skip})->exit(9)"},
     ).start()
     try:
-        for path in mounted(crashing.mountpoint):
+        for path in mounted_files(crashing.mountpoint):
             try:
-                drop_page_cache(path)
+                forget_page_cache(path)
                 assert sha256(path) in expected.values()
             except OSError:
                 break  # the daemon died under us: ENOTCONN
@@ -208,10 +193,9 @@ def test_kill_at_each_write_path_failpoint_then_restart_reads_exact(
 def test_corrupt_chunk_files_under_a_running_mount_are_repaired(
     tmp_path: Path, tiny_tmpfs: Path, config: Path
 ) -> None:
-    lib = tmp_path / "lib"
-    expected = build_library(lib, albums=1, tracks=3, size=1_200_000)  # fits the cache
-    state = tmp_path / "state"
-    scan(lib, state)
+    lib, state, expected = scanned_library(
+        tmp_path, albums=1, tracks=3, size=1_200_000
+    )  # fits the cache
     cache = tiny_tmpfs / "cache"
     with MountedDaemon(tmp_path / "mnt", [lib], state, cache_dir=cache, config=config) as d:
         read_all_exact(d.mountpoint, expected)
@@ -274,14 +258,11 @@ def failing_ext4(tmp_path: Path) -> Iterator[tuple[Path, Callable[[], None]]]:
 def test_cache_dir_turned_read_only_under_a_running_mount_means_passthrough(
     tmp_path: Path, failing_ext4: tuple[Path, Callable[[], None]], config: Path
 ) -> None:
-    lib = tmp_path / "lib"
-    expected = build_library(lib, albums=2, tracks=3, size=1_500_000)
-    state = tmp_path / "state"
-    scan(lib, state)
+    lib, state, expected = scanned_library(tmp_path, albums=2, tracks=3, size=1_500_000)
     where, fail_the_disk = failing_ext4
     cache = where / "cache"
     with MountedDaemon(tmp_path / "mnt", [lib], state, cache_dir=cache, config=config) as d:
-        first = mounted(d.mountpoint)[0]
+        first = mounted_files(d.mountpoint)[0]
         sha256(first)
         wait_until_stored(cache)
         fail_the_disk()
@@ -299,10 +280,7 @@ def test_cache_dir_turned_read_only_under_a_running_mount_means_passthrough(
 def test_cache_dir_that_is_a_file_still_mounts_and_serves_in_passthrough(
     tmp_path: Path, config: Path
 ) -> None:
-    lib = tmp_path / "lib"
-    expected = build_library(lib, albums=1, tracks=3, size=1_100_000)
-    state = tmp_path / "state"
-    scan(lib, state)
+    lib, state, expected = scanned_library(tmp_path, albums=1, tracks=3, size=1_100_000)
     cache = tmp_path / "not-a-dir"
     cache.write_text("someone's file")
     with MountedDaemon(tmp_path / "mnt", [lib], state, cache_dir=cache, config=config) as d:

@@ -16,7 +16,7 @@ import pytest
 
 from musicfs.catalog.integrity import check_catalog
 from musicfs.mounts import find_mount, is_stale
-from tests.support.daemon import MountedDaemon, musicfs_cmd, unmount_leftovers
+from tests.support.daemon import MountedDaemon, mounted_files, musicfs_cmd, unmount_leftovers
 from tests.support.library import make_library, sha256
 from tests.support.readers import Reader
 
@@ -43,10 +43,6 @@ def write_config(tmp_path: Path, **tables: dict[str, object]) -> Path:
     path = tmp_path / "config.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def mounted_files(mnt: Path) -> list[Path]:
-    return sorted(p for p in mnt.rglob("*") if p.is_file())
 
 
 class NotifyCapture:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from musicfs.mounts import find_mount
-from tests.support.daemon import MountedDaemon, musicfs_cmd
+from tests.support.daemon import MountedDaemon, mounted_files, musicfs_cmd, scan
 from tests.support.library import make_library, sha256
 
 
@@ -25,21 +25,8 @@ def library(tmp_path: Path) -> Path:
     return lib
 
 
-def scan(lib: Path, state: Path) -> None:
-    subprocess.run(
-        musicfs_cmd("scan", "--origin", str(lib), "--state-dir", str(state)),
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-
-
 def origin_files(lib: Path) -> dict[str, str]:
     return {sha256(p): str(p) for p in lib.rglob("*") if p.is_file() and p.suffix != ".txt"}
-
-
-def mounted_files(mnt: Path) -> list[Path]:
-    return [p for p in mnt.rglob("*") if p.is_file()]
 
 
 def test_every_track_once_with_identical_bytes(tmp_path: Path, library: Path) -> None:
@@ -116,39 +103,32 @@ def test_daemon_scans_on_start_without_a_prior_scan(tmp_path: Path, library: Pat
         assert len(mounted_files(d.mountpoint)) == 21
 
 
+def refused_mount(library: Path, state: Path, mountpoint: Path) -> str:
+    """Run a second ``musicfs mount`` that must be refused (exit 2); its stderr."""
+    proc = subprocess.run(
+        [
+            *musicfs_cmd("mount", "--origin", str(library), "--state-dir", str(state)),
+            str(mountpoint),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2, proc.stderr
+    return proc.stderr
+
+
 def test_second_daemon_on_same_state_dir_is_refused(tmp_path: Path, library: Path) -> None:
     with MountedDaemon(tmp_path / "mnt", [library], tmp_path / "state"):
         (tmp_path / "mnt2").mkdir()
-        proc = subprocess.run(
-            [
-                *musicfs_cmd(
-                    "mount", "--origin", str(library), "--state-dir", str(tmp_path / "state")
-                ),
-                str(tmp_path / "mnt2"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert proc.returncode == 2
-        assert "another MusicFS" in proc.stderr
+        stderr = refused_mount(library, tmp_path / "state", tmp_path / "mnt2")
+        assert "another MusicFS" in stderr
 
 
 def test_mounting_over_a_live_mount_is_refused(tmp_path: Path, library: Path) -> None:
     with MountedDaemon(tmp_path / "mnt", [library], tmp_path / "state"):
-        proc = subprocess.run(
-            [
-                *musicfs_cmd(
-                    "mount", "--origin", str(library), "--state-dir", str(tmp_path / "state2")
-                ),
-                str(tmp_path / "mnt"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert proc.returncode == 2
-        assert "already a MusicFS mount" in proc.stderr
+        stderr = refused_mount(library, tmp_path / "state2", tmp_path / "mnt")
+        assert "already a MusicFS mount" in stderr
 
 
 def test_python_dash_m_entry_point() -> None:

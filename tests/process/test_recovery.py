@@ -17,7 +17,7 @@ import pytest
 
 from musicfs.catalog.db import Catalog
 from musicfs.mounts import find_mount, is_stale, probe
-from tests.support.daemon import MountedDaemon, musicfs_cmd, unmount_leftovers
+from tests.support.daemon import MountedDaemon, mounted_files, musicfs_cmd, scan, unmount_leftovers
 from tests.support.library import make_library, sha256
 from tests.support.readers import Reader
 
@@ -26,10 +26,6 @@ from tests.support.readers import Reader
 def _no_leftover_mounts(tmp_path: Path) -> Iterator[None]:
     yield
     unmount_leftovers(tmp_path)
-
-
-def mounted_files(mnt: Path) -> list[Path]:
-    return sorted(p for p in mnt.rglob("*") if p.is_file())
 
 
 def hashes(mnt: Path) -> dict[str, str]:
@@ -99,12 +95,7 @@ def test_corrupt_catalog_is_moved_aside_and_rebuilt(tmp_path: Path) -> None:
     lib = tmp_path / "lib"
     make_library(lib, albums=4, tracks=5)
     state = tmp_path / "state"
-    subprocess.run(
-        musicfs_cmd("scan", "--origin", str(lib), "--state-dir", str(state)),
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    scan(lib, state)
     catalog = state / "catalog.sqlite"
     assert catalog.stat().st_size > 4 * 4096
     corrupt_pages(catalog, 1, 3)

@@ -10,7 +10,7 @@ from pathlib import Path
 from musicfs.catalog.db import Catalog
 from musicfs.catalog.naming import DEFAULT_TEMPLATE
 from musicfs.search import SearchIndex, tree_from_catalog
-from tests.support.daemon import MountedDaemon, musicfs_cmd
+from tests.support.daemon import MountedDaemon, musicfs_cmd, scan
 from tests.support.library import make_library
 
 
@@ -56,12 +56,7 @@ def test_daemon_rebuilds_a_corrupt_index_at_start(tmp_path: Path) -> None:
     make_library(lib, albums=2, tracks=3)
     state = tmp_path / "state"
     assert search_cmd(state, "song").returncode == 2  # no catalog yet: says so
-    subprocess.run(
-        musicfs_cmd("scan", "--origin", str(lib), "--state-dir", str(state)),
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    scan(lib, state)
     assert search_cmd(state, "song").returncode == 0  # builds the index without a daemon
     (state / "search" / "meta.json").write_text("corrupted")
     with MountedDaemon(tmp_path / "mnt", [lib], state) as d:

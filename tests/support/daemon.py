@@ -40,6 +40,21 @@ def musicfs_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "musicfs", *args]
 
 
+def scan(lib: Path, state: Path, timeout: float = 120) -> None:
+    """``musicfs scan`` of one local origin into ``state`` (a catalog to mount)."""
+    subprocess.run(
+        musicfs_cmd("scan", "--origin", str(lib), "--state-dir", str(state)),
+        check=True,
+        capture_output=True,
+        timeout=timeout,
+    )
+
+
+def mounted_files(mnt: Path) -> list[Path]:
+    """Every file in the mounted tree, in path order."""
+    return sorted(p for p in mnt.rglob("*") if p.is_file())
+
+
 class MountedDaemon:
     def __init__(
         self,
