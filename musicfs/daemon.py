@@ -44,7 +44,6 @@ from musicfs.cache.store import ChunkStore
 from musicfs.catalog.db import Catalog, SchemaTooNew
 from musicfs.catalog.integrity import open_catalog
 from musicfs.catalog.model import Track
-from musicfs.catalog.naming import Template
 from musicfs.config import FUSE_KERNEL_BACKGROUND, ConfigError, Settings
 from musicfs.crashlog import dump_stacks, install_hooks, named_task
 from musicfs.fuse_ops import MusicOperations, mount_options
@@ -328,6 +327,7 @@ class Daemon:
     async def _sync_loop(self) -> None:
         assert self.library is not None and self.ops is not None
         publisher = TreePublisher(self.library, self.ops.swap_tree)
+        indexed: int | None = None  # the tree generation the search index was last fed
         while True:
             self._sync_now = trio.Event()
             ok = False
@@ -335,10 +335,13 @@ class Daemon:
             async def sync() -> None:
                 nonlocal ok
                 assert self.library is not None
-                ok = await self.library.sync(on_batch=publisher.batch_committed)
+                ok = await self.library.sync()
 
             await publisher.run_while(sync)
-            await self.search.update_async(self.ops.tree)
+            tree = self.ops.tree
+            # Only a new tree (or a failed update, or the first pass) needs an index diff.
+            if tree.generation != indexed and await self.search.update_async(tree) is not None:
+                indexed = tree.generation
             interval = self.settings.library.scan_interval
             # An origin that could not be listed is retried sooner than the full interval;
             # an interval of 0 means "only when asked" (start-up, SIGHUP).
@@ -536,7 +539,7 @@ class Daemon:
         if self.library is not None:
             self.library.settings = plan.settings
             if "library.template" in plan.changed:
-                self.library.template = Template(plan.settings.library.template)
+                self.library.set_template(plan.settings.library.template)
             if plan.origins_changed:
                 old_pool = self.library.pool
                 self.library.pool = open_pool(plan.settings)

@@ -58,9 +58,22 @@ class Library:
         self.syncs_finished = 0
         # The daemon's caching reader: remote tag reads go through it and stay cached.
         self.tag_reader: ReadTrack | None = None
+        # The catalog or the naming template changed since the last tree was built. A sync
+        # that changed nothing leaves it false, and nothing is republished: no new
+        # generation, no search index diff -- however short ``scan_interval`` is.
+        self.tree_stale = False
+
+    def set_template(self, template: str) -> None:
+        self.template = Template(template)
+        self.tree_stale = True
+
+    def _catalog_changed(self) -> None:
+        self.tree_stale = True
 
     def _build(self) -> Tree:
         fail_point("tree.build")
+        # Cleared before reading: a commit that lands meanwhile marks it stale again.
+        self.tree_stale = False
         tracks = self.catalog.tracks()
         self.generation += 1
         return build_tree(tracks, self.template, self.catalog.inodes, generation=self.generation)
@@ -72,7 +85,14 @@ class Library:
         self, *, progress: Progress | None = None, on_batch: Callable[[], None] | None = None
     ) -> bool:
         """Sync every origin once. True if every origin listed completely and every file
-        that needed reading could be read."""
+        that needed reading could be read. ``on_batch`` is called after every commit that
+        changed the catalog (and marks the tree stale)."""
+
+        def changed() -> None:
+            self._catalog_changed()
+            if on_batch is not None:
+                on_batch()
+
         ok = True
         try:
             for origin in list(self.pool):
@@ -97,7 +117,7 @@ class Library:
                         batch_size=self.settings.library.scan_batch,
                         parallel=self.settings.library.scan_parallel,
                         progress=track,
-                        on_batch=on_batch,
+                        on_batch=changed,
                         read_track=self.tag_reader,
                     )
                 except OriginError as exc:
@@ -146,7 +166,8 @@ class Library:
 
 
 class TreePublisher:
-    """Rebuilds the tree after syncs, at most every ``min_interval`` seconds mid-sync."""
+    """Rebuilds the tree while and after syncs -- only when the catalog or the template
+    changed (``Library.tree_stale``), and at most every ``min_interval`` seconds mid-sync."""
 
     def __init__(
         self, library: Library, publish: Callable[[Tree], object], min_interval: float = 5.0
@@ -155,34 +176,39 @@ class TreePublisher:
         self.publish = publish
         self.min_interval = min_interval
         self._last = 0.0
-        self._pending = False
 
-    def batch_committed(self) -> None:
-        self._pending = True
-
-    async def maybe_publish(self, force: bool = False) -> None:
+    async def maybe_publish(self, final: bool = False) -> bool:
+        """Publish a new tree if anything changed (mid-sync: not sooner than
+        ``min_interval`` after the last one). True if one was published."""
         now = time.monotonic()
-        if force or (self._pending and now - self._last >= self.min_interval):
-            self._pending = False
-            self._last = now
-            tree = await self.library.build_tree()
-            self.publish(tree)
-            log.info(
-                "tree: generation %d with %d tracks published",
-                tree.generation,
-                sum(1 for _ in tree.files()),
-            )
+        if not self.library.tree_stale or (not final and now - self._last < self.min_interval):
+            return False
+        self._last = now
+        tree = await self.library.build_tree()
+        self.publish(tree)
+        log.info(
+            "tree: generation %d with %d tracks published",
+            tree.generation,
+            sum(1 for _ in tree.files()),
+        )
+        return True
 
-    async def run_while(self, sync: Callable[[], object]) -> None:
-        """Publish periodically while ``sync`` runs, then once more at the end."""
+    async def run_while(self, sync: Callable[[], object]) -> bool:
+        """Publish periodically while ``sync`` runs, then once more at the end if anything
+        changed. True if a tree was published."""
+        published = False
         async with trio.open_nursery() as nursery:
 
             async def ticker() -> None:
+                nonlocal published
                 while True:
                     await trio.sleep(self.min_interval)
-                    await self.maybe_publish()
+                    published |= await self.maybe_publish()
 
             nursery.start_soon(ticker)
             await sync()  # type: ignore[misc]
             nursery.cancel_scope.cancel()
-        await self.maybe_publish(force=True)
+        published |= await self.maybe_publish(final=True)
+        if not published:
+            log.info("tree: generation %d kept (the sync changed nothing)", self.library.generation)
+        return published

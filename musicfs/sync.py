@@ -117,7 +117,10 @@ async def sync_origin(
 
     ``read_track`` (the daemon's caching reader) is how tags of remote files are read:
     mutagen pulls only the chunks it touches, and they stay cached for playback. Without
-    it, tags are read straight from the origin in small ranged reads."""
+    it, tags are read straight from the origin in small ranged reads.
+
+    ``on_batch`` is called after every commit that changed the catalog (a batch of new or
+    changed files, new mirror sources, removals) -- never when nothing changed."""
     started = time.monotonic()
     result = SyncResult(origin.name)
     listing = await origin.list()
@@ -142,6 +145,8 @@ async def sync_origin(
     if new_sources:
         await catalog.run(catalog.add_source, origin.name, new_sources)
         result.new_sources = len(new_sources)
+        if on_batch:
+            on_batch()
 
     limiter = trio.CapacityLimiter(parallel)
     done = 0
@@ -185,13 +190,16 @@ async def sync_origin(
         await catalog.run(catalog.upsert, origin.name, batch)
         result.added_or_changed += len(batch)
         fail_point("sync.after_batch")
-        if on_batch:
+        if on_batch and batch:
             on_batch()
 
     listed = {e.path for e in entries}
     gone = [p for p in known if p not in listed and not _under_gap(p, listing.gaps)]
     if gone:
         result.removed = await catalog.run(catalog.remove_sources, origin.name, gone)
+        if on_batch:
+            # Even when every track stays (a mirror still holds it): its sources changed.
+            on_batch()
     result.seconds = time.monotonic() - started
     log.info(
         "sync: origin=%s listed=%d scanned=%d mirrored=%d removed=%d tag_errors=%d skipped=%d "
