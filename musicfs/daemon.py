@@ -416,6 +416,7 @@ class Daemon:
                 "max_background": self.fuse_limits.after.max_background
                 if self.fuse_limits
                 else None,
+                "requests": dict(st.by_op),
             }
         return report
 

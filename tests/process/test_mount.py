@@ -71,6 +71,21 @@ def test_writes_fail_with_erofs(tmp_path: Path, library: Path) -> None:
             assert info.value.errno == errno.EROFS
 
 
+def test_close_costs_no_request_once_flush_is_declined(tmp_path: Path, library: Path) -> None:
+    """Read-only, so FLUSH has nothing to do: the first one answers ENOSYS and the kernel
+    sends no more, close(2) succeeds and costs no round trip through the daemon."""
+    scan(library, tmp_path / "state")
+    with MountedDaemon(tmp_path / "mnt", [library], tmp_path / "state") as d:
+        files = mounted_files(d.mountpoint)
+        for path in files:
+            fd = os.open(path, os.O_RDONLY)
+            os.read(fd, 4096)
+            os.close(fd)  # would raise if the kernel passed ENOSYS on
+        requests = d.status()["fuse"]["requests"]
+        assert requests["open"] >= len(files) == 21
+        assert requests.get("flush", 0) <= 1, requests
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signals_unmount_and_exit_0(tmp_path: Path, library: Path, signum: int) -> None:
     d = MountedDaemon(tmp_path / "mnt", [library], tmp_path / "state").start()
