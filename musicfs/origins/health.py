@@ -16,7 +16,7 @@ import errno
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +104,11 @@ class HealthMonitor:
         self._rng = random.Random()
         self._mode = Mode.ONLINE
         self.mode_changes = 0
+        # Called with (origin name, new state) after every verdict change.
+        self._listeners: list[Callable[[str, State], None]] = []
+
+    def on_state_change(self, listener: Callable[[str, State], None]) -> None:
+        self._listeners.append(listener)
 
     # -- verdicts ----------------------------------------------------------------------
 
@@ -159,6 +164,8 @@ class HealthMonitor:
             )
             h.state = state
             self._update_mode()
+            for listener in self._listeners:
+                listener(h.name, state)
 
     def record_failure(self, name: str, exc: BaseException) -> None:
         h = self._health[name]

@@ -10,6 +10,11 @@ version, and the cache verifies what it stores. An origin that is slow to answer
 hedged: after ``hedge_after`` the next holder is asked as well and the first answer wins,
 so losing the primary costs a player about a second, not a whole operation timeout. When
 no origin can serve (offline mode) the read fails at once with EIO instead of waiting.
+
+Attempts already waiting on an origin when it is declared unhealthy are not left to run
+out their whole operation timeout: they get at most ``hedge_after`` more, then fail over
+or answer EIO. Each waiting read holds one of the kernel's FUSE request slots and a worker;
+a known-down origin must not keep them.
 """
 
 from __future__ import annotations
@@ -84,8 +89,18 @@ class OriginPool:
         self.operation_timeout = operation_timeout
         self.retry = retry or RetryPolicy()
         self._rng = random.Random()
-        self.stats = {"reads": 0, "failovers": 0, "retries": 0, "offline_fast_fails": 0}
+        self.stats = {
+            "reads": 0,
+            "failovers": 0,
+            "retries": 0,
+            "offline_fast_fails": 0,
+            "abandoned_on_unhealthy": 0,
+        }
         self._offline_logged: dict[str, float] = {}
+        # The deadline scope of every attempt waiting on each origin, with the deadline it
+        # started with (so that a shortened one can be told from a plain timeout).
+        self._waiting: dict[str, dict[trio.CancelScope, float]] = {o.name: {} for o in self.origins}
+        self.health.on_state_change(self._state_changed)
 
     def __iter__(self) -> Iterator[Origin]:
         return iter(self.origins)
@@ -224,21 +239,39 @@ class OriginPool:
             self.health.record_success(winner.name)
         return won
 
+    def _state_changed(self, name: str, state: State) -> None:
+        """An origin declared unhealthy: its waiting attempts get ``hedge_after`` more."""
+        waiting = self._waiting.get(name)
+        if state is not State.UNHEALTHY or not waiting:
+            return
+        cut = trio.current_time() + self.retry.hedge_after
+        shortened = 0
+        for scope in waiting:
+            if scope.deadline > cut:
+                scope.deadline = cut
+                shortened += 1
+        if shortened:
+            log.warning(
+                "read: origin=%s declared unhealthy; %d waiting reads get %.1fs more, then "
+                "fail over or answer EIO",
+                name,
+                shortened,
+                self.retry.hedge_after,
+            )
+
     async def _attempt(self, req: _Request, origin: Origin, pos: int, length: int) -> bytes | None:
         """One bounded read from one origin: its bytes, or None after recording why not."""
         limit = min(self.operation_timeout, req.end - trio.current_time())
         if limit <= 0:
             return None
         track = req.track
+        started = trio.current_time()
+        scope = trio.CancelScope(deadline=started + limit)
+        waiting = self._waiting.setdefault(origin.name, {})
+        waiting[scope] = scope.deadline
         try:
-            with trio.fail_after(limit):
+            with scope:
                 data = await origin.read(track.path, pos, length)
-        except trio.TooSlowError:
-            req.last = OriginError(
-                errno.ETIMEDOUT, f"no data within {limit:.2f}s", origin=origin.name, path=track.path
-            )
-            self._failed(origin, req.last, pos)
-            return None
         except OriginError as exc:
             req.last = exc
             if is_origin_failure(exc):
@@ -246,6 +279,25 @@ class OriginPool:
             else:
                 req.refused[origin.name] = exc
                 log.warning("read: %s offset=%d", exc, pos)
+            return None
+        finally:
+            own_deadline = waiting.pop(scope)
+        if scope.cancelled_caught:
+            took = trio.current_time() - started
+            if scope.deadline < own_deadline:
+                # The verdict is known (and logged once): no new failure to record.
+                self.stats["abandoned_on_unhealthy"] += 1
+                req.last = OriginError(
+                    errno.ETIMEDOUT,
+                    f"no data after {took:.2f}s, abandoned: the origin was declared unhealthy",
+                    origin=origin.name,
+                    path=track.path,
+                )
+                return None
+            req.last = OriginError(
+                errno.ETIMEDOUT, f"no data within {limit:.2f}s", origin=origin.name, path=track.path
+            )
+            self._failed(origin, req.last, pos)
             return None
         if not data:
             # The catalogued version is longer than what the origin has now: the file

@@ -217,6 +217,67 @@ def test_no_read_outlives_its_deadline_against_a_hanging_origin() -> None:
     assert time.monotonic() - started < 5  # and nothing blocked in real time either
 
 
+def test_reads_waiting_on_an_origin_declared_unhealthy_are_released() -> None:
+    """A rolling storm on a hung origin: reads arrive over 3 s. Once three have timed out
+    the origin is declared unhealthy, and every read still waiting on it gets at most
+    ``hedge_after`` more instead of its own whole operation timeout -- each one holds a
+    kernel FUSE request slot and a worker meanwhile."""
+    a = origin("a")
+    a.set_mode(hang())
+    policy = HealthPolicy(interval=60.0, fail_threshold=3)
+    pool = pool_of(a, operation_timeout=5.0, read_deadline=8.0, health=policy)
+    track = track_on(PATH, DATA, "a")
+
+    async def main() -> list[tuple[float, float, str]]:
+        took: list[tuple[float, float, str]] = []
+
+        async def one(delay: float) -> None:
+            await trio.sleep(delay)
+            start = trio.current_time()
+            with pytest.raises(OriginError) as info:
+                await pool.read(track, 0, 4096)
+            took.append((delay, trio.current_time() - start, str(info.value)))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(30):
+                nursery.start_soon(one, i * 0.1)
+        return took
+
+    took = sorted(virtual(main))
+    assert len(took) == 30
+    # The first three ran out their operation timeout (that is how the verdict came) and
+    # the origin was declared unhealthy at t=5.2: no read waited on past t=6.2 (without
+    # the cut the last one, started at t=2.9, would have waited until t=7.9).
+    ended = [started + t for started, t, _ in took]
+    assert max(ended) <= 5.2 + pool.retry.hedge_after + 0.1, max(ended)
+    abandoned = [m for _, _, m in took if "abandoned: the origin was declared unhealthy" in m]
+    assert len(abandoned) >= 17  # every read started after t=1.2 (later ones' deadlines)
+    assert pool.stats["abandoned_on_unhealthy"] == len(abandoned)
+
+
+def test_a_slow_origin_declared_unhealthy_still_answers_within_the_grace() -> None:
+    a = origin("a")
+    policy = HealthPolicy(interval=60.0, fail_threshold=1)
+    pool = pool_of(a, operation_timeout=5.0, read_deadline=8.0, health=policy)
+    track = track_on(PATH, DATA, "a")
+
+    async def main() -> bytes:
+        a.set_mode(slow(2.0))
+        async with trio.open_nursery() as nursery:
+            result: list[bytes] = []
+
+            async def read() -> None:
+                result.append(await pool.read(track, 0, 10))
+
+            nursery.start_soon(read)
+            await trio.sleep(1.5)
+            # The verdict comes from elsewhere (a failed check) while the read waits.
+            pool.health.record_failure("a", OriginError(errno.ETIMEDOUT, "check", origin="a"))
+        return result[0]
+
+    assert virtual(main) == DATA[:10]  # answered at t=2.0, inside the 1 s grace
+
+
 def test_callers_deadline_is_respected_when_shorter() -> None:
     a = origin("a")
     a.set_mode(hang())
