@@ -248,6 +248,8 @@ def format_cache(cache: dict[str, Any]) -> str:
     mode = cache.get("mode", "?")
     if cache.get("reason"):
         mode += f" ({cache['reason']})"
+    if cache.get("serves_cached"):
+        mode += ", stored chunks still served read-only"
     c = cache.get("counters") or {}
     r = cache.get("reader") or {}
     mib = 2**20

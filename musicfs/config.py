@@ -190,6 +190,8 @@ class CacheSettings:
     chunk_size: int = 1024 * 1024
     # Recently verified chunks kept in RAM: FUSE reads a 1 MiB chunk in 8 pieces.
     memory: int = 16 * 1024 * 1024
+    # How often an unusable cache (passthrough) is tried again: re-opened and repaired.
+    retry_interval: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -290,6 +292,7 @@ _TABLES: dict[str, tuple[type, dict[str, Parser]]] = {
             "min_free": parse_size,
             "chunk_size": parse_size,
             "memory": parse_size,
+            "retry_interval": parse_duration,
         },
     ),
     "timeouts": (
@@ -468,6 +471,7 @@ def finish(settings: Settings) -> Settings:
         ("fuse.read_deadline", settings.fuse.read_deadline),
         ("timeouts.operation", settings.timeouts.operation),
         ("timeouts.health_interval", settings.timeouts.health_interval),
+        ("cache.retry_interval", settings.cache.retry_interval),
     ):
         if value <= 0:
             raise ConfigError("must be greater than zero", file=settings.source, key=key)

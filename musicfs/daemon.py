@@ -180,6 +180,7 @@ class Daemon:
             ChunkStore.from_settings(s.cache_dir, s.cache),
             self._fetch,
             memory_bytes=s.cache.memory,
+            retry_interval=s.cache.retry_interval,
         )
         await self.reader.open()  # start-up repair; a bad cache means passthrough, not exit
         self.library.tag_reader = self.reader.read  # remote tag reads fill the cache

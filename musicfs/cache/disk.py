@@ -117,10 +117,16 @@ class CacheDisk:
         for d in (self.root, self.chunks_dir, self.tmp_dir, self.quarantine_dir):
             d.mkdir(parents=True, exist_ok=True)
 
-    def take_lock(self) -> None:
-        """One process per cache directory; EBUSY names the holder's pid."""
+    def take_lock(self, *, writable: bool = True) -> None:
+        """One process per cache directory; EBUSY names the holder's pid.
+
+        ``writable=False`` locks an existing lock file without writing to it (a read-only
+        cache): flock works on a read-only descriptor and on a read-only filesystem."""
         path = self.root / "lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if writable:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        else:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -131,9 +137,14 @@ class CacheDisk:
                     errno.EBUSY, f"in use by another MusicFS process (pid {holder})"
                 ) from None
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if writable:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
+
+    @property
+    def locked(self) -> bool:
+        return self._lock_fd is not None
 
     def release_lock(self) -> None:
         if self._lock_fd is not None:

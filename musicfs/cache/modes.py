@@ -5,8 +5,9 @@ the one log line an operator gets when the mode changes.
 * ``degraded`` when a chunk could not be stored for lack of space even after eviction
   (data is served uncached, the next successful store clears it);
 * ``passthrough`` when the cache directory is unusable (not a directory, read-only, EIO,
-  permission denied, in use by another process): reads go straight to the origins and
-  the store is retried periodically.
+  permission denied, in use by another process): nothing is written, reads go to the
+  origins and the store is retried periodically -- except for the chunks already stored,
+  which stay served while the cache can still be read (``readonly.py``).
 
 No mode ever fails a read by itself.
 """
@@ -54,7 +55,7 @@ class StoreMode:
         self.mode, self.reason = mode, reason
         if mode == PASSTHROUGH:
             log.error(
-                "cache: %s: passthrough mode, reads go to the origins uncached: %s",
+                "cache: %s: passthrough mode, reads go to the origins and nothing is cached: %s",
                 self.root,
                 reason,
             )

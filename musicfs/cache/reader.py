@@ -16,7 +16,9 @@ else in the FUSE layer knows where the bytes come from.
   costs one origin round trip, not an origin round trip plus an fsync;
 * a slow or hung cache disk is given ``store_deadline`` before the origin is asked;
 * in passthrough mode (unusable cache) reads go straight to the origin and the store is
-  retried every ``retry_interval`` seconds.
+  retried every ``retry_interval`` seconds -- unless the cache can still be read (it only
+  stopped taking writes): then the chunks already stored are still served, verified, and
+  only the rest comes from the origin (see ``readonly.py``).
 """
 
 from __future__ import annotations
@@ -177,6 +179,7 @@ class CachingReader:
         self.store.max_size = settings.cache.max_size
         self.store.min_free = settings.cache.min_free
         self.memory_bytes = settings.cache.memory
+        self.retry_interval = settings.cache.retry_interval
         self._wake.set()
 
     async def _housekeeping(self) -> None:
@@ -213,7 +216,8 @@ class CachingReader:
         self.counters.reads += 1
         if self.store.mode == PASSTHROUGH:
             self.counters.passthrough_reads += 1
-            return await self.fetch(track, offset, end - offset)
+            if not self.store.serves_cached:
+                return await self.fetch(track, offset, end - offset)
         cs = self.store.chunk_size
         first, last = offset // cs, (end - 1) // cs
         parts: list[bytes] = []
@@ -284,9 +288,10 @@ class CachingReader:
         if isinstance(found, Rejected):
             self.counters.repaired += 1
             log.warning(
-                "cache: %r chunk %d repaired: served and re-stored from the origin (%s)",
+                "cache: %r chunk %d repaired: served %s from the origin (%s)",
                 track.path,
                 n,
+                "(not re-stored: read-only cache)" if self.store.serves_cached else "and re-stored",
                 found.problem,
             )
         if len(data) != expected:

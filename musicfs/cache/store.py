@@ -7,7 +7,8 @@ It ties the pieces together, each in its own module:
 * ``index.py``     -- the LMDB index, the point of truth of what is stored;
 * ``repair.py``    -- start-up repair (also ``musicfs fsck --repair``);
 * ``space.py``     -- the account of stored bytes, the budget and LRU eviction;
-* ``modes.py``     -- normal / degraded / passthrough, and which errors lead where.
+* ``modes.py``     -- normal / degraded / passthrough, and which errors lead where;
+* ``readonly.py``  -- passthrough that still serves the stored chunks (unwritable cache).
 
 A write is: chunk file (temp -> fsync -> rename -> fsync dir), then the LMDB commit. A read
 is: index lookup, read the file, verify it against its hash -- every time.
@@ -28,7 +29,7 @@ from typing import Any
 
 import lmdb
 
-from musicfs.cache import repair
+from musicfs.cache import readonly, repair
 from musicfs.cache.chunkfile import HEADER_SIZE, chunk_hash, encode_header, verify
 from musicfs.cache.disk import CacheDisk
 from musicfs.cache.index import VERSION_LEN, ChunkIndex, IndexUnusable
@@ -102,6 +103,8 @@ class ChunkStore:
         self._users = 0
         self._users_cond = threading.Condition()
         self._map_grow = 1
+        # Passthrough, but the index is open read-only and stored chunks are served.
+        self._read_only = False
 
     @classmethod
     def from_settings(cls, cache_dir: Path, settings: CacheSettings) -> ChunkStore:
@@ -135,6 +138,48 @@ class ChunkStore:
     def reason(self) -> str | None:
         return self.state.reason
 
+    @property
+    def serves_cached(self) -> bool:
+        """Passthrough that still serves (verified) chunks stored before the cache became
+        unwritable; nothing is written."""
+        return self._read_only
+
+    def _unusable(self, what: str, exc: BaseException) -> None:
+        """Go passthrough. The index is closed -- a read-write environment on a failing
+        disk is not touched again -- and, if the cache can still be read, re-opened
+        read-only so the chunks already stored keep playing."""
+        self.state.unusable(what, exc)
+        was_read_only = self._read_only
+        self._close_index(flush=False)
+        if not was_read_only:
+            self._serve_read_only()
+
+    def _serve_read_only(self) -> None:
+        took_lock = not self.disk.locked
+        try:
+            if took_lock:
+                self.disk.take_lock(writable=False)
+            index, blobs = readonly.open_read_only(
+                self.disk, map_size=self._index_map_size(), chunk_size=self.chunk_size
+            )
+        except (OSError, IndexUnusable, lmdb.Error) as exc:
+            if took_lock:
+                self.disk.release_lock()
+            log.warning(
+                "cache: %s: stored chunks cannot be served either: %s", self.root, describe(exc)
+            )
+            return
+        self.ledger.load(blobs, blobs)
+        self.index = index
+        self._read_only = True
+        log.warning(
+            "cache: %s: read-only: still serving the %d stored chunks (%.1f MiB, verified on "
+            "every read); nothing is written until the cache is writable again",
+            self.root,
+            len(self.ledger),
+            self.used / 2**20,
+        )
+
     # -- opening, start-up repair and closing ---------------------------------------
 
     def open(self) -> StartupReport | None:
@@ -146,7 +191,7 @@ class ChunkStore:
                 report = self._open_locked()
             except (OSError, IndexUnusable, lmdb.Error) as exc:
                 self._close_locked(flush=False)
-                self.state.unusable(str(self.root), exc)
+                self._unusable(str(self.root), exc)
                 return None
             log.info("cache: %s opened: %s", self.root, report.summary())
             self.state.set(NORMAL, None)
@@ -181,6 +226,12 @@ class ChunkStore:
         """Retry an unusable cache (passthrough): re-open and repair it. True if usable."""
         if self.mode != PASSTHROUGH:
             return True
+        if self._read_only:
+            # Still unwritable? Then keep serving read-only rather than re-open for nothing.
+            try:
+                self.disk.probe_write()
+            except OSError:
+                return False
         return self.open() is not None
 
     def close(self, *, flush: bool = True) -> None:
@@ -203,20 +254,24 @@ class ChunkStore:
                 self._users_cond.notify_all()
 
     def _close_locked(self, *, flush: bool) -> None:
+        self._close_index(flush=flush)
+        self.disk.release_lock()
+
+    def _close_index(self, *, flush: bool) -> None:
         with self._users_cond:
             self._users_cond.wait_for(lambda: self._users == 0, timeout=5.0)
         if self.index is not None:
-            if flush:
+            if flush and not self._read_only:
                 self._flush_access_locked()
             self.index.close()
             self.index = None
-        self.disk.release_lock()
+        self._read_only = False
 
     # -- reads -----------------------------------------------------------------------
 
     def has(self, version: bytes, chunk_no: int) -> bool:
         index = self.index
-        if index is None or self.mode == PASSTHROUGH:
+        if index is None or (self.mode == PASSTHROUGH and not self._read_only):
             return False
         try:
             with self._index_use():
@@ -229,18 +284,20 @@ class ChunkStore:
         self, version: bytes, chunk_no: int, expected: int, *, label: str = ""
     ) -> bytes | Rejected | None:
         """The verified payload of chunk ``chunk_no`` of ``version``; ``None`` on a miss;
-        ``Rejected`` if the stored chunk failed verification (it is quarantined)."""
+        ``Rejected`` if the stored chunk failed verification (it is quarantined, or in
+        read-only passthrough left alone and not read again)."""
         index = self.index
-        if index is None or self.mode == PASSTHROUGH:
+        if index is None or (self.mode == PASSTHROUGH and not self._read_only):
             return None
         try:
             with self._index_use():
                 digest = index.lookup(version, chunk_no)
         except lmdb.Error as exc:
             with self._lock:
-                self.state.unusable("index lookup", exc)
+                if self.index is index:  # else it was closed under us by a switch: a miss
+                    self._unusable("index lookup", exc)
             return None
-        if digest is None:
+        if digest is None or (self._read_only and digest not in self.ledger):
             self.counters.misses += 1
             return None
         path = self.chunk_path(digest)
@@ -284,6 +341,19 @@ class ChunkStore:
     def reject(self, digest: bytes, problem: str, where: str, then: str = "refetching") -> None:
         """Quarantine a chunk that failed verification and forget it."""
         self.counters.corrupt += 1
+        with self._lock:
+            if self._read_only:
+                # Nothing may be written. Forgotten in memory only: the first read after
+                # the cache is writable again finds it bad and quarantines it.
+                log.warning(
+                    "cache: %s: chunk %s is corrupt (%s); left in place (the cache is "
+                    "read-only), fetching from the origin",
+                    where,
+                    digest.hex()[:16],
+                    problem,
+                )
+                self.ledger.forget(digest)
+                return
         log.warning(
             "cache: %s: chunk %s is corrupt (%s); quarantined, %s",
             where,
@@ -295,13 +365,13 @@ class ChunkStore:
             try:
                 self.disk.quarantine(self.chunk_path(digest))
             except OSError as exc:
-                self.state.unusable("quarantining a corrupt chunk", exc)
+                self._unusable("quarantining a corrupt chunk", exc)
             self._forget_locked([digest])
 
     def _forget_locked(self, digests: list[bytes]) -> None:
         for digest in digests:
             self.ledger.forget(digest)
-        if self.index is None:
+        if self.index is None or self._read_only:
             return
         try:
             self.index.drop_blobs(digests)
@@ -335,8 +405,12 @@ class ChunkStore:
         assert self.index is not None
         need = HEADER_SIZE + len(data)
         for attempt in range(2):
+            if self.mode == PASSTHROUGH:
+                return PutResult.SKIPPED  # eviction found the cache unusable
             try:
                 self._make_room(need, hard=attempt > 0)
+                if self.mode == PASSTHROUGH:
+                    return PutResult.SKIPPED
                 self.disk.write_chunk(
                     digest, encode_header(version, chunk_no * self.chunk_size, len(data)), data
                 )
@@ -345,7 +419,7 @@ class ChunkStore:
                 if exc.errno in FULL:
                     continue  # evict harder and retry once
                 if exc.errno in UNUSABLE:
-                    self.state.unusable("writing a chunk", exc)
+                    self._unusable("writing a chunk", exc)
                     return PutResult.SKIPPED
                 self.state.set(DEGRADED, f"writing a chunk: {describe(exc)}")
                 return PutResult.FULL
@@ -361,7 +435,7 @@ class ChunkStore:
                 # LMDB reports a full disk as EIO: ask the filesystem which it was.
                 if self.disk.free_bytes() < 2 * need + self.min_free:
                     continue
-                self.state.unusable("committing the index", exc)
+                self._unusable("committing the index", exc)
                 return PutResult.SKIPPED
             fail_point("cas.put.after_commit")
             self.ledger.add(digest, len(data))
@@ -383,7 +457,7 @@ class ChunkStore:
         map, so eviction cannot help, and growing it needs every reader out of the
         environment: go passthrough; the periodic re-open uses a map twice the size."""
         self._map_grow *= 2
-        self.state.unusable("index map full, re-opening with a larger map", exc)
+        self._unusable("index map full, re-opening with a larger map", exc)
 
     # -- space -----------------------------------------------------------------------
 
@@ -419,23 +493,23 @@ class ChunkStore:
     def evict(self, target: int) -> int:
         """Evict least-recently-used unpinned chunks until at most ``target`` bytes remain."""
         with self._lock:
-            if self.index is None:
-                return 0
             return self._evict_locked(target)
 
     def _evict_locked(self, target: int) -> int:
+        if self.index is None or self._read_only:
+            return 0
         result = evict(self.disk, self.index, self.ledger, target)
         self.counters.evicted += result.chunks
         self.counters.evicted_bytes += result.bytes
         if result.error is not None:
             if result.error.errno in UNUSABLE:
-                self.state.unusable("evicting", result.error)
+                self._unusable("evicting", result.error)
             else:
                 log.warning("cache: eviction stopped: %s", describe(result.error))
         return result.chunks
 
     def _flush_access_locked(self) -> None:
-        if not self.ledger.touched or self.index is None:
+        if not self.ledger.touched or self.index is None or self._read_only:
             return
         touched, self.ledger.touched = self.ledger.touched, {}
         try:
@@ -448,7 +522,7 @@ class ChunkStore:
     def pin(self, version: bytes, chunk_no: int, delta: int = 1) -> bool:
         """Keep a chunk from eviction (``delta=-1`` releases). False if it is not stored."""
         with self._lock:
-            if self.index is None:
+            if self.index is None or self._read_only:
                 return False
             digest = self.index.lookup(version, chunk_no)
             if digest is None or digest not in self.ledger:
@@ -466,6 +540,7 @@ class ChunkStore:
         return {
             "mode": self.mode,
             "reason": self.reason,
+            "serves_cached": self._read_only,
             "dir": str(self.root),
             "chunks": len(self.ledger),
             "size": self.used,

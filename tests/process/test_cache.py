@@ -255,15 +255,16 @@ def failing_ext4(tmp_path: Path) -> Iterator[tuple[Path, Callable[[], None]]]:
         subprocess.run(["umount", "-l", str(where)], check=False, timeout=30)
 
 
-def test_cache_dir_turned_read_only_under_a_running_mount_means_passthrough(
+def test_cache_dir_turned_read_only_under_a_running_mount_means_passthrough_serving_cached(
     tmp_path: Path, failing_ext4: tuple[Path, Callable[[], None]], config: Path
 ) -> None:
     lib, state, expected = scanned_library(tmp_path, albums=2, tracks=3, size=1_500_000)
     where, fail_the_disk = failing_ext4
     cache = where / "cache"
     with MountedDaemon(tmp_path / "mnt", [lib], state, cache_dir=cache, config=config) as d:
-        first = mounted_files(d.mountpoint)[0]
-        sha256(first)
+        files = mounted_files(d.mountpoint)
+        played = {path: sha256(path) for path in files[:2]}  # 3 MB: fits the 5 MiB cache
+        assert set(played.values()) <= set(expected.values())
         wait_until_stored(cache)
         fail_the_disk()
         with pytest.raises(OSError) as info:
@@ -272,7 +273,21 @@ def test_cache_dir_turned_read_only_under_a_running_mount_means_passthrough(
         read_all_exact(d.mountpoint, expected)
         read_all_exact(d.mountpoint, expected)
         d.wait_for_log("passthrough mode")
+        d.wait_for_log("read-only: still serving")
         assert "EROFS" in d.log()
+        # The origin goes away as well: what was cached before the disk failed still
+        # plays, read from the read-only cache and verified.
+        lib.rename(tmp_path / "lib-gone")
+        for path, digest in played.items():
+            forget_page_cache(path)
+            assert sha256(path) == digest
+        unplayed = files[-1]
+        forget_page_cache(unplayed)
+        with pytest.raises(OSError), unplayed.open("rb") as f:
+            f.read(4096)  # never cached: the origin really is gone
+        status = d.status()["cache"]
+        assert status["mode"] == "passthrough" and status["serves_cached"]
+        assert status["counters"]["hits"] > 0
         assert "Traceback" not in d.log()
         assert d.proc is not None and d.proc.poll() is None
 

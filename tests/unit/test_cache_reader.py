@@ -388,6 +388,97 @@ def test_cache_turning_read_only_mid_play_keeps_reads_correct(
     run(body, store, origin)
 
 
+def take_origin_offline(origin: TrackOrigin) -> None:
+    origin.root.rename(origin.root.with_name("origin-gone"))
+
+
+def test_read_only_cache_keeps_cached_audio_playing_with_the_origin_offline(
+    tmp_path: Path, origin: TrackOrigin
+) -> None:
+    store = new_store(tmp_path)
+    content = origin.content["t1.flac"]
+
+    async def body(reader: CachingReader) -> None:
+        assert await read_all(reader, origin, "t1.flac", PIECE) == content  # cached
+        store.fail("open_temp", errno.EROFS)  # the cache disk turns read-only
+        track0 = origin.tracks["t0.flac"]
+        assert await reader.read(track0, 0, 10) == origin.content["t0.flac"][:10]
+        assert reader.status()["mode"] == PASSTHROUGH and reader.status()["serves_cached"]
+        take_origin_offline(origin)
+        fetched = len(origin.fetches)
+        hits = reader.counters.store_hits
+        assert await read_all(reader, origin, "t1.flac", PIECE) == content
+        assert await reader.read(origin.tracks["t1.flac"], CS + 5, 7) == content[CS + 5 : CS + 12]
+        assert len(origin.fetches) == fetched  # every byte from the cache
+        assert reader.counters.store_hits >= hits + 3
+        with pytest.raises(OSError):  # not cached, and the origin really is gone
+            await reader.read(track0, 5 * CS, 10)
+
+    run(body, store, origin, memory_bytes=0)  # no RAM copy: every read is a disk read
+
+
+def test_read_only_cache_serves_a_corrupt_chunk_from_the_origin_and_leaves_it(
+    tmp_path: Path, origin: TrackOrigin, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = new_store(tmp_path)
+    content = origin.content["t1.flac"]
+
+    async def body(reader: CachingReader) -> None:
+        await read_all(reader, origin, "t1.flac", CS)
+        store.fail("open_temp", errno.EROFS)
+        await reader.read(origin.tracks["t0.flac"], 0, 10)
+        assert store.serves_cached
+        path = store.chunk_path(chunk_hash(content[CS : 2 * CS]))
+        raw = bytearray(path.read_bytes())
+        raw[HEADER_SIZE + 100] ^= 0x01
+        path.write_bytes(bytes(raw))
+        del origin.fetches[:]
+        with caplog.at_level(logging.WARNING):
+            assert await read_all(reader, origin, "t1.flac", CS) == content
+        assert origin.fetches == [("t1.flac", CS, CS)]  # only the bad chunk
+        assert path.read_bytes() == bytes(raw)  # left in place: nothing is written
+        assert "left in place" in caplog.text and "not re-stored" in caplog.text
+
+    reader = run(body, store, origin, memory_bytes=0)
+    assert reader.counters.repaired == 1
+
+
+def test_read_only_cache_is_retried_at_the_retry_interval_and_recovers(
+    tmp_path: Path, origin: TrackOrigin
+) -> None:
+    store = new_store(tmp_path)
+    track = origin.tracks["t0.flac"]
+    content = origin.content["t0.flac"]
+
+    async def body(reader: CachingReader) -> None:
+        store.fail("open_temp", errno.EROFS)
+        assert await reader.read(track, 0, 10) == content[:10]
+        with trio.fail_after(10):  # the write behind the read finds out
+            while not store.serves_cached:
+                await trio.sleep(0.02)
+        probes = store.calls.get("open_temp", 0)
+        await trio.sleep(0.6)
+        assert store.calls.get("open_temp", 0) - probes >= 2  # probed, still unwritable
+        assert store.serves_cached
+        store.heal()
+        with trio.fail_after(10):
+            while reader.status()["mode"] != NORMAL:
+                await trio.sleep(0.02)
+        assert await read_all(reader, origin, "t0.flac", PIECE) == content
+        with trio.fail_after(10):
+            while store.counters.stored < 10:  # chunk 0 stayed in RAM
+                await trio.sleep(0.02)
+
+    run(
+        body,
+        store,
+        origin,
+        background=True,
+        retry_interval=0.1,
+        maintain_interval=0.05,
+    )
+
+
 def test_a_hung_cache_disk_falls_back_to_the_origin_within_the_deadline(
     tmp_path: Path, origin: TrackOrigin
 ) -> None:
@@ -450,7 +541,10 @@ def test_a_reload_shrinks_the_cache_in_the_background(tmp_path: Path, origin: Tr
         with trio.fail_after(10):
             while store.counters.stored < 11:  # write-behind catches up
                 await trio.sleep(0.02)
-        await reader.reconfigure(Settings(cache=CacheSettings(max_size=4 * CS, min_free=0)))
+        await reader.reconfigure(
+            Settings(cache=CacheSettings(max_size=4 * CS, min_free=0, retry_interval=5))
+        )
+        assert reader.retry_interval == 5
         with trio.fail_after(10):
             while store.used > 4 * CS:
                 await trio.sleep(0.02)
@@ -466,5 +560,11 @@ def test_status_line_for_musicfs_status(tmp_path: Path, origin: TrackOrigin) -> 
         line = format_cache(reader.status())
         assert line.startswith("  cache: normal, 0 of 4 MiB in 3 chunks")
         assert "origin fetches 3" in line
+        store.fail("open_temp", errno.EROFS)
+        await reader.read(origin.tracks["t0.flac"], 0, 10)
+        line = format_cache(reader.status())
+        assert line.startswith("  cache: passthrough (writing a chunk: ")
+        assert "EROFS)), stored chunks still served read-only, 0 of 4 MiB in 3 chunks" in line
 
-    run(body, new_store(tmp_path), origin)
+    store = new_store(tmp_path)
+    run(body, store, origin)

@@ -4,6 +4,7 @@ index, size limits and eviction, full / read-only / failing cache directories.""
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -13,8 +14,10 @@ import pytest
 
 from musicfs import failpoints
 from musicfs.cache.chunkfile import HEADER_SIZE, chunk_hash
-from musicfs.cache.index import map_key
+from musicfs.cache.disk import CacheDisk
+from musicfs.cache.index import IndexUnusable, map_key
 from musicfs.cache.modes import DEGRADED, NORMAL, PASSTHROUGH
+from musicfs.cache.readonly import open_read_only
 from musicfs.cache.store import ChunkStore, PutResult, Rejected
 from musicfs.failpoints import FailpointPanic
 from tests.support.faulty_store import FaultyStore, noise
@@ -515,7 +518,7 @@ def test_unwritable_cache_means_passthrough_and_recovers_by_probe(
         assert store.put(V1, 1, chunk(1)) is PutResult.SKIPPED
     assert store.mode == PASSTHROUGH
     assert "passthrough" in caplog.text and errno.errorcode[err] in caplog.text
-    assert store.get(V1, 0, CS) is None  # passthrough: no cache reads either
+    assert store.get(V1, 0, CS) == chunk(0)  # what is stored is still served (read-only)
     assert not store.probe()
     store.heal()
     assert store.probe()
@@ -535,6 +538,7 @@ def test_cache_dir_that_is_a_file_means_passthrough(tmp_path: Path) -> None:
     store = ChunkStore(tmp_path / "cache", chunk_size=CS)
     assert store.open() is None
     assert store.mode == PASSTHROUGH and "not a directory" in (store.reason or "")
+    assert not store.serves_cached
     assert store.put(V1, 0, chunk(0)) is PutResult.SKIPPED
     assert store.get(V1, 0, CS) is None
     (tmp_path / "cache").unlink()
@@ -549,10 +553,144 @@ def test_unwritable_cache_at_start_up_means_passthrough(root: Path) -> None:
     assert store.mode == PASSTHROUGH and "EROFS" in (store.reason or "")
 
 
+# -- read-only passthrough: what is stored keeps playing -------------------------------------
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
+    """Every file under ``root``: size, mtime and content hash (to prove nothing changed)."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            st = path.stat()
+            out[str(path.relative_to(root))] = (
+                st.st_size,
+                st.st_mtime_ns,
+                hashlib.sha256(path.read_bytes()).hexdigest(),
+            )
+    return out
+
+
+def go_read_only(store: FaultyStore, err: int = errno.EROFS) -> None:
+    """The cache stops taking writes; the next write finds out."""
+    store.fail("open_temp", err)
+    assert store.put(V2, 99, chunk(99)) is PutResult.SKIPPED
+    assert store.mode == PASSTHROUGH and store.serves_cached
+
+
+@pytest.mark.parametrize("err", [errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM])
+def test_unwritable_cache_still_serves_stored_chunks_and_writes_nothing(
+    store: FaultyStore, err: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    for i in range(4):
+        store.put(V1, i, chunk(i))
+    with caplog.at_level(logging.WARNING):
+        go_read_only(store, err)
+    assert "still serving the 4 stored chunks" in caplog.text
+    status = store.status()
+    assert status["mode"] == PASSTHROUGH and status["serves_cached"] and status["chunks"] == 4
+    before = snapshot(store.root)
+    assert [store.get(V1, i, CS) for i in range(4)] == [chunk(i) for i in range(4)]
+    assert store.has(V1, 3) and not store.has(V2, 99)
+    assert store.get(V2, 99, CS) is None  # never stored: the origin's job
+    assert store.put(V1, 10, chunk(10)) is PutResult.SKIPPED
+    assert not store.pin(V1, 0)
+    assert store.evict(0) == 0 and store.maintain() == 0
+    assert not store.probe()  # still unwritable: stays read-only, nothing re-opened
+    assert store.serves_cached and store.get(V1, 0, CS) == chunk(0)
+    store.close()
+    assert snapshot(store.root) == before
+
+
+@pytest.mark.parametrize("kind", list(CORRUPTIONS))
+def test_read_only_cache_rejects_bad_chunks_but_leaves_them_in_place(
+    store: FaultyStore, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.put(V1, 0, chunk(0))
+    store.put(V1, 1, chunk(1))
+    go_read_only(store)
+    path = store.chunk_path(chunk_hash(chunk(0)))
+    CORRUPTIONS[kind](path)
+    before = snapshot(store.root)
+    with caplog.at_level(logging.WARNING):
+        got = store.get(V1, 0, CS, label="a/b.flac")
+    assert isinstance(got, Rejected)  # the reader fetches it from the origin
+    assert "'a/b.flac' chunk 0" in caplog.text and "left in place" in caplog.text
+    assert store.get(V1, 0, CS) is None  # not read (nor logged) again
+    assert store.get(V1, 1, CS) == chunk(1)
+    assert store.status()["chunks"] == 1
+    assert snapshot(store.root) == before
+    # Writable again: the re-open finds the bad file (or the first read of it does).
+    store.heal()
+    assert store.probe() and store.mode == NORMAL and not store.serves_cached
+    assert not isinstance(store.get(V1, 0, CS), bytes)
+    assert store.get(V1, 1, CS) == chunk(1)
+    assert store.put(V1, 0, chunk(0)) is PutResult.STORED
+    assert store.get(V1, 0, CS) == chunk(0)
+
+
+def test_read_only_cache_read_error_goes_to_the_origin(store: FaultyStore) -> None:
+    store.put(V1, 0, chunk(0))
+    go_read_only(store)
+    before = snapshot(store.root)
+    store.fail("read", errno.EIO, times=1)
+    assert isinstance(store.get(V1, 0, CS), Rejected)
+    assert store.get(V1, 0, CS) is None
+    assert snapshot(store.root) == before
+    store.heal()
+    assert store.probe()
+    assert store.get(V1, 0, CS) == chunk(0)  # it was the read, not the chunk
+
+
+def test_unwritable_cache_at_start_up_serves_what_is_stored(root: Path) -> None:
+    first = make_store(root)
+    for i in range(3):
+        first.put(V1, i, chunk(i))
+    first.close()
+    store = FaultyStore(root, chunk_size=CS, max_size=64 * CS, min_free=0)
+    store.fail("open_temp", errno.EROFS)
+    assert store.open() is None
+    try:
+        assert store.mode == PASSTHROUGH and "EROFS" in (store.reason or "")
+        assert store.serves_cached
+        assert [store.get(V1, i, CS) for i in range(3)] == [chunk(i) for i in range(3)]
+        store.heal()
+        assert store.probe() and store.mode == NORMAL
+        assert store.put(V1, 3, chunk(3)) is PutResult.STORED
+    finally:
+        store.close()
+
+
+def test_a_read_only_index_for_another_chunk_size_is_not_served(root: Path) -> None:
+    first = make_store(root)
+    first.put(V1, 0, chunk(0))
+    first.close()
+    with pytest.raises(IndexUnusable, match="chunk size"):
+        open_read_only(CacheDisk(root), map_size=2**20, chunk_size=2 * CS)
+    index, blobs = open_read_only(CacheDisk(root), map_size=2**20, chunk_size=CS)
+    try:
+        assert list(blobs) == [chunk_hash(chunk(0))]
+        with pytest.raises(lmdb.Error):
+            index.set_meta(b"x", b"y")  # opened read-only: it cannot write
+    finally:
+        index.close()
+
+
+def test_a_read_only_cache_without_a_usable_index_is_plain_passthrough(root: Path) -> None:
+    root.mkdir()
+    (root / "lock").write_text("")
+    store = FaultyStore(root, chunk_size=CS, min_free=0)
+    store.fail("open_temp", errno.EROFS)
+    failpoints.set("cas.index.before_commit", "error(EROFS)")
+    assert store.open() is None
+    assert not store.serves_cached and store.get(V1, 0, CS) is None
+
+
 def test_second_process_on_the_same_cache_dir_gets_passthrough(store: FaultyStore) -> None:
     other = ChunkStore(store.root, chunk_size=CS)
     assert other.open() is None
     assert "in use by another MusicFS" in (other.reason or "")
+    assert not other.serves_cached  # the owner may be writing: its chunks are not ours
+    assert other.get(V1, 0, CS) is None
     assert store.mode == NORMAL
 
 
@@ -562,9 +700,16 @@ def test_lmdb_errors_in_lookups_mean_passthrough(store: FaultyStore) -> None:
     store.index.env.close()  # any lmdb.Error from here on
     assert store.get(V1, 0, CS) is None
     assert store.mode == PASSTHROUGH
+    # The environment itself is sound: re-opened read-only, it serves what is stored...
+    assert store.serves_cached and store.get(V1, 0, CS) == chunk(0)
+    # ...until it fails too: then nothing is read from the cache.
+    assert store.index is not None
+    broken = store.index
+    broken.env.close()
+    assert store.get(V1, 0, CS) is None
+    assert store.mode == PASSTHROUGH and not store.serves_cached and store.index is None
     with pytest.raises(lmdb.Error):
-        store.index.lookup(V1, 0)
-    store.index = None
+        broken.lookup(V1, 0)
 
 
 class SmallMapStore(FaultyStore):

@@ -27,6 +27,7 @@ read_deadline = "2500ms"
 allow_other = true
 [cache]
 max_size = "2G"
+retry_interval = "10s"
 [[origin]]
 url = "/srv/music"
 name = "nas"
@@ -39,6 +40,7 @@ url = "file:///mirror"
     assert s.library.scan_interval == 1800
     assert s.fuse.read_deadline == 2.5 and s.fuse.allow_other
     assert s.cache.max_size == 2 * 1024**3
+    assert s.cache.retry_interval == 10
     assert [o.name for o in s.origins] == ["nas", "local1"]
 
 
@@ -49,6 +51,7 @@ url = "file:///mirror"
         ("[fuse]\nallow_other = true\nread_deadlin = 3\n", 3, "fuse.read_deadlin"),
         ("[[origin]]\nurl = '/a'\n[[origin]]\nurl = '/b'\nkey_fil = 'x'\n", 5, "origin.key_fil"),
         ("[cache]\nmax_size = 'lots'\n", 2, "cache.max_size"),
+        ("[cache]\nmemory = '1M'\nretry_interval = 'soon'\n", 3, "cache.retry_interval"),
         ("[fuse]\nallow_other = 'yes'\n", 2, "fuse.allow_other"),
         ("[library]\ntemplate = '$nope'\n", 2, "library.template"),
     ],
@@ -155,6 +158,7 @@ priority = 1
     ("text", "message"),
     [
         ("[timeouts]\noperation = 0\n", "timeouts.operation: must be greater than zero"),
+        ("[cache]\nretry_interval = '0s'\n", "cache.retry_interval: must be greater than zero"),
         (
             "[timeouts]\nhealth_interval = '20s'\nhealth_max_backoff = '10s'\n",
             "timeouts.health_max_backoff: must not be shorter",
