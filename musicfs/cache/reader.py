@@ -13,7 +13,8 @@ else in the FUSE layer knows where the bytes come from.
 * sequential reads start a bounded read-ahead of the next chunks in the background --
   fetched from the origin if missing, read and verified from disk if cached;
 * fetched chunks are written to the store in the background (write-behind), so a miss
-  costs one origin round trip, not an origin round trip plus an fsync;
+  costs one origin round trip, not an origin round trip plus an fsync; what queues up
+  while one batch is written is stored as the next batch, with one index commit;
 * a slow or hung cache disk is given ``store_deadline`` before the origin is asked;
 * in passthrough mode (unusable cache) reads go straight to the origin and the store is
   retried every ``retry_interval`` seconds -- unless the cache can still be read (it only
@@ -113,7 +114,7 @@ class CachingReader:
         maintain_interval: float = 10.0,
         store_deadline: float = 2.0,
         threads: int = 4,
-        max_pending_puts: int = 4,
+        max_pending_bytes: int = 8 * 1024 * 1024,
         drain_timeout: float = 5.0,
         put_wait: float = 1.0,
     ):
@@ -125,7 +126,7 @@ class CachingReader:
         self.retry_interval = retry_interval
         self.maintain_interval = maintain_interval
         self.store_deadline = store_deadline
-        self.max_pending_puts = max_pending_puts
+        self.max_pending_bytes = max_pending_bytes
         self.drain_timeout = drain_timeout
         self.put_wait = put_wait
         self._put_scopes: set[trio.CancelScope] = set()
@@ -138,7 +139,12 @@ class CachingReader:
         self._flights: dict[ChunkKey, _Flight] = {}
         # version -> (end of the last read, bytes read sequentially up to it)
         self._streams: OrderedDict[bytes, tuple[int, int]] = OrderedDict()
-        self._put_slots = trio.Semaphore(max_pending_puts)
+        # Write-behind: fetched chunks queue here and one task stores them in batches.
+        self._put_queue: list[tuple[bytes, int, bytes]] = []
+        self._put_pending = 0  # bytes queued or being written
+        self._put_progress = trio.Event()  # set (and replaced) after every batch
+        self._writing = False
+        self._drain_until: float | None = None
         self._pending_readahead = 0
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
@@ -164,9 +170,9 @@ class CachingReader:
                     await trio.sleep_forever()
                 finally:
                     # Shutting down: chunks already fetched still get stored, for a while.
-                    drain_until = trio.current_time() + self.drain_timeout
+                    self._drain_until = trio.current_time() + self.drain_timeout
                     for scope in self._put_scopes:
-                        scope.deadline = min(scope.deadline, drain_until)
+                        scope.deadline = min(scope.deadline, self._drain_until)
         finally:
             self._nursery = None
 
@@ -348,39 +354,63 @@ class CachingReader:
             self.counters.uncached += 1
             return
         if self._nursery is None:
-            await self._put(version, n, data)
+            await self._put_batch([(version, n, data)])
             return
-        # Back-pressure: a reader outrunning the cache disk waits for a write slot, but
-        # only briefly -- if the disk is that slow, serve now and store next time.
+        # Back-pressure: a reader outrunning the cache disk waits for room in the queue
+        # (``max_pending_bytes`` bounds the memory it holds), but only briefly -- if the
+        # disk is that slow, serve now and store next time.
         with trio.move_on_after(self.put_wait):
-            await self._put_slots.acquire()
-            self._nursery.start_soon(self._put, version, n, data, True)
+            while self._put_pending and self._put_pending + len(data) > self.max_pending_bytes:
+                await self._put_progress.wait()
+            self._put_queue.append((version, n, data))
+            self._put_pending += len(data)
+            if not self._writing:
+                self._writing = True
+                self._nursery.start_soon(self._write_behind)
             return
         self.counters.uncached += 1
 
-    async def _put(self, version: bytes, n: int, data: bytes, pending: bool = False) -> None:
-        # Shielded: shutdown gives queued writes ``drain_timeout`` to finish (see ``run``).
+    async def _write_behind(self) -> None:
+        """Store queued chunks until the queue is empty. Each batch is whatever queued up
+        while the previous one was being written, stored with one index commit: a folder
+        of small tracks costs a few disk flushes per batch, not four per track."""
+        try:
+            while self._put_queue:
+                batch, self._put_queue = self._put_queue, []
+                try:
+                    await self._put_batch(batch)
+                finally:
+                    self._put_pending -= sum(len(data) for _, _, data in batch)
+                    self._put_progress.set()
+                    self._put_progress = trio.Event()
+        finally:
+            self._writing = False
+
+    async def _put_batch(self, batch: list[tuple[bytes, int, bytes]]) -> None:
+        # Shielded: shutdown gives queued writes ``drain_timeout`` to finish (see ``run``);
+        # a batch started during the drain gets what is left of it.
         scope = trio.CancelScope(shield=True)
+        if self._drain_until is not None:
+            scope.deadline = self._drain_until
         self._put_scopes.add(scope)
         try:
             with scope:
-                result = await trio.to_thread.run_sync(
-                    self.store.put, version, n, data, limiter=self._put_limiter
+                results = await trio.to_thread.run_sync(
+                    self.store.put_many, batch, limiter=self._put_limiter
                 )
             if scope.cancelled_caught:
                 return
-            if result in (PutResult.FULL, PutResult.SKIPPED):
-                self.counters.uncached += 1
+            self.counters.uncached += sum(
+                result in (PutResult.FULL, PutResult.SKIPPED) for result in results
+            )
             if self.store.used > self.store.max_size * HIGH_WATERMARK:
                 self._wake.set()
         except Exception:
             # A bug in the store must not cost the player the bytes it already has.
             self.counters.store_task_errors += 1
-            log.exception("cache: storing chunk %d failed unexpectedly", n)
+            log.exception("cache: storing %d chunks failed unexpectedly", len(batch))
         finally:
             self._put_scopes.discard(scope)
-            if pending:
-                self._put_slots.release()
 
     # -- read-ahead ------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,13 +37,15 @@ class FaultyDisk(CacheDisk):
         self.corrupt_reads = False
         self.calls: dict[str, int] = {}
         self._used = used
+        self._lock = threading.Lock()
 
     def _hit(self, op: str) -> None:
-        self.calls[op] = self.calls.get(op, 0) + 1
-        fault = self.faults.get(op)
-        if fault is None or (fault.times is not None and fault.fired >= fault.times):
-            return
-        fault.fired += 1
+        with self._lock:  # a batch's fsyncs run on several threads at once
+            self.calls[op] = self.calls.get(op, 0) + 1
+            fault = self.faults.get(op)
+            if fault is None or (fault.times is not None and fault.fired >= fault.times):
+                return
+            fault.fired += 1
         raise OSError(fault.err, f"FaultyStore: {op}: {os.strerror(fault.err)}")
 
     def open_temp(self) -> tuple[int, Path]:

@@ -531,6 +531,65 @@ def test_cache_stays_under_max_size_while_playing_a_bigger_library(
     assert store.counters.evicted > 40
 
 
+def test_write_behind_stores_what_queued_up_in_one_batch(tmp_path: Path) -> None:
+    """A slow cache disk: the chunks fetched while one batch is written are stored
+    together as the next batch (one index commit), not one by one."""
+    small = TrackOrigin(tmp_path / "small")
+    small.add_many([700] * 20)
+    store = new_store(tmp_path)
+    failpoints.set("cas.put.before_write", "sleep(300)")
+    batches: list[int] = []
+    put_many = store.put_many
+
+    def counting(items):  # type: ignore[no-untyped-def]
+        batches.append(len(items))
+        return put_many(items)
+
+    store.put_many = counting  # type: ignore[method-assign]
+
+    async def body(reader: CachingReader) -> None:
+        for name, content in small.content.items():
+            assert await read_all(reader, small, name, PIECE) == content
+        with trio.fail_after(20):
+            while store.counters.stored < 20:
+                await trio.sleep(0.01)
+
+    reader = run(body, store, small, background=True)
+    assert sum(batches) == 20
+    assert len(batches) <= 5, batches
+    assert reader.counters.uncached == 0
+
+
+def test_write_behind_holds_at_most_max_pending_bytes(tmp_path: Path, origin: TrackOrigin) -> None:
+    """A cache disk slower than the reads: reads wait for room in the queue only
+    ``put_wait``, then are served uncached -- fetched data never piles up in memory."""
+    failpoints.set("cas.put.before_write", "sleep(400)")
+    store = new_store(tmp_path)
+    peak = 0
+
+    async def body(reader: CachingReader) -> None:
+        nonlocal peak
+
+        async def watch() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, reader._put_pending)
+                await trio.sleep(0)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            started = time.monotonic()
+            assert await read_all(reader, origin, "t0.flac", CS) == origin.content["t0.flac"]
+            assert time.monotonic() - started < 10
+            nursery.cancel_scope.cancel()
+
+    reader = run(
+        body, store, origin, background=True, readahead=0, max_pending_bytes=2 * CS, put_wait=0.05
+    )
+    assert 0 < peak <= 2 * CS
+    assert reader.counters.uncached > 0
+
+
 def test_a_reload_shrinks_the_cache_in_the_background(tmp_path: Path, origin: TrackOrigin) -> None:
     from musicfs.config import CacheSettings, Settings
 

@@ -460,6 +460,97 @@ def test_access_times_persist_so_lru_order_survives_a_restart(store: FaultyStore
         again.close()
 
 
+# -- batches (the reader's write-behind) ------------------------------------------------------
+
+
+def test_a_batch_is_written_with_one_index_commit(store: FaultyStore) -> None:
+    store.put(V1, 0, chunk(0))
+    failpoints.set("cas.index.before_commit", "off")  # counts commits
+    items = [(V1, 0, chunk(0)), (V1, 1, chunk(1)), (V2, 0, chunk(1)), (V1, 2, chunk(2))]
+    results = store.put_many(items)
+    assert failpoints.hits("cas.index.before_commit") == 1
+    # Already stored, new, the same bytes again under another version, new.
+    assert results == [PutResult.EXISTS, PutResult.STORED, PutResult.EXISTS, PutResult.STORED]
+    for version, n, data in items:
+        assert store.get(version, n, CS) == data
+    assert store.status()["chunks"] == 3
+    assert files(store.root, "tmp") == []
+    again = reopen(store)
+    try:
+        assert again.status()["chunks"] == 3
+        assert all(again.get(version, n, CS) == data for version, n, data in items)
+    finally:
+        again.close()
+
+
+@pytest.mark.parametrize("op", ["open_temp", "write", "fsync", "rename", "fsync_dir"])
+def test_a_batch_that_fails_is_stored_one_chunk_at_a_time(store: FaultyStore, op: str) -> None:
+    store.fail(op, errno.EIO, times=1)
+    items = [(V1, i, chunk(i)) for i in range(5)]
+    assert store.put_many(items) == [PutResult.STORED] * 5
+    assert all(store.get(V1, i, CS) == chunk(i) for i in range(5))
+    assert files(store.root, "tmp") == []
+    assert len(files(store.root, "chunks")) == 5
+    assert store.mode == NORMAL
+
+
+def test_a_batch_whose_commit_fails_leaves_no_unrecorded_files(store: FaultyStore) -> None:
+    failpoints.set("cas.index.before_commit", "error(EIO)")
+    assert store.put_many([(V1, i, chunk(i)) for i in range(3)]) == [PutResult.SKIPPED] * 3
+    assert store.mode == PASSTHROUGH  # the chunk-by-chunk path decides, as it always has
+    assert files(store.root, "chunks") == [] and files(store.root, "tmp") == []
+
+
+def test_a_batch_makes_room_for_itself(root: Path) -> None:
+    store = make_store(root, max_size=8 * CS)
+    try:
+        for i in range(7):
+            store.put(V1, i, chunk(i))
+        assert store.put_many([(V2, i, chunk(50 + i)) for i in range(3)]) == [PutResult.STORED] * 3
+        assert store.counters.evicted > 0
+        assert store.used <= 8 * CS
+        assert all(store.get(V2, i, CS) == chunk(50 + i) for i in range(3))
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EDQUOT])
+def test_a_batch_on_a_full_disk_is_degraded_until_a_write_succeeds(
+    store: FaultyStore, err: int
+) -> None:
+    for i in range(10):
+        store.put(V1, i, chunk(i))
+    store.fail("write", err)
+    assert store.put_many([(V2, i, chunk(50 + i)) for i in range(3)]) == [PutResult.FULL] * 3
+    assert store.mode == DEGRADED
+    assert store.counters.evicted > 0  # chunk by chunk, it evicted harder before giving up
+    assert files(store.root, "tmp") == []
+    assert len(files(store.root, "chunks")) == store.status()["chunks"]
+    store.heal()
+    assert store.put_many([(V2, i, chunk(50 + i)) for i in range(3)]) == [PutResult.STORED] * 3
+    assert store.mode == NORMAL
+
+
+@pytest.mark.parametrize(("point", "files_survive"), WRITE_PATH)
+def test_crash_at_each_step_of_a_batch_leaves_a_consistent_store(
+    store: FaultyStore, point: str, files_survive: bool
+) -> None:
+    store.put(V1, 0, chunk(0))
+    failpoints.set(point, "panic")
+    with pytest.raises(FailpointPanic):
+        store.put_many([(V1, i, chunk(i)) for i in range(1, 4)])
+    failpoints.clear()
+    again = reopen(store)
+    try:
+        assert files(again.root, "tmp") == []
+        assert again.get(V1, 0, CS) == chunk(0)
+        for i in range(1, 4):
+            assert again.get(V1, i, CS) == (chunk(i) if files_survive else None)
+        assert again.status()["chunks"] == (4 if files_survive else 1)
+    finally:
+        again.close()
+
+
 # -- full disks ------------------------------------------------------------------------------
 
 
