@@ -134,21 +134,39 @@ def hits(name: str) -> int:
 configure(os.environ.get(ENV_VAR))
 
 
-async def async_fail_point(name: str) -> None:
-    """Like ``fail_point`` but a ``sleep`` action sleeps the calling trio task, not the loop."""
+def _sleep_seconds(name: str) -> float | None:
+    """Fire ``name``'s fault; a ``sleep`` action is not slept but returned (seconds), so
+    an event loop can sleep it in its own way."""
     action = _active.get(name)
     if action is None:
-        return
+        return None
     if action.kind != "sleep":
         fail_point(name)
-        return
+        return None
     with _lock:
         action.hits += 1
         if action.hits <= action.skip or (
             action.times is not None and action.fired >= action.times
         ):
-            return
+            return None
         action.fired += 1
-    import trio  # local: keep this module importable from plain threads and subprocesses
+    return action.arg / 1000
 
-    await trio.sleep(action.arg / 1000)
+
+async def async_fail_point(name: str) -> None:
+    """Like ``fail_point`` but a ``sleep`` action sleeps the calling trio task, not the loop."""
+    seconds = _sleep_seconds(name)
+    if seconds is not None:
+        import trio  # local: keep this module importable from plain threads and subprocesses
+
+        await trio.sleep(seconds)
+
+
+async def asyncio_fail_point(name: str) -> None:
+    """The same for coroutines on an asyncio loop (the SFTP origin's): while a ``sleep``
+    action sleeps, the loop keeps running -- connections can die meanwhile."""
+    seconds = _sleep_seconds(name)
+    if seconds is not None:
+        import asyncio
+
+        await asyncio.sleep(seconds)

@@ -10,7 +10,8 @@
   (``aio_bridge``); trio callers are cancelled and cancel in both directions.
 * A few connections (``connections``) share the load; each has keepalives, a lost one is
   re-established on demand with exponential backoff, and one that stops answering a
-  health check is torn down so the next call starts afresh.
+  health check is torn down so the next call starts afresh. A call that finds its
+  pooled SFTP session already ended retries once on a fresh connection.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import asyncssh
 import trio
 
 from musicfs.config import OriginSettings, OriginTimeouts
-from musicfs.failpoints import fail_point
+from musicfs.failpoints import asyncio_fail_point, fail_point
 from musicfs.origins.aio_bridge import AsyncioThread, BridgeCancelled
 from musicfs.origins.base import Listing, OriginEntry, OriginError
 from musicfs.origins.health import backoff_delay
@@ -44,6 +45,10 @@ T = TypeVar("T")
 
 OPEN_FILES_PER_CONNECTION = 16
 LIST_PARALLEL = 8
+# What asyncssh raises when a request meets an SFTP session that has ended: already
+# closed (the request was never sent), or closed by the server's end of the channel while
+# the SSH connection itself stayed up. (A lost connection raises ConnectionLost instead.)
+_SESSION_ENDED = (asyncssh.SFTPNoConnection, asyncssh.SFTPConnectionLost)
 
 
 @dataclass
@@ -57,7 +62,9 @@ class _Slot:
     connecting: asyncio.Lock | None = None
 
     def alive(self) -> bool:
-        return self.conn is not None and self.sftp is not None
+        # is_closed() as well: a connection can die while nobody is watching the slot
+        # (see _connect), and a dead one must never be handed out.
+        return self.conn is not None and self.sftp is not None and not self.conn.is_closed()
 
     def drop(self) -> None:
         conn, self.conn, self.sftp = self.conn, None, None
@@ -300,15 +307,23 @@ class SFTPOrigin:
                 self.timeout,
             )
             sftp = await asyncio.wait_for(conn.start_sftp_client(), self.timeout)
+            await asyncio_fail_point("origin.sftp.connected")
+            if check is not None and check.new_key is not None:
+                await asyncio.to_thread(self._save_host_key, check.new_key)
+            if conn.is_closed():
+                # The server went away after the handshake, before this coroutine ran
+                # again: connection_lost found no slot to clear then, so the connection
+                # must not be handed out now.
+                raise self._err(
+                    errno.ECONNRESET,
+                    f"connection to {self._where()} closed while it was being set up",
+                )
         except BaseException as exc:
             if conn is not None:
                 conn.abort()
             if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
                 raise
             raise self._connect_error(exc, check) from None
-        assert check is not None
-        if check.new_key is not None:
-            await asyncio.to_thread(self._save_host_key, check.new_key)
         slot.conn, slot.sftp = conn, sftp
         slot.files.clear()
         log.info(
@@ -377,6 +392,9 @@ class SFTPOrigin:
         if isinstance(exc, asyncssh.SFTPConnectionLost):
             slot.drop()
             return self._err(errno.ECONNRESET, f"connection lost: {exc.reason}", path)
+        if isinstance(exc, asyncssh.SFTPNoConnection):
+            slot.drop()
+            return self._err(errno.ECONNRESET, f"connection already closed: {exc.reason}", path)
         if isinstance(exc, asyncssh.SFTPNoSuchFile):
             return self._err(errno.ENOENT, "no such file on the server", path)
         if isinstance(exc, asyncssh.SFTPPermissionDenied):
@@ -399,15 +417,44 @@ class SFTPOrigin:
         op: Callable[[_Slot], Awaitable[T]],
         *,
         force: bool = False,
-        timeout: float | None = None,
+        drop_on_cancel: bool = False,
     ) -> T:
+        """Run ``op`` on a pooled connection within the operation timeout. A pooled SFTP
+        session that has ended -- found closed when ``op`` used it (its connection died
+        unseen), or ended by the server's SFTP subsystem exiting while the SSH connection
+        stayed up -- says nothing about the server: the slot is dropped and ``op``
+        retried once on a fresh connection, inside the same deadline. A lost SSH
+        connection is an outage and is reported at once."""
         slot = await self._session(force=force)
-        try:
-            return await asyncio.wait_for(op(slot), timeout or self.timeout)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            raise self._sftp_error(exc, path, slot) from None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        retried = False
+        while True:
+            try:
+                return await asyncio.wait_for(op(slot), deadline - loop.time())
+            except asyncio.CancelledError:
+                if drop_on_cancel:
+                    slot.drop()
+                raise
+            except Exception as exc:
+                if retried or not isinstance(exc, _SESSION_ENDED):
+                    raise self._sftp_error(exc, path, slot) from None
+                log.info(
+                    "sftp: origin=%s path=%r: connection %d was already closed (%s); "
+                    "retrying on a fresh one",
+                    self._name,
+                    path or "",
+                    slot.index,
+                    exc.reason,
+                )
+                slot.drop()
+            retried = True
+            try:
+                slot = await asyncio.wait_for(self._session(force=force), deadline - loop.time())
+            except TimeoutError:
+                raise self._err(
+                    errno.ETIMEDOUT, f"no answer within {self.timeout:g}s", path
+                ) from None
 
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run an asyncio-side coroutine from trio."""
@@ -480,24 +527,10 @@ class SFTPOrigin:
             ):
                 raise self._err(errno.ENOTDIR, f"{root} on the server is not a folder", "")
 
-        async def run() -> None:
-            slot: _Slot | None = None
-            try:
-                slot = await self._session(force=True)
-                await asyncio.wait_for(op(slot), self.timeout)
-            except asyncio.CancelledError:
-                # A healthy server answers a stat in milliseconds; one that did not answer
-                # in the check's time has a dead connection: tear it down so the next call
-                # reconnects instead of waiting on it.
-                if slot is not None:
-                    slot.drop()
-                raise
-            except Exception as exc:
-                if slot is None:
-                    raise
-                raise self._sftp_error(exc, "", slot) from None
-
-        await self._call(run)
+        # A healthy server answers a stat in milliseconds; one that did not answer in the
+        # check's time (drop_on_cancel) has a dead connection: tear it down so the next
+        # call reconnects instead of waiting on it.
+        await self._call(lambda: self._with_session("", op, force=True, drop_on_cancel=True))
 
     async def list(self) -> Listing:
         return await self._call(self._list)

@@ -3,6 +3,7 @@ kind of bad input: each gives the right errno, a log line naming origin and path
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 import pytest
 import trio
 
+from musicfs import failpoints
 from musicfs.catalog.model import Source, Track
 from musicfs.catalog.tags import Tags
 from musicfs.config import OriginSettings, OriginTimeouts
@@ -305,6 +307,89 @@ def test_kill_server_mid_read_then_restart(sshd: SSHServer, world_dir: Path) -> 
             await o.check()
         await trio.to_thread.run_sync(sshd.start)
         await o.check()  # health checks reconnect at once, whatever the read backoff
+        assert await o.read("artist/album/02.flac", 0, 5) == b"small"
+
+    run(o, main)
+
+
+def _sftp_session_pids(server: SSHServer) -> list[int]:
+    """The sshd children serving an SFTP subsystem (not the connections themselves)."""
+    found = []
+    for pid in server.ns.pids():
+        with contextlib.suppress(OSError):
+            if b"internal-sftp" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+    return found
+
+
+def test_ended_sftp_session_under_a_live_connection_is_retried_on_a_fresh_one(
+    sshd: SSHServer, world_dir: Path
+) -> None:
+    """The server's SFTP subsystem exits but the SSH connection stays up: the pooled slot
+    still looks connected. The next read and check must drop it and succeed on a fresh
+    connection (not report "Connection not open" -- the origin is fine)."""
+    import asyncio
+
+    o = origin(sshd, library(world_dir), connections=1)
+
+    async def main() -> None:
+        await o.check()
+        assert await o.read("artist/album/02.flac", 0, 5) == b"small"  # a cached handle
+        slot = o._slots[0]
+        old_conn, sftp = slot.conn, slot.sftp
+        assert sftp is not None
+        pids = _sftp_session_pids(sshd)
+        assert len(pids) == 1, pids
+        os.kill(pids[0], signal.SIGKILL)
+        # Wait for the actual condition: the client saw its SFTP channel close.
+        await o._aio.call(lambda: asyncio.wait_for(sftp.wait_closed(), 30))
+        assert slot.alive(), "the SSH connection should outlive its SFTP session"
+        started = trio.current_time()
+        assert await o.read("artist/album/02.flac", 0, 5) == b"small"
+        assert trio.current_time() - started < TIMEOUT
+        assert slot.conn is not old_conn
+        # The same for a health check.
+        for pid in _sftp_session_pids(sshd):
+            os.kill(pid, signal.SIGKILL)
+        sftp = slot.sftp
+        assert sftp is not None
+        await o._aio.call(lambda: asyncio.wait_for(sftp.wait_closed(), 30))
+        await o.check()
+
+    run(o, main)
+
+
+def test_connection_that_dies_while_being_set_up_is_never_handed_out(
+    sshd: SSHServer, world_dir: Path
+) -> None:
+    """The race behind a flaky restart: a (background) connect finishes its handshake,
+    the server dies before the connecting coroutine resumes, and the connection-lost
+    callback finds no slot to clear. That dead connection must not become a pooled
+    "alive" slot that fails every later call with "Connection not open"."""
+    o = origin(sshd, library(world_dir), connections=1)
+    # Holds the connect between the handshake and handing the slot out, with the loop
+    # running (so the server's death is noticed meanwhile).
+    failpoints.set("origin.sftp.connected", "1*sleep(3000)")
+
+    async def main() -> None:
+        errors: list[OriginError] = []
+
+        async def first_check() -> None:
+            with pytest.raises(OriginError) as info:
+                await o.check()
+            errors.append(info.value)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(first_check)
+            while failpoints.hits("origin.sftp.connected") == 0:
+                await trio.sleep(0.01)
+            await trio.to_thread.run_sync(sshd.kill)
+            assert not errors, "the kill must land while the connect is held"
+        assert errors[0].errno == errno.ECONNRESET, errors[0]
+        assert "while it was being set up" in str(errors[0])
+        assert not o._slots[0].alive()
+        await trio.to_thread.run_sync(sshd.start)
+        await o.check()
         assert await o.read("artist/album/02.flac", 0, 5) == b"small"
 
     run(o, main)

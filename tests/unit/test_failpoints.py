@@ -7,7 +7,7 @@ import pytest
 import trio
 
 from musicfs import failpoints
-from musicfs.failpoints import FailpointPanic, async_fail_point, fail_point
+from musicfs.failpoints import FailpointPanic, async_fail_point, asyncio_fail_point, fail_point
 
 
 def test_disabled_failpoint_does_nothing() -> None:
@@ -60,6 +60,28 @@ def test_async_sleep_does_not_block_the_loop() -> None:
 
     trio.run(main)
     assert len(ticks) == 5
+
+
+def test_asyncio_sleep_does_not_block_the_loop() -> None:
+    import asyncio
+
+    failpoints.set("slow", "1*sleep(200)")
+    ticks = []
+
+    async def ticker() -> None:
+        for _ in range(5):
+            ticks.append(1)
+            await asyncio.sleep(0.02)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(ticker())
+        await asyncio_fail_point("slow")
+        assert len(ticks) == 5  # the loop ran the ticker while the failpoint slept
+        await asyncio_fail_point("slow")  # fired once only: no second sleep
+        await task
+
+    asyncio.run(main())
+    assert failpoints.hits("slow") == 2
 
 
 def test_exit_action_ends_the_process_immediately() -> None:
