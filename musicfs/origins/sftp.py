@@ -279,6 +279,12 @@ class SFTPOrigin:
             return self._err(errno.ETIMEDOUT, f"no answer from {where} within {self.timeout:g}s")
         if isinstance(exc, ConnectionRefusedError):
             return self._err(errno.ECONNREFUSED, f"connection to {where} refused")
+        if isinstance(exc, ConnectionError):
+            # EPIPE / ECONNABORTED / ECONNRESET: the server dropped the connection while
+            # it was being set up (it is going down) -- to a caller, a reset connection.
+            return self._err(
+                errno.ECONNRESET, f"connection to {where} dropped during set-up: {exc.strerror}"
+            )
         if isinstance(exc, OSError) and exc.errno:
             return self._err(exc.errno, f"cannot connect to {where}: {exc.strerror or exc}")
         if isinstance(exc, asyncssh.Error):
