@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 import trio
 
@@ -28,6 +29,14 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 # Bytes [offset, offset+length) of a track, through the chunk cache (``Reader.read``).
 ReadTrack = Callable[[Track, int, int], Awaitable[bytes]]
+# What reading one file's tags came to: its tags, or why they are unreadable (listed under
+# its file name), or the OSError that kept us from reading it (skipped until next sync).
+TagOutcome = tuple[Tags | None, str | None] | OSError
+OpenSync = Callable[[str], BinaryIO]
+# Files of a local folder whose tags one worker thread parses in a row. A hop through the
+# event loop per file cost about as much as parsing a small file: 10,000 small files
+# measured 4.2 s -> 3.1 s from a cold page cache, 3.6 s -> 2.3 s warm.
+LOCAL_GROUP = 25
 
 
 @dataclass
@@ -62,7 +71,23 @@ def _as_track(origin: Origin, entry: OriginEntry) -> Track:
     )
 
 
-async def _read_one(
+def _parse_local(open_sync: OpenSync, entries: Sequence[OriginEntry]) -> list[TagOutcome]:
+    """Tags of files in a local folder, read as plain files (no event-loop hop per read,
+    nothing to cache), one after the other in the calling worker thread."""
+    outcomes: list[TagOutcome] = []
+    for entry in entries:
+        try:
+            fail_point("sync.read_tags")
+            with open_sync(entry.path) as local:
+                outcomes.append((read_tags(local, entry.path), None))
+        except TagError as exc:
+            outcomes.append((None, str(exc)))
+        except OSError as exc:
+            outcomes.append(exc)
+    return outcomes
+
+
+async def _read_remote(
     origin: Origin,
     entry: OriginEntry,
     limiter: trio.CapacityLimiter,
@@ -75,14 +100,8 @@ async def _read_one(
             return await read_track(track, offset, length)
         return await origin.read(entry.path, offset, length)
 
-    # A local folder is read as a plain file: no event-loop hop per read, nothing to cache.
-    open_sync = getattr(origin, "open_sync", None)
-
     def parse() -> Tags:
         fail_point("sync.read_tags")
-        if open_sync is not None:
-            with open_sync(entry.path) as local:
-                return read_tags(local, entry.path)
         with open_buffered(read_range, entry.size, entry.path) as f:
             raw = f.raw
             assert isinstance(raw, OriginFile)
@@ -149,6 +168,8 @@ async def sync_origin(
             on_batch()
 
     limiter = trio.CapacityLimiter(parallel)
+    # A local folder is read as plain files, a group per worker thread (``_parse_local``).
+    open_sync: OpenSync | None = getattr(origin, "open_sync", None)
     done = 0
     if progress:
         progress(0, len(to_scan))
@@ -156,20 +177,21 @@ async def sync_origin(
         chunk = to_scan[start : start + batch_size]
         batch: list[tuple[str, int, int, str | None, Tags | None, str | None]] = []
 
-        async def scan(entry: OriginEntry, batch=batch) -> None:  # type: ignore[no-untyped-def]
+        def note(entry: OriginEntry, outcome: TagOutcome, batch=batch) -> None:  # type: ignore[no-untyped-def]
             nonlocal done
-            try:
-                tags, error = await _read_one(origin, entry, limiter, read_track)
-            except OriginError as exc:
+            if isinstance(outcome, OriginError):
                 # Could not read it now (permissions, network): try again next sync
                 # rather than record a false "broken tags".
-                log.warning("sync: %s; skipped until the next sync", exc)
+                log.warning("sync: %s; skipped until the next sync", outcome)
                 result.skipped += 1
                 return
-            except OSError as exc:
-                log.warning("sync: origin=%s path=%r: %s; skipped", origin.name, entry.path, exc)
+            if isinstance(outcome, OSError):
+                log.warning(
+                    "sync: origin=%s path=%r: %s; skipped", origin.name, entry.path, outcome
+                )
                 result.skipped += 1
                 return
+            tags, error = outcome
             if error is not None:
                 log.warning(
                     "sync: origin=%s path=%r: unreadable tags, listed under its file name (%s)",
@@ -183,9 +205,29 @@ async def sync_origin(
             if progress:
                 progress(done, len(to_scan))
 
+        async def scan(entry: OriginEntry) -> None:
+            try:
+                outcome: TagOutcome = await _read_remote(origin, entry, limiter, read_track)
+            except OSError as exc:
+                outcome = exc
+            note(entry, outcome)
+
+        async def scan_local(open_sync: OpenSync, group: list[OriginEntry]) -> None:
+            outcomes = await trio.to_thread.run_sync(
+                _parse_local, open_sync, group, limiter=limiter
+            )
+            for entry, outcome in zip(group, outcomes, strict=True):
+                note(entry, outcome)
+
         async with trio.open_nursery() as nursery:
-            for entry in chunk:
-                nursery.start_soon(scan, entry)
+            if open_sync is None:
+                for entry in chunk:
+                    nursery.start_soon(scan, entry)
+            else:
+                # Small enough groups that every worker thread gets some.
+                size = max(1, min(LOCAL_GROUP, -(-len(chunk) // parallel)))
+                for k in range(0, len(chunk), size):
+                    nursery.start_soon(scan_local, open_sync, chunk[k : k + size])
         batch.sort(key=lambda item: item[0])
         await catalog.run(catalog.upsert, origin.name, batch)
         result.added_or_changed += len(batch)
