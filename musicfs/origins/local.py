@@ -28,6 +28,7 @@ class LocalOrigin:
         # Threads may be abandoned when a request's deadline passes (a hung NFS mount);
         # the limiter keeps such a hang from eating every worker thread.
         self._limiter = trio.CapacityLimiter(max_threads)
+        self._root_real: str | None = None
 
     @property
     def name(self) -> str:
@@ -46,8 +47,13 @@ class LocalOrigin:
         err = exc.errno or errno.EIO
         return OriginError(err, exc.strerror or str(exc), origin=self._name, path=path)
 
-    def _real_root(self) -> str:
-        return os.path.realpath(self.root)
+    def _real_root(self, *, refresh: bool = False) -> str:
+        """The root with its symlinks resolved: re-resolved by every listing and health
+        check, remembered in between (resolving it for every read cost a stat per
+        component of its path)."""
+        if refresh or self._root_real is None:
+            self._root_real = os.path.realpath(self.root)
+        return self._root_real
 
     def _inside(self, real_root: str, real: str) -> bool:
         return real == real_root or real.startswith(real_root.rstrip("/") + "/")
@@ -58,7 +64,7 @@ class LocalOrigin:
         if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
             raise OriginError(errno.EINVAL, "invalid path", origin=self._name, path=path)
         real_root = self._real_root()
-        real = os.path.realpath(os.path.join(real_root, path))
+        real = _walk_beneath(real_root, parts)
         if not self._inside(real_root, real):
             raise OriginError(
                 errno.EACCES, "path escapes the origin root", origin=self._name, path=path
@@ -68,7 +74,7 @@ class LocalOrigin:
     # -- listing ---------------------------------------------------------------------
 
     def _list_sync(self) -> Listing:
-        real_root = self._real_root()
+        real_root = self._real_root(refresh=True)
         if not os.path.isdir(real_root):
             raise OriginError(
                 errno.ENOENT, "origin root is not a directory", origin=self._name, path=""
@@ -195,6 +201,7 @@ class LocalOrigin:
 
     def _check_sync(self) -> None:
         fail_point("origin.local.check")
+        self._real_root(refresh=True)
         try:
             if not os.path.isdir(self.root):
                 raise OriginError(
@@ -211,3 +218,21 @@ class LocalOrigin:
 
     async def aclose(self) -> None:
         return None
+
+
+def _walk_beneath(real_root: str, parts: list[str]) -> str:
+    """``realpath(real_root/parts...)`` for a ``real_root`` that has no symlinks: one
+    ``lstat`` per component of ``parts`` instead of per component of the whole path. Any
+    symlink (or anything unusual) on the way falls back to ``os.path.realpath``."""
+    current = real_root
+    try:
+        for part in parts:
+            candidate = f"{current}/{part}" if current != "/" else f"/{part}"
+            if stat_mod.S_ISLNK(os.lstat(candidate).st_mode):
+                break
+            current = candidate
+        else:
+            return current
+    except OSError:
+        pass  # missing or unreadable: realpath says what it can, open() says the rest
+    return os.path.realpath(os.path.join(real_root, *parts))

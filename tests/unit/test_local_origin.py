@@ -45,6 +45,41 @@ def test_symlinks_escaping_the_root_are_skipped_and_refused(tmp_path: Path, capl
             run(origin.read, bad, 0, 10)
 
 
+def test_a_symlinked_folder_on_the_way_is_checked_whatever_it_points_at(tmp_path: Path) -> None:
+    """Reads resolve the path below the (remembered) real root one component at a time; a
+    symlink anywhere on the way is resolved in full and must stay inside the root."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "real" / "album").mkdir(parents=True)
+    (outside / "album").mkdir(parents=True)
+    (root / "real" / "album" / "t.flac").write_bytes(b"inside")
+    (outside / "album" / "t.flac").write_bytes(b"secret")
+    (root / "alias").symlink_to(root / "real")  # a folder alias that stays inside
+    (root / "away").symlink_to(outside)  # a folder that leads out
+    origin = LocalOrigin("o", root)
+    assert run(origin.read, "real/album/t.flac", 0, 10) == b"inside"
+    assert run(origin.read, "alias/album/t.flac", 0, 10) == b"inside"
+    with pytest.raises(OriginError) as info:
+        run(origin.read, "away/album/t.flac", 0, 10)
+    assert info.value.errno == errno.EACCES
+    with pytest.raises(OriginError) as info:
+        run(origin.read, "real/missing/t.flac", 0, 10)
+    assert info.value.errno == errno.ENOENT
+
+
+def test_a_root_that_is_a_symlink_is_followed_again_by_the_next_check(tmp_path: Path) -> None:
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    (tmp_path / "one" / "t.flac").write_bytes(b"first")
+    (tmp_path / "two" / "t.flac").write_bytes(b"second")
+    (tmp_path / "music").symlink_to(tmp_path / "one")
+    origin = LocalOrigin("o", tmp_path / "music")
+    assert run(origin.read, "t.flac", 0, 10) == b"first"
+    (tmp_path / "music").unlink()
+    (tmp_path / "music").symlink_to(tmp_path / "two")
+    run(origin.check)  # the health check (and every listing) resolves the root anew
+    assert run(origin.read, "t.flac", 0, 10) == b"second"
+
+
 def test_directory_loops_terminate(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "t.mp3").write_bytes(b"x")
