@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     for name in wanted:
         print(f"\n## {name}\n", flush=True)
+        # Taken before the run: the load it started under and the code it measured, not
+        # whatever was checked out by the time it finished.
+        started = environment()
         try:
             module = importlib.import_module(f"bench.{name}")
             report = module.main()
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                 failed.append(name)
             continue
         if isinstance(report, Report):
-            report.environment = {**environment(), **report.environment}
+            report.environment = {**report.environment, **started}
             path = report.save()
             print(report.markdown())
             print(f"\nsaved {path}", flush=True)
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             # A standalone bench's own figures: kept as they are, with the machine's details.
             RESULTS_DIR.mkdir(parents=True, exist_ok=True)
             path = RESULTS_DIR / f"{name.removeprefix('bench_')}-latest.json"
-            data = {"results": report, "environment": environment()}
+            data = {"results": report, "environment": started}
             path.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
             print(f"\nsaved {path}", flush=True)
     if failed:

@@ -39,6 +39,7 @@ import pyfuse3
 import trio
 
 from musicfs import control
+from musicfs.allocator import limit_malloc_arenas
 from musicfs.cache.reader import CachingReader
 from musicfs.cache.store import ChunkStore
 from musicfs.catalog.db import Catalog, SchemaTooNew
@@ -678,6 +679,7 @@ def _leaves(exc: BaseException) -> Iterator[BaseException]:
 
 
 def run_daemon(settings: Settings, reload: Callable[[], Settings] | None = None) -> int:
+    limit_malloc_arenas()
     daemon = Daemon(settings, reload=reload)
     try:
         return trio.run(daemon.run)
