@@ -53,6 +53,7 @@ from musicfs.library import Library, TreePublisher, open_pool
 from musicfs.mounts import MountpointError, lazy_unmount, prepare_mountpoint
 from musicfs.notify import Notifier, watchdog_interval
 from musicfs.reload import plan_reload
+from musicfs.resources import leaves, only_shortage
 from musicfs.search import SearchIndex
 from musicfs.supervisor import Policy, Supervisor
 from musicfs.watchdog import Watchdog, probe_mount
@@ -69,6 +70,8 @@ READY_TIMEOUT = 15.0
 FUSECTL_TIMEOUT = 5.0  # sysfs answers at once; a bound all the same
 STATUS_INTERVAL = 1.0  # checked this often; sent only when it changed
 CLOSE_TIMEOUT = 10.0
+FUSE_RESTART_FIRST_PAUSE = 0.1  # after pyfuse3's workers failed for want of memory
+FUSE_RESTART_MAX_PAUSE = 5.0
 
 
 class StartupError(Exception):
@@ -146,6 +149,7 @@ class Daemon:
         self._shutdown = trio.Event()
         self._sync_now = trio.Event()
         self._fuse_done = trio.Event()
+        self.fuse_restarts = 0
         self._fuse_scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
         self._mounted = False
@@ -215,7 +219,7 @@ class Daemon:
         try:
             with trio.CancelScope() as scope:
                 self._fuse_scope = scope
-                await pyfuse3.main(min_tasks=4, max_tasks=self.settings.fuse.max_tasks)
+                await self._serve_fuse()
         finally:
             self._fuse_done.set()
         if self.state not in ("stopping", "stopped"):
@@ -223,6 +227,39 @@ class Daemon:
             log.info("%s was unmounted from outside; stopping", self.mountpoint)
             self._mounted = False
             self.request_shutdown()
+
+    async def _serve_fuse(self) -> None:
+        """pyfuse3's worker loop, started again when it fails for want of memory.
+
+        A new pyfuse3 worker allocates its request buffer (about 1 MiB) on its first
+        request; when that fails, pyfuse3.main raises ENOMEM and takes every worker with
+        it. The session and its queued requests survive, and the requests in flight were
+        answered EIO (``fuse_ops`` answers a cancelled request), so serving resumes once
+        memory is back instead of the daemon dying and leaving a dead mount behind.
+        Anything else still ends the daemon."""
+        pause = FUSE_RESTART_FIRST_PAUSE
+        while True:
+            started = trio.current_time()
+            try:
+                await pyfuse3.main(min_tasks=4, max_tasks=self.settings.fuse.max_tasks)
+                return
+            except (OSError, BaseExceptionGroup) as exc:
+                short = only_shortage(exc)
+                if short is None or self.state in ("stopping", "stopped"):
+                    raise
+                self.fuse_restarts += 1
+                log.warning(
+                    "fuse: a worker could not start (%s); FUSE workers restarted in %.1fs",
+                    short.strerror,
+                    pause,
+                )
+            await trio.sleep(pause)
+            served = trio.current_time() - started
+            pause = (
+                FUSE_RESTART_FIRST_PAUSE
+                if served > 10 * FUSE_RESTART_MAX_PAUSE
+                else min(pause * 2, FUSE_RESTART_MAX_PAUSE)
+            )
 
     async def _wait_until_answering(self) -> None:
         """READY=1 only once a request through the kernel comes back from our workers."""
@@ -415,6 +452,8 @@ class Daemon:
                 "deadline_misses": st.deadline_misses,
                 "inflight": st.inflight,
                 "unexpected": st.unexpected,
+                "cancelled": st.cancelled,
+                "worker_restarts": self.fuse_restarts,
                 "max_background": self.fuse_limits.after.max_background
                 if self.fuse_limits
                 else None,
@@ -670,14 +709,6 @@ def _status_of(component: object) -> object:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield exc
-
-
 def run_daemon(settings: Settings, reload: Callable[[], Settings] | None = None) -> int:
     limit_malloc_arenas()
     daemon = Daemon(settings, reload=reload)
@@ -691,7 +722,7 @@ def run_daemon(settings: Settings, reload: Callable[[], Settings] | None = None)
         log.critical("daemon failed", exc_info=exc)
         return EXIT_FAILURE
     except BaseExceptionGroup as group:
-        for leaf in _leaves(group):
+        for leaf in leaves(group):
             if isinstance(leaf, StartupError | MountpointError):
                 raise leaf from None
         log.critical("daemon stopped after an uncaught error", exc_info=group)

@@ -29,6 +29,7 @@ from musicfs.catalog.tree import Node, Tree
 from musicfs.config import FuseSettings
 from musicfs.failpoints import async_fail_point
 from musicfs.origins.base import OriginError
+from musicfs.resources import shortage
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -49,6 +50,7 @@ class OpStats:
     deadline_misses: int = 0
     inflight: int = 0
     unexpected: int = 0
+    cancelled: int = 0  # answered EIO because the workers were torn down under them
     max_read_seconds: float = 0.0
     by_op: dict[str, int] = field(default_factory=dict)
 
@@ -75,7 +77,19 @@ def _guard(name: str) -> Callable[[Handler[P, R]], Handler[P, R]]:
                 return await fn(*args, **kwargs)
             except pyfuse3.FUSEError:
                 raise
-            except Exception:
+            except trio.Cancelled:
+                # The FUSE workers are being torn down under this request (a forced exit,
+                # or pyfuse3's main loop failing and being restarted). The kernel still
+                # waits for an answer, and without one the caller hangs until the mount
+                # is aborted: answer EIO. The cancellation is not lost: it is raised again
+                # at the worker's next checkpoint.
+                stats.cancelled += 1
+                raise pyfuse3.FUSEError(errno.EIO) from None
+            except Exception as exc:
+                short = shortage(exc)
+                if short is not None:
+                    log.warning("fuse %s: %s, errno=EIO", name, short.strerror)
+                    raise pyfuse3.FUSEError(errno.EIO) from None
                 stats.unexpected += 1
                 log.exception("fuse %s: unexpected error, answering EIO", name)
                 raise pyfuse3.FUSEError(errno.EIO) from None

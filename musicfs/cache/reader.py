@@ -40,6 +40,7 @@ from musicfs.cache.store import ChunkStore, PutResult, Rejected
 from musicfs.catalog.model import Track
 from musicfs.config import Settings
 from musicfs.failpoints import async_fail_point
+from musicfs.resources import describe, shortage
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +256,10 @@ class CachingReader:
             err = flight.error
             if isinstance(err, OSError):
                 raise OSError(err.errno, err.strerror or str(err)) from err
-            raise OSError(errno.EIO, f"chunk fetch failed: {err}") from err
+            short = shortage(err)
+            if short is not None:
+                raise short from err
+            raise OSError(errno.EIO, f"chunk fetch failed: {describe(err)}") from err
         assert flight.data is not None
         return flight.data
 
@@ -317,14 +321,24 @@ class CachingReader:
                     limiter=self._get_limiter,
                     abandon_on_cancel=True,
                 )
-            except Exception:
-                # A bug in the cache must not cost the player a read the origin can serve.
+            except Exception as exc:
+                # Neither a bug in the cache nor this process running short of memory or
+                # threads may cost the player a read the origin can serve.
                 self.counters.store_task_errors += 1
-                log.exception(
-                    "cache: reading %r chunk %d failed unexpectedly; asking the origin",
-                    track.path,
-                    n,
-                )
+                short = shortage(exc)
+                if short is not None:
+                    log.warning(
+                        "cache: reading %r chunk %d: %s; asking the origin",
+                        track.path,
+                        n,
+                        short.strerror,
+                    )
+                else:
+                    log.exception(
+                        "cache: reading %r chunk %d failed unexpectedly; asking the origin",
+                        track.path,
+                        n,
+                    )
                 return None
         self.counters.store_timeouts += 1
         log.warning(
@@ -405,10 +419,14 @@ class CachingReader:
             )
             if self.store.used > self.store.max_size * HIGH_WATERMARK:
                 self._wake.set()
-        except Exception:
+        except Exception as exc:
             # A bug in the store must not cost the player the bytes it already has.
             self.counters.store_task_errors += 1
-            log.exception("cache: storing %d chunks failed unexpectedly", len(batch))
+            short = shortage(exc)
+            if short is not None:
+                log.warning("cache: %d chunks left unstored: %s", len(batch), short.strerror)
+            else:
+                log.exception("cache: storing %d chunks failed unexpectedly", len(batch))
         finally:
             self._put_scopes.discard(scope)
 

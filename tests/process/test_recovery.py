@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import resource
 import signal
 import subprocess
 import threading
@@ -17,7 +18,14 @@ import pytest
 
 from musicfs.catalog.db import Catalog
 from musicfs.mounts import find_mount, is_stale, probe
-from tests.support.daemon import MountedDaemon, mounted_files, musicfs_cmd, scan, unmount_leftovers
+from tests.support.daemon import (
+    MountedDaemon,
+    mounted_files,
+    musicfs_cmd,
+    scan,
+    unmount_leftovers,
+    wait_for_files,
+)
 from tests.support.library import make_library, sha256
 from tests.support.readers import Reader
 
@@ -263,10 +271,7 @@ def test_rlimit_nofile_64_survives_100_parallel_readers(tmp_path: Path, nofile: 
     ).start()
     try:
         # Files the first sync could not open for want of descriptors are retried soon.
-        deadline = time.monotonic() + 60
-        while len(mounted_files(d.mountpoint)) < 20 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        files = mounted_files(d.mountpoint)
+        files = wait_for_files(d.mountpoint, 20, timeout=60)
         assert len(files) == 20
         # ... and a shortage is never recorded as a file's broken tags. (The search index
         # may not manage with so few descriptors; it logs that and serving goes on.)
@@ -308,3 +313,78 @@ def test_rlimit_nofile_64_survives_100_parallel_readers(tmp_path: Path, nofile: 
         assert d.wait(timeout=20) == 0
     finally:
         d.stop()
+
+
+@pytest.mark.timeout(180)
+def test_memory_pressure_costs_reads_an_eio_and_serving_resumes(tmp_path: Path) -> None:
+    """The daemon's address space is capped (RLIMIT_AS, soft, set from outside with
+    prlimit) to what it uses while 60 players start at once; every read is
+    slowed by a failpoint so that pyfuse3 needs many workers, each of which must allocate
+    a 1 MiB request buffer. Threads, chunk buffers and those request buffers cannot be
+    had: reads answer EIO (or correct bytes), pyfuse3's worker loop fails with ENOMEM
+    and is restarted, and when the pressure passes everything plays again -- no crash,
+    no hung reader, no dead mount."""
+    lib = tmp_path / "lib"
+    make_library(lib, albums=5, tracks=4, pad_to=2_000_000)
+    originals = {sha256(p) for p in lib.rglob("*") if p.is_file()}
+    d = MountedDaemon(
+        tmp_path / "mnt",
+        [lib],
+        tmp_path / "state",
+        env={"MUSICFS_FAILPOINTS": "fuse.read=sleep(100)"},
+    ).start()
+    try:
+        files = wait_for_files(d.mountpoint, 20, timeout=30)
+        assert len(files) == 20
+        time.sleep(1.0)  # start-up sync and search indexing settle
+        assert d.proc is not None
+        pid = d.proc.pid
+        # Whether one of pyfuse3's new workers is among the allocations that fail depends
+        # on timing; up to five waves of pressure make it all but certain, and every
+        # wave must keep the other promises.
+        for _wave in range(5):
+            resource.prlimit(pid, resource.RLIMIT_AS, (_vm_size(pid), resource.RLIM_INFINITY))
+            readers = [Reader(p, block=128 * 1024) for p in files * 3]
+            for r in readers:
+                r.start()
+            time.sleep(3.0)  # the pressure lasts a few seconds, then passes
+            unlimited = (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
+            resource.prlimit(pid, resource.RLIMIT_AS, unlimited)
+            until = time.monotonic() + 60
+            for r in readers:
+                r.join(max(0.0, until - time.monotonic()))
+            assert not [r for r in readers if r.is_alive()], "a reader hung"
+            assert d.proc.poll() is None, f"daemon died:\n{d.log()}"
+            outcomes = [
+                r.error if r.error is not None else hashlib.sha256(r.data).hexdigest()
+                for r in readers
+            ]
+            assert {o for o in outcomes if isinstance(o, str)} <= originals  # never wrong bytes
+            assert {o for o in outcomes if isinstance(o, int)} <= {errno.EIO}
+            assert errno.EIO in outcomes, "the cap caused no failure: the test proves nothing"
+            if "FUSE workers restarted" in d.log():
+                break
+        log_text = d.log()
+        assert "out of memory" in log_text
+        assert "FUSE workers restarted" in log_text  # pyfuse3's own loop hit ENOMEM too
+        assert "Traceback" not in log_text
+        # The pressure is gone: every track plays, through the same mount.
+        after = [Reader(p, block=128 * 1024) for p in files]
+        for r in after:
+            r.start()
+        for r in after:
+            r.join(60)
+        assert [r.error for r in after] == [None] * 20
+        assert sorted(hashlib.sha256(r.data).hexdigest() for r in after) == sorted(originals)
+        d.signal(signal.SIGTERM)
+        assert d.wait(timeout=20) == 0
+    finally:
+        d.stop()
+
+
+def _vm_size(pid: int) -> int:
+    """The process's address space in bytes (VmSize in /proc/<pid>/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmSize")

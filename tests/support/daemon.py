@@ -55,6 +55,17 @@ def mounted_files(mnt: Path) -> list[Path]:
     return sorted(p for p in mnt.rglob("*") if p.is_file())
 
 
+def wait_for_files(mnt: Path, count: int, timeout: float) -> list[Path]:
+    """The mount's files once there are ``count`` of them (or whatever is there at the
+    timeout): a start-up sync publishes tracks as it goes."""
+    deadline = time.monotonic() + timeout
+    files = mounted_files(mnt)
+    while len(files) < count and time.monotonic() < deadline:
+        time.sleep(0.2)
+        files = mounted_files(mnt)
+    return files
+
+
 class MountedDaemon:
     def __init__(
         self,
