@@ -86,8 +86,19 @@ class StateLock:
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC):
+                raise
+            # Usually a failing disk remounted read-only, or a directory owned by someone
+            # else: say which directory and why, not just the lock file's errno.
+            raise StartupError(
+                f"state directory {self.path.parent} is not writable "
+                f"({errno.errorcode[exc.errno]}: {exc.strerror}); MusicFS keeps its catalog, "
+                "search index and lock there: make it writable or use --state-dir"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

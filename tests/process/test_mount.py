@@ -140,6 +140,20 @@ def test_second_daemon_on_same_state_dir_is_refused(tmp_path: Path, library: Pat
         assert "another MusicFS" in stderr
 
 
+def test_a_read_only_state_dir_is_refused_with_the_reason(tmp_path: Path, library: Path) -> None:
+    """A failing disk remounted read-only: exit 2, naming the directory and the errno."""
+    state = tmp_path / "state"
+    state.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(state)], check=True)
+    try:
+        (tmp_path / "mnt").mkdir()
+        stderr = refused_mount(library, state, tmp_path / "mnt")
+        assert f"state directory {state} is not writable (EROFS" in stderr
+        assert find_mount(tmp_path / "mnt") is None
+    finally:
+        subprocess.run(["umount", str(state)], check=True)
+
+
 def test_mounting_over_a_live_mount_is_refused(tmp_path: Path, library: Path) -> None:
     with MountedDaemon(tmp_path / "mnt", [library], tmp_path / "state"):
         stderr = refused_mount(library, tmp_path / "state2", tmp_path / "mnt")
