@@ -202,6 +202,10 @@ class OriginTimeouts:
     # exponential backoff from this up to health_max_backoff.
     health_interval: float = 10.0
     health_max_backoff: float = 60.0
+    # A read an origin has not answered within this is also asked of the next origin
+    # holding the track (a hedged read), and reads waiting on an origin just declared
+    # unhealthy get this much longer before failing over.
+    hedge_after: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -301,6 +305,7 @@ _TABLES: dict[str, tuple[type, dict[str, Parser]]] = {
             "operation": parse_duration,
             "health_interval": parse_duration,
             "health_max_backoff": parse_duration,
+            "hedge_after": parse_duration,
         },
     ),
 }
@@ -471,6 +476,7 @@ def finish(settings: Settings) -> Settings:
         ("fuse.read_deadline", settings.fuse.read_deadline),
         ("timeouts.operation", settings.timeouts.operation),
         ("timeouts.health_interval", settings.timeouts.health_interval),
+        ("timeouts.hedge_after", settings.timeouts.hedge_after),
         ("cache.retry_interval", settings.cache.retry_interval),
     ):
         if value <= 0:

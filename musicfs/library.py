@@ -18,7 +18,7 @@ from musicfs.failpoints import fail_point
 from musicfs.origins.base import OriginError
 from musicfs.origins.health import HealthPolicy
 from musicfs.origins.open import OriginConfigError, OriginURLError, open_origin
-from musicfs.origins.pool import OriginPool
+from musicfs.origins.pool import OriginPool, RetryPolicy
 from musicfs.sync import Progress, ReadTrack, SyncResult, sync_origin
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ def open_pool(settings: Settings) -> OriginPool:
         ),
         read_deadline=settings.fuse.read_deadline,
         operation_timeout=t.operation,
+        retry=RetryPolicy(hedge_after=t.hedge_after),
     )
 
 

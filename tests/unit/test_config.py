@@ -132,6 +132,7 @@ def test_origin_timeouts_and_priorities(tmp_path: Path) -> None:
 operation = "2s"
 health_interval = "3s"
 health_max_backoff = "30s"
+hedge_after = "1500ms"
 [[origin]]
 url = "/slow"
 name = "slow"
@@ -152,6 +153,7 @@ priority = 1
     assert pool.operation_timeout == 2 and pool.read_deadline == 8
     assert pool.health.policy.interval == 3 and pool.health.policy.max_backoff == 30
     assert pool.health.policy.check_timeout == 2
+    assert pool.retry.hedge_after == 1.5
 
 
 @pytest.mark.parametrize(
@@ -159,6 +161,7 @@ priority = 1
     [
         ("[timeouts]\noperation = 0\n", "timeouts.operation: must be greater than zero"),
         ("[cache]\nretry_interval = '0s'\n", "cache.retry_interval: must be greater than zero"),
+        ("[timeouts]\nhedge_after = '0s'\n", "timeouts.hedge_after: must be greater than zero"),
         (
             "[timeouts]\nhealth_interval = '20s'\nhealth_max_backoff = '10s'\n",
             "timeouts.health_max_backoff: must not be shorter",
