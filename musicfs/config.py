@@ -141,6 +141,7 @@ class OriginSettings:
     secure: bool | None = None  # TLS; on unless turned off or the endpoint says http://
     credentials_file: Path | None = None  # AWS-style INI; default: environment variables
     profile: str = "default"
+    ca_file: Path | None = None  # PEM bundle to trust for TLS; default: the system's CAs
 
 
 @dataclass(frozen=True)
@@ -330,6 +331,7 @@ _ORIGIN: dict[str, Parser] = {
     "secure": _bool,
     "credentials_file": _path,
     "profile": _str,
+    "ca_file": _path,
 }
 
 

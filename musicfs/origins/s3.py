@@ -19,6 +19,7 @@ import errno
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -108,7 +109,14 @@ class S3Origin:
         if credentials is None:
             log.info("s3: origin=%s: no credentials configured, using anonymous access", name)
         self._limiter = trio.CapacityLimiter(MAX_THREADS)
+        self.ca_file = settings.ca_file.expanduser() if settings.ca_file else None
+        if self.ca_file is not None and not self.ca_file.is_file():
+            raise OriginConfigError(f"ca_file {self.ca_file} does not exist")
+        if self.ca_file is not None and not self.secure:
+            raise OriginConfigError("ca_file is set but TLS is off (secure = false / http://)")
         http = urllib3.PoolManager(
+            # A NAS's MinIO usually has a certificate from its owner's own CA.
+            ca_certs=str(self.ca_file) if self.ca_file else None,
             timeout=urllib3.Timeout(connect=self.timeout, read=self.timeout),
             maxsize=MAX_THREADS,
             # One retry only for a pooled connection the server already closed; anything
@@ -189,6 +197,14 @@ class S3Origin:
             )
         if isinstance(exc, urllib3.exceptions.ReadTimeoutError | TimeoutError):
             return err(errno.ETIMEDOUT, f"server stalled for {self.timeout:g}s")
+        if isinstance(exc, urllib3.exceptions.SSLError):
+            trusted = f"the CAs in {self.ca_file}" if self.ca_file else "the system's CAs"
+            return err(
+                errno.EPROTO,
+                f"TLS with {self.endpoint} failed, nothing was sent: {_tls_reason(exc)} "
+                f"(trusting {trusted}; a private CA goes in the origin's ca_file)",
+                True,
+            )
         if isinstance(exc, urllib3.exceptions.ProtocolError):
             return err(errno.ECONNRESET, f"connection to {self.endpoint} broken: {exc}")
         if isinstance(exc, urllib3.exceptions.HTTPError):
@@ -295,3 +311,11 @@ class S3Origin:
 
     async def aclose(self) -> None:
         self._client._http.clear()
+
+
+def _tls_reason(exc: BaseException) -> str:
+    """The certificate problem in words, without urllib3's wrapping."""
+    inner = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else exc
+    if isinstance(inner, ssl.SSLCertVerificationError):
+        return f"certificate not trusted ({inner.verify_message})"
+    return str(getattr(inner, "reason", None) or inner)

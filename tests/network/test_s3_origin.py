@@ -8,7 +8,7 @@ import io
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,7 +23,8 @@ from musicfs.origins.base import OriginError
 from musicfs.origins.open import OriginConfigError, open_origin
 from musicfs.origins.pool import OriginPool
 from musicfs.origins.s3 import S3Origin
-from tests.support.netns import S3Server
+from tests.support.netns import NetNS, S3Server
+from tests.support.tls import make_server_cert
 
 T = TypeVar("T")
 TIMEOUT = 1.5
@@ -282,3 +283,57 @@ def test_bad_s3_settings_are_config_errors(origin_cfg: dict[str, Any], message: 
         open_pool(settings_from_dict({"origin": [origin_cfg]}))
     assert message in str(info.value)
     assert "secret" not in str(info.value)
+
+
+@pytest.fixture
+def s3_tls(world_dir: Path) -> Iterator[S3Server]:
+    """moto serving HTTPS with a certificate from a private CA (as a NAS's MinIO would)."""
+    with NetNS() as ns:
+        cert = make_server_cert(world_dir / "tls", ns.ip)
+        server = S3Server(ns, world_dir, auth=False, tls=cert).start()
+        lib = world_dir / "tls-lib"
+        (lib / "album").mkdir(parents=True)
+        (lib / "album" / "01.flac").write_bytes(BIG)
+        server.upload_tree("music", lib)
+        yield server
+
+
+def test_tls_with_the_private_ca_in_ca_file(s3_tls: S3Server, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    assert s3_tls.tls is not None and s3_tls.endpoint.startswith("https://")
+    o = origin(s3_tls, monkeypatch, url="s3://music", ca_file=s3_tls.tls.ca)
+    assert o.secure
+
+    async def main() -> None:
+        await o.check()
+        assert [e.path for e in (await o.list()).entries] == ["album/01.flac"]
+        assert await o.read("album/01.flac", 4096, 100_000) == BIG[4096:104_096]
+
+    run(main)
+
+
+def test_tls_certificate_not_trusted_is_refused(s3_tls: S3Server, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Without the CA the certificate does not verify: the origin is refused as a whole,
+    the reason named, nothing sent -- never a silent fallback to unverified TLS."""
+    o = origin(s3_tls, monkeypatch, url="s3://music")
+    exc = fails(o.check, within=TIMEOUT + 2)
+    assert exc.errno == errno.EPROTO and exc.origin_wide
+    assert "certificate not trusted (unable to get local issuer certificate)" in str(exc)
+    assert "ca_file" in str(exc)
+    exc = fails(lambda: o.read("album/01.flac", 0, 10), within=TIMEOUT + 2)
+    assert exc.errno == errno.EPROTO
+
+
+def test_ca_file_settings_are_checked(s3_tls: S3Server, world_dir: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(OriginConfigError, match=r"ca_file .* does not exist"):
+        origin(s3_tls, monkeypatch, url="s3://music", ca_file=world_dir / "missing.pem")
+    assert s3_tls.tls is not None
+    with pytest.raises(OriginConfigError, match="TLS is off"):
+        plain = s3_tls.endpoint.removeprefix("https://")
+        origin(
+            s3_tls,
+            monkeypatch,
+            url="s3://music",
+            ca_file=s3_tls.tls.ca,
+            endpoint=plain,
+            secure=False,
+        )

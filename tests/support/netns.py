@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.tls import ServerCert
+
 _counter = itertools.count()
 
 
@@ -230,10 +232,19 @@ class S3Server:
     works, and that user may not read objects under ``secret/``; without it any key works
     (and a restarted server accepts the same one)."""
 
-    def __init__(self, ns: NetNS, workdir: Path, port: int = 9000, *, auth: bool = True):
+    def __init__(
+        self,
+        ns: NetNS,
+        workdir: Path,
+        port: int = 9000,
+        *,
+        auth: bool = True,
+        tls: ServerCert | None = None,
+    ):
         self.ns = ns
         self.port = port
         self.auth = auth
+        self.tls = tls  # serve HTTPS with this certificate
         self.log = workdir / f"moto-{ns.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.access_key = "" if auth else "open-access-key"
@@ -241,9 +252,10 @@ class S3Server:
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.ns.ip}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.ns.ip}:{self.port}"
 
     def start(self) -> S3Server:
+        tls_args = ["-c", str(self.tls.cert), "-k", str(self.tls.key)] if self.tls else []
         self.proc = self.ns.popen(
             "env",
             # The first three requests (the IAM setup below) run without authentication.
@@ -255,6 +267,7 @@ class S3Server:
             "0.0.0.0",
             "-p",
             str(self.port),
+            *tls_args,
             log=self.log,
         )
         wait_for_port(self.ns.ip, self.port, timeout=60, proc=self.proc)
@@ -270,6 +283,7 @@ class S3Server:
         iam = boto3.client(
             "iam",
             endpoint_url=self.endpoint,
+            verify=str(self.tls.ca) if self.tls else None,
             region_name="us-east-1",
             aws_access_key_id="setup",
             aws_secret_access_key="setup",
@@ -295,14 +309,16 @@ class S3Server:
         return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
 
     def client(self):  # type: ignore[no-untyped-def]
+        import urllib3
         from minio import Minio
 
         return Minio(
             f"{self.ns.ip}:{self.port}",
             access_key=self.access_key,
             secret_key=self.secret_key,
-            secure=False,
+            secure=self.tls is not None,
             region="us-east-1",
+            http_client=urllib3.PoolManager(ca_certs=str(self.tls.ca)) if self.tls else None,
         )
 
     def upload_tree(self, bucket: str, root: Path, prefix: str = "") -> int:
