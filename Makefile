@@ -1,5 +1,7 @@
 # One way to run everything. `make demo` and `make test` are the README's quick start.
-PYTHON ?= python3
+# Empty: the first Python >= 3.11 on PATH once `scripts/setup-debian.sh` has run (Ubuntu
+# 22.04's python3 is 3.10, so there it is python3.11).
+PYTHON ?=
 VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
@@ -8,7 +10,7 @@ PYTEST_ARGS ?=
 
 $(BIN)/musicfs: pyproject.toml scripts/setup-debian.sh
 	scripts/setup-debian.sh run
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/python || $${PYTHON:-$$(scripts/find-python.sh)} -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@

@@ -7,6 +7,12 @@
 set -euo pipefail
 level=${1:-run}
 pkgs=(fuse3 libfuse3-dev pkg-config gcc make python3 python3-venv python3-dev)
+# MusicFS needs Python >= 3.11: Debian 12's python3 is 3.11, Ubuntu 22.04's is 3.10 (its
+# python3.11 package is the one to use there; the Makefile picks the newest it finds).
+if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+  && ! command -v python3.11 >/dev/null; then
+  pkgs+=(python3.11 python3.11-venv python3.11-dev)
+fi
 case "$level" in
   run) ;;
   test) pkgs+=(openssh-server openssh-client nftables iproute2 systemd procps psmisc nix-bin) ;;
