@@ -475,3 +475,96 @@ def test_cached_album_plays_to_the_end_during_an_outage(
             slowest_cached_read_s=round(slowest, 4),
             uncached_read_fails_in_s=round(took, 3),
         )
+
+
+def test_a_flapping_link_never_serves_wrong_bytes_and_settles(
+    sshd: SSHServer, sftp_mount, world_dir: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Wi-Fi at the edge of its range: the link to the NAS goes down and up every few
+    hundred milliseconds for 10 s while a player streams the two long tracks, most of whose
+    chunks nothing has read yet. Every read answers within the deadline, with the origin's
+    exact bytes or EIO; once the link is steady, both tracks play whole, no remount, and
+    the daemon holds no more descriptors than before (no leaked SSH connections)."""
+    import random
+
+    d, lib, files = sftp_mount
+    by_size = {p.stat().st_size: p for p in lib.rglob("*") if p.is_file()}
+    tracks = [p for p in files if p.stat().st_size in (BIG_TRACK, LONG_TRACK)]
+    assert len(tracks) == 2
+    origin_bytes = {t: by_size[t.stat().st_size].read_bytes() for t in tracks}
+    time.sleep(1.0)  # the start-up sync's connections and tag reads settle
+    fds_before = d.open_fds()
+
+    stop = threading.Event()
+    durations: list[float] = []
+    errors: list[int | None] = []
+    served = 0
+
+    def player() -> None:
+        nonlocal served
+        while not stop.is_set():
+            for track in tracks:
+                fd = os.open(track, os.O_RDONLY)
+                try:
+                    pos = 0
+                    while pos < len(origin_bytes[track]) and not stop.is_set():
+                        began = time.monotonic()
+                        try:
+                            data = os.pread(fd, BLOCK, pos)
+                        except OSError as exc:
+                            durations.append(time.monotonic() - began)
+                            errors.append(exc.errno)
+                            time.sleep(0.05)  # a player skips ahead after an error
+                            pos += BLOCK
+                            continue
+                        durations.append(time.monotonic() - began)
+                        expected = origin_bytes[track][pos : pos + BLOCK]
+                        assert data == expected, f"wrong bytes at {track.name}:{pos}"
+                        served += len(data)
+                        pos += len(data)
+                        time.sleep(0.01)
+                finally:
+                    os.close(fd)
+
+    play = threading.Thread(target=player, daemon=True)
+    play.start()
+    rng = random.Random(7)
+    flaps = 0
+    try:
+        until = time.monotonic() + 10
+        while time.monotonic() < until:
+            sshd.ns.link_down()
+            time.sleep(rng.uniform(0.2, 0.9))
+            sshd.ns.link_up()
+            flaps += 1
+            time.sleep(rng.uniform(0.2, 0.9))
+    finally:
+        sshd.ns.link_up()
+        stop.set()
+    play.join(DEADLINE * 2 + SLACK)
+    assert not play.is_alive(), "the player hung"
+    assert max(durations) < DEADLINE + SLACK, f"a read took {max(durations):.2f}s"
+    assert set(errors) <= {errno.EIO}, set(errors)
+    assert served > 0
+
+    # The link is steady again: both tracks play whole, through the same mount.
+    settled_at = time.monotonic()
+    for track in tracks:
+        while True:
+            _, result = timed(lambda track=track: track.read_bytes())
+            if isinstance(result, bytes):
+                assert sha256_bytes(result) == sha256_bytes(origin_bytes[track])
+                break
+            assert time.monotonic() - settled_at < MAX_BACKOFF * 2 + 15, "never settled"
+            time.sleep(0.3)
+    settled = time.monotonic() - settled_at
+    assert d.proc is not None and d.proc.poll() is None
+    assert d.open_fds() <= fds_before + 4, (fds_before, d.open_fds())
+    record(
+        "sftp link flapping 10 s",
+        flaps=flaps,
+        reads=len(durations),
+        eio=len(errors),
+        slowest_read_s=round(max(durations), 3),
+        settled_after_s=round(settled, 3),
+    )
