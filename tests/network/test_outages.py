@@ -477,17 +477,17 @@ def test_cached_album_plays_to_the_end_during_an_outage(
         )
 
 
-def test_a_flapping_link_never_serves_wrong_bytes_and_settles(
-    sshd: SSHServer, sftp_mount, world_dir: Path
-) -> None:  # type: ignore[no-untyped-def]
-    """Wi-Fi at the edge of its range: the link to the NAS goes down and up every few
+@pytest.mark.parametrize("which", ["sftp", "s3"])
+def test_a_flapping_link_never_serves_wrong_bytes_and_settles(request, which: str) -> None:  # type: ignore[no-untyped-def]
+    """Wi-Fi at the edge of its range: the link to the NAS (or bucket) goes down and up every few
     hundred milliseconds for 10 s while a player streams the two long tracks, most of whose
     chunks nothing has read yet. Every read answers within the deadline, with the origin's
     exact bytes or EIO; once the link is steady, both tracks play whole, no remount, and
     the daemon holds no more descriptors than before (no leaked SSH connections)."""
     import random
 
-    d, lib, files = sftp_mount
+    d, lib, files = request.getfixturevalue(f"{which}_mount")
+    server = request.getfixturevalue("sshd" if which == "sftp" else "s3_open")
     by_size = {p.stat().st_size: p for p in lib.rglob("*") if p.is_file()}
     tracks = [p for p in files if p.stat().st_size in (BIG_TRACK, LONG_TRACK)]
     assert len(tracks) == 2
@@ -533,13 +533,13 @@ def test_a_flapping_link_never_serves_wrong_bytes_and_settles(
     try:
         until = time.monotonic() + 10
         while time.monotonic() < until:
-            sshd.ns.link_down()
+            server.ns.link_down()
             time.sleep(rng.uniform(0.2, 0.9))
-            sshd.ns.link_up()
+            server.ns.link_up()
             flaps += 1
             time.sleep(rng.uniform(0.2, 0.9))
     finally:
-        sshd.ns.link_up()
+        server.ns.link_up()
         stop.set()
     play.join(DEADLINE * 2 + SLACK)
     assert not play.is_alive(), "the player hung"
@@ -561,7 +561,7 @@ def test_a_flapping_link_never_serves_wrong_bytes_and_settles(
     assert d.proc is not None and d.proc.poll() is None
     assert d.open_fds() <= fds_before + 4, (fds_before, d.open_fds())
     record(
-        "sftp link flapping 10 s",
+        f"{which} link flapping 10 s",
         flaps=flaps,
         reads=len(durations),
         eio=len(errors),
