@@ -101,6 +101,15 @@ class _Flight:
 
 ChunkKey = tuple[bytes, int]
 
+STALLED_STORE_WAIT = 0.25  # per chunk, while the cache disk is not answering in time
+
+
+class _Skipped:
+    """``_from_store``'s answer when it gave a stalled cache disk only the short wait."""
+
+
+_SKIPPED = _Skipped()
+
 
 class CachingReader:
     def __init__(
@@ -127,6 +136,10 @@ class CachingReader:
         self.retry_interval = retry_interval
         self.maintain_interval = maintain_interval
         self.store_deadline = store_deadline
+        # Set when a chunk read missed store_deadline: the cache disk is hung or dying.
+        # Until it answers in time again each chunk gets only STALLED_STORE_WAIT before
+        # the origin is asked, so a player stalls once, not on every chunk.
+        self._store_stalled = False
         self.max_pending_bytes = max_pending_bytes
         self.drain_timeout = drain_timeout
         self.put_wait = put_wait
@@ -292,7 +305,19 @@ class CachingReader:
             self._remember(key, found)
             return found
         await async_fail_point("reader.fetch")
-        data = await self.fetch(track, n * cs, expected)
+        try:
+            data = await self.fetch(track, n * cs, expected)
+        except Exception:
+            if found is not _SKIPPED:
+                raise
+            # The origin cannot help either: give the stalled cache disk its full time
+            # after all -- a slow disk still beats an EIO.
+            again = await self._from_store(track, n, expected, patient=True)
+            if not isinstance(again, bytes):
+                raise
+            self.counters.store_hits += 1
+            self._remember(key, again)
+            return again
         self.counters.origin_fetches += 1
         self.counters.origin_bytes += len(data)
         if isinstance(found, Rejected):
@@ -313,14 +338,24 @@ class CachingReader:
         await self._store(track.version_key, n, data)
         return data
 
-    async def _from_store(self, track: Track, n: int, expected: int) -> bytes | Rejected | None:
-        with trio.move_on_after(self.store_deadline):
+    async def _from_store(
+        self, track: Track, n: int, expected: int, *, patient: bool = False
+    ) -> bytes | Rejected | _Skipped | None:
+        """The stored chunk, a rejected one, or None: not stored, or the store failed or
+        did not answer in time (``_SKIPPED`` when that was the short wait of a stalled
+        cache disk)."""
+        stalled = self._store_stalled and not patient
+        with trio.move_on_after(STALLED_STORE_WAIT if stalled else self.store_deadline):
             try:
-                return await trio.to_thread.run_sync(
+                found = await trio.to_thread.run_sync(
                     lambda: self.store.get(track.version_key, n, expected, label=track.path),
                     limiter=self._get_limiter,
                     abandon_on_cancel=True,
                 )
+                if self._store_stalled:
+                    self._store_stalled = False
+                    log.warning("cache: the cache disk answers in time again")
+                return found
             except Exception as exc:
                 # Neither a bug in the cache nor this process running short of memory or
                 # threads may cost the player a read the origin can serve.
@@ -341,12 +376,18 @@ class CachingReader:
                     )
                 return None
         self.counters.store_timeouts += 1
-        log.warning(
-            "cache: reading %r chunk %d took over %.1fs; asking the origin instead",
-            track.path,
-            n,
-            self.store_deadline,
-        )
+        if stalled:
+            return _SKIPPED
+        if not self._store_stalled:
+            self._store_stalled = True
+            log.warning(
+                "cache: reading %r chunk %d took over %.1fs; asking the origin instead, and "
+                "giving the cache disk %.2fs a chunk until it answers in time again",
+                track.path,
+                n,
+                self.store_deadline,
+                STALLED_STORE_WAIT,
+            )
         return None
 
     def _remember(self, key: ChunkKey, data: bytes) -> None:

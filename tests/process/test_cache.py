@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -310,3 +313,57 @@ def test_cache_dir_that_is_a_file_still_mounts_and_serves_in_passthrough(
         assert "cache: passthrough (" in proc.stdout and "not a directory" in proc.stdout
         assert "passthrough" in proc.stdout.splitlines()[0]  # the daemon's mode says so too
     assert cache.read_text() == "someone's file"
+
+
+def test_a_hung_cache_disk_stalls_the_player_once_not_on_every_chunk(
+    tmp_path: Path, config: Path
+) -> None:
+    """The cache disk stops answering (a dying USB disk, a stale NFS mount): every chunk
+    read and write on it blocks forever. The first chunk waits the store deadline (2 s)
+    before the origin is asked, later ones only a quarter of a second; bytes stay exact,
+    the blocked threads are bounded, and the daemon still stops on SIGTERM."""
+    lib, state, expected = scanned_library(tmp_path, albums=1, tracks=2, size=1_500_000)
+    cache = tmp_path / "cache"
+    with MountedDaemon(tmp_path / "mnt", [lib], state, cache_dir=cache, config=config) as d:
+        read_all_exact(d.mountpoint, expected)  # every chunk now cached
+        wait_until_stored(cache)
+    hung = "cas.get.before_read=sleep(600000);cas.put.before_write=sleep(600000)"
+    d = MountedDaemon(
+        tmp_path / "mnt",
+        [lib],
+        state,
+        cache_dir=cache,
+        config=config,
+        env={"MUSICFS_FAILPOINTS": hung},
+    ).start()
+    try:
+        threads_before = _threads(d)
+        waits: list[float] = []
+        for path in mounted_files(d.mountpoint):
+            forget_page_cache(path)
+            data = bytearray()
+            with path.open("rb", buffering=0) as f:
+                while True:
+                    began = time.monotonic()
+                    piece = f.read(128 * 1024)
+                    waits.append(time.monotonic() - began)
+                    if not piece:
+                        break
+                    data += piece
+            assert hashlib.sha256(data).hexdigest() in expected.values()
+        stalls = [w for w in waits if w > 1.0]
+        assert len(stalls) == 1 and stalls[0] < 8.0, stalls  # once, within the read deadline
+        assert d.log().count("asking the origin instead") == 1
+        # Hung threads pile up only to the cache's limits, not one per read.
+        assert _threads(d) < threads_before + 40, (threads_before, _threads(d))
+        stopped = time.monotonic()
+        d.signal(signal.SIGTERM)
+        assert d.wait(timeout=30) == 0
+        assert time.monotonic() - stopped < 20
+    finally:
+        d.stop()
+
+
+def _threads(d: MountedDaemon) -> int:
+    assert d.proc is not None
+    return len(os.listdir(f"/proc/{d.proc.pid}/task"))

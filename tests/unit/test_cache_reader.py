@@ -16,7 +16,8 @@ import trio
 from musicfs import failpoints
 from musicfs.cache.chunkfile import HEADER_SIZE, chunk_hash
 from musicfs.cache.modes import DEGRADED, NORMAL, PASSTHROUGH
-from musicfs.cache.reader import CachingReader
+from musicfs.cache.reader import STALLED_STORE_WAIT, CachingReader
+from musicfs.catalog.model import Track
 from tests.support.faulty_store import FaultyStore, TrackOrigin
 
 CS = 64 * 1024
@@ -73,6 +74,16 @@ async def read_all(reader: CachingReader, origin: TrackOrigin, name: str, piece:
             return bytes(out)
         out += data
         offset += len(data)
+
+
+def cached(tmp_path: Path, origin: TrackOrigin, name: str) -> Track:
+    """``name`` read once through a reader, so every chunk of it is in the store."""
+
+    async def fill(reader: CachingReader) -> None:
+        await read_all(reader, origin, name, CS)
+
+    run(fill, new_store(tmp_path), origin)
+    return origin.tracks[name]
 
 
 def test_reads_return_the_origin_bytes_at_any_offset_and_size(
@@ -490,11 +501,7 @@ def test_read_only_cache_is_retried_at_the_retry_interval_and_recovers(
 def test_a_hung_cache_disk_falls_back_to_the_origin_within_the_deadline(
     tmp_path: Path, origin: TrackOrigin
 ) -> None:
-    async def fill(reader: CachingReader) -> None:
-        await read_all(reader, origin, "t1.flac", CS)
-
-    run(fill, new_store(tmp_path), origin)
-    track = origin.tracks["t1.flac"]
+    track = cached(tmp_path, origin, "t1.flac")
 
     async def body(reader: CachingReader) -> None:
         failpoints.set("cas.get.before_read", "1*sleep(3000)")
@@ -504,6 +511,59 @@ def test_a_hung_cache_disk_falls_back_to_the_origin_within_the_deadline(
 
     reader = run(body, new_store(tmp_path), origin, store_deadline=0.3)
     assert reader.counters.store_timeouts == 1
+
+
+def test_a_stalled_cache_disk_costs_one_full_wait_then_short_ones(
+    tmp_path: Path, origin: TrackOrigin, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The disk hangs: the first chunk waits store_deadline, later ones only
+    STALLED_STORE_WAIT (a player stalls once, not on every chunk); when the disk answers
+    in time again, the full wait is back."""
+
+    track = cached(tmp_path, origin, "t0.flac")
+    content = origin.content["t0.flac"]
+    waits: list[float] = []
+
+    async def body(reader: CachingReader) -> None:
+        failpoints.set("cas.get.before_read", "sleep(3000)")
+        for n in range(5):
+            started = time.monotonic()
+            assert await reader.read(track, n * CS, 100) == content[n * CS : n * CS + 100]
+            waits.append(time.monotonic() - started)
+        failpoints.clear()
+        await trio.sleep(3.2)  # the disk "comes back": the blocked reads return
+        assert await reader.read(track, 6 * CS, 100) == content[6 * CS : 6 * CS + 100]
+        assert not reader._store_stalled
+
+    with caplog.at_level(logging.WARNING, logger="musicfs.cache.reader"):
+        reader = run(body, new_store(tmp_path), origin, store_deadline=0.6)
+    assert 0.55 < waits[0] < 1.5, waits
+    assert all(w < STALLED_STORE_WAIT + 0.3 for w in waits[1:]), waits
+    assert reader.counters.store_timeouts == 5
+    stalls = [r for r in caplog.records if "took over" in r.getMessage()]
+    assert len(stalls) == 1  # one line for the stall, not one per chunk
+    assert any("answers in time again" in r.getMessage() for r in caplog.records)
+
+
+def test_a_stalled_cache_disk_is_waited_for_when_the_origin_cannot_help(
+    tmp_path: Path, origin: TrackOrigin
+) -> None:
+    track = cached(tmp_path, origin, "t0.flac")
+    content = origin.content["t0.flac"]
+
+    async def body(reader: CachingReader) -> None:
+        failpoints.set("cas.get.before_read", "1*sleep(1500)")
+        assert await reader.read(track, 0, 100) == content[:100]  # stall: origin served
+        assert reader._store_stalled
+        # The disk is slow (0.4 s a chunk, over the short wait) and the origin is gone:
+        # the disk gets its full time after all, and the player its bytes.
+        failpoints.set("cas.get.before_read", "sleep(400)")
+        failpoints.set("origin.local.read", "error(EIO)")
+        started = time.monotonic()
+        assert await reader.read(track, 2 * CS, 100) == content[2 * CS : 2 * CS + 100]
+        assert time.monotonic() - started < 1.0 + 0.5
+
+    run(body, new_store(tmp_path), origin, store_deadline=1.0)
 
 
 def test_status_reports_mode_size_and_counters(tmp_path: Path, origin: TrackOrigin) -> None:
