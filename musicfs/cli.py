@@ -250,6 +250,8 @@ def format_cache(cache: dict[str, Any]) -> str:
         mode += f" ({cache['reason']})"
     if cache.get("serves_cached"):
         mode += ", stored chunks still served read-only"
+    if cache.get("disk_stalled"):
+        mode += ", cache disk not answering in time (origins asked after 0.25 s)"
     c = cache.get("counters") or {}
     r = cache.get("reader") or {}
     mib = 2**20

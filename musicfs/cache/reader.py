@@ -223,6 +223,7 @@ class CachingReader:
         out = self.store.status()
         out["reader"] = asdict(self.counters)
         out["memory_bytes"] = self._memory_used
+        out["disk_stalled"] = self._store_stalled
         return out
 
     # -- reads -----------------------------------------------------------------------

@@ -18,6 +18,7 @@ from musicfs.cache.chunkfile import HEADER_SIZE, chunk_hash
 from musicfs.cache.modes import DEGRADED, NORMAL, PASSTHROUGH
 from musicfs.cache.reader import STALLED_STORE_WAIT, CachingReader
 from musicfs.catalog.model import Track
+from musicfs.cli import format_cache
 from tests.support.faulty_store import FaultyStore, TrackOrigin
 
 CS = 64 * 1024
@@ -540,6 +541,7 @@ def test_a_stalled_cache_disk_costs_one_full_wait_then_short_ones(
     assert 0.55 < waits[0] < 1.5, waits
     assert all(w < STALLED_STORE_WAIT + 0.3 for w in waits[1:]), waits
     assert reader.counters.store_timeouts == 5
+    assert not reader.status()["disk_stalled"]  # back to normal at the end
     stalls = [r for r in caplog.records if "took over" in r.getMessage()]
     assert len(stalls) == 1  # one line for the stall, not one per chunk
     assert any("answers in time again" in r.getMessage() for r in caplog.records)
@@ -555,6 +557,7 @@ def test_a_stalled_cache_disk_is_waited_for_when_the_origin_cannot_help(
         failpoints.set("cas.get.before_read", "1*sleep(1500)")
         assert await reader.read(track, 0, 100) == content[:100]  # stall: origin served
         assert reader._store_stalled
+        assert "cache disk not answering in time" in format_cache(reader.status())
         # The disk is slow (0.4 s a chunk, over the short wait) and the origin is gone:
         # the disk gets its full time after all, and the player its bytes.
         failpoints.set("cas.get.before_read", "sleep(400)")
@@ -680,8 +683,6 @@ def test_a_reload_shrinks_the_cache_in_the_background(tmp_path: Path, origin: Tr
 
 
 def test_status_line_for_musicfs_status(tmp_path: Path, origin: TrackOrigin) -> None:
-    from musicfs.cli import format_cache
-
     async def body(reader: CachingReader) -> None:
         await read_all(reader, origin, "t1.flac", PIECE)
         line = format_cache(reader.status())
