@@ -294,9 +294,11 @@ def format_status(status: dict[str, Any]) -> str:
         )
     fuse = status.get("fuse")
     if fuse:
+        restarts = fuse.get("worker_restarts") or 0
         lines.append(
             f"  reads: {fuse['reads']} ({fuse['read_errors']} errors, "
             f"{fuse['deadline_misses']} past deadline, {fuse['inflight']} in flight)"
+            + (f"; FUSE workers restarted {restarts}x for want of memory" if restarts else "")
         )
     return "\n".join(lines)
 
