@@ -66,6 +66,10 @@ class HealthPolicy:
     max_backoff: float = 60.0  # longest wait between checks of a failing origin
     fail_threshold: int = 3  # consecutive failures that make an origin unhealthy
     recover_threshold: int = 2  # consecutive successes that make it healthy again
+    # While reads are waiting on a failing origin it is checked this often at most (or at
+    # ``interval``, if shorter), however far its backoff has grown: a network blip costs a
+    # player seconds of skipped tracks, not a whole health interval.
+    nudge_interval: float = 2.0
 
 
 @dataclass
@@ -253,12 +257,14 @@ class HealthMonitor:
 
     def nudge(self) -> None:
         """Ask for early checks of failing origins (a read found nothing to serve it). Never
-        brings a check forward to less than ``interval`` after the previous one."""
+        brings a check forward to less than ``nudge_interval`` (or ``interval``, if shorter)
+        after the previous one."""
         now = self._now()
+        floor = min(self.policy.interval, self.policy.nudge_interval)
         for name, h in self._health.items():
             if h.state is State.HEALTHY or h.in_check:
                 continue
-            earliest = (h.last_check or -1e18) + self.policy.interval
+            earliest = (h.last_check or -1e18) + floor
             if h.next_check > earliest:
                 h.next_check = max(earliest, now)
                 self._wake[name].set()

@@ -182,6 +182,36 @@ def test_nudge_brings_a_backed_off_check_forward_but_not_below_interval() -> Non
     assert 3 <= extra <= 6  # ~one check per interval during 5 s of nudges, not 50
 
 
+def test_reads_waiting_on_a_failing_origin_get_it_checked_every_few_seconds() -> None:
+    """With the shipped 10 s interval, a player's waiting reads still get a check every
+    nudge_interval (2 s): the library is back seconds after a network blip."""
+    o = faulty("o")
+    o.set_mode(error(errno.ECONNREFUSED))
+    monitor = HealthMonitor([o], HealthPolicy(check_timeout=0.5))
+    assert monitor.policy.interval == 10.0 and monitor.policy.nudge_interval == 2.0
+
+    async def main() -> tuple[int, float]:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(monitor.run)
+            await trio.sleep(120)  # backoff has grown to a minute
+            before = o.calls["check"]
+            for _ in range(100):  # 10 s of a player's reads finding nothing
+                monitor.nudge()
+                await trio.sleep(0.1)
+            checks = o.calls["check"] - before
+            o.set_mode(HEALTHY)  # the network is back
+            back = trio.current_time()
+            while not monitor.usable("o"):
+                monitor.nudge()
+                await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
+            return checks, trio.current_time() - back
+
+    checks, recovered = virtual(main)
+    assert 4 <= checks <= 6  # one every 2 s, not one per read and not one per minute
+    assert recovered <= 2.2
+
+
 def test_health_check_failpoint_hang_is_bounded() -> None:
     o = faulty("o")
     monitor = HealthMonitor([o], HealthPolicy(check_timeout=0.3))
