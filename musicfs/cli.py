@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     scan = sub.add_parser("scan", help="update the catalog from the origins without mounting")
     _common(scan)
+    scan.add_argument(
+        "--prune",
+        action="store_true",
+        help="remove tracks even when an origin lists none (or under half) of the tracks it "
+        "had; without it such a listing is taken for an unmounted disk and removes nothing",
+    )
 
     search = sub.add_parser(
         "search",
@@ -130,14 +136,14 @@ class _ProgressBar:
             log.info("scanning: %d/%d (%d%%)", done, total, pct)
 
 
-async def _scan(settings: Settings) -> int:
+async def _scan(settings: Settings, prune: bool = False) -> int:
     from musicfs.catalog.integrity import open_catalog
     from musicfs.library import Library, open_pool
 
     catalog, _ = await trio.to_thread.run_sync(open_catalog, settings.catalog_path)
     library = Library(settings, catalog, open_pool(settings))
     try:
-        ok = await library.sync(progress=_ProgressBar())
+        ok = await library.sync(progress=_ProgressBar(), prune=prune)
         count = await catalog.run(catalog.track_count)
         print(f"{count} tracks in the catalog ({settings.catalog_path})")
         return 0 if ok else 1
@@ -150,7 +156,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     settings = resolve_settings(args)
     if not settings.origins:
         raise ConfigError("no origin given (use --origin PATH or [[origin]] in the config)")
-    return trio.run(_scan, settings)
+    return trio.run(_scan, settings, args.prune)
 
 
 def cmd_search(args: argparse.Namespace) -> int:

@@ -83,7 +83,11 @@ class Library:
         return await self.catalog.run(self._build)
 
     async def sync(
-        self, *, progress: Progress | None = None, on_batch: Callable[[], None] | None = None
+        self,
+        *,
+        progress: Progress | None = None,
+        on_batch: Callable[[], None] | None = None,
+        prune: bool = False,
     ) -> bool:
         """Sync every origin once. True if every origin listed completely and every file
         that needed reading could be read. ``on_batch`` is called after every commit that
@@ -120,6 +124,7 @@ class Library:
                         progress=track,
                         on_batch=changed,
                         read_track=self.tag_reader,
+                        prune=prune,
                     )
                 except OriginError as exc:
                     ok = False
@@ -142,6 +147,12 @@ class Library:
                 self.last_sync[origin.name] = result
                 if result.skipped:
                     ok = False  # files that could not be read now: retry soon, not in hours
+                if result.withheld:
+                    ok = False  # the disk may be mounted again soon: look again soon
+                    self.sync_errors[origin.name] = (
+                        f"listed {result.listed} files; {result.withheld} tracks kept that "
+                        "it no longer lists (`musicfs scan --prune` removes them)"
+                    )
         finally:
             self.progress = None
         self.syncs_finished += 1
@@ -157,6 +168,7 @@ class Library:
                     "listed": r.listed,
                     "scanned": r.added_or_changed,
                     "removed": r.removed,
+                    "withheld": r.withheld,
                     "tag_errors": r.tag_errors,
                     "skipped": r.skipped,
                     "seconds": round(r.seconds, 3),

@@ -46,6 +46,7 @@ class SyncResult:
     added_or_changed: int = 0
     new_sources: int = 0
     removed: int = 0
+    withheld: int = 0  # removals not made: the listing looked like a lost disk (looks_lost)
     tag_errors: int = 0
     skipped: int = 0
     seconds: float = 0.0
@@ -121,6 +122,23 @@ async def _read_remote(
         return None, str(exc)
 
 
+# A sync removes at most this share of an origin's tracks (when that is this many or more)
+# without ``prune``.
+MASS_REMOVAL_SHARE = 0.5
+MASS_REMOVAL_MIN = 50
+
+
+def looks_lost(removing: int, known: int) -> bool:
+    """Would removing ``removing`` of the ``known`` tracks of an origin more likely be a
+    lost disk or share than a user's deletions? All of them, or more than half of a large
+    library: a local origin whose disk is not mounted lists an empty folder just fine."""
+    if removing <= 0:
+        return False
+    return removing >= known or (
+        removing >= MASS_REMOVAL_MIN and removing > known * MASS_REMOVAL_SHARE
+    )
+
+
 async def sync_origin(
     catalog: Catalog,
     origin: Origin,
@@ -130,6 +148,7 @@ async def sync_origin(
     progress: Progress | None = None,
     on_batch: Callable[[], None] | None = None,
     read_track: ReadTrack | None = None,
+    prune: bool = False,
 ) -> SyncResult:
     """One pass over ``origin``. Raises ``OriginError`` if the listing fails (nothing is
     changed then); per-file problems are logged and counted, never fatal.
@@ -139,7 +158,10 @@ async def sync_origin(
     it, tags are read straight from the origin in small ranged reads.
 
     ``on_batch`` is called after every commit that changed the catalog (a batch of new or
-    changed files, new mirror sources, removals) -- never when nothing changed."""
+    changed files, new mirror sources, removals) -- never when nothing changed.
+
+    A listing that would take away every track the origin had, or most of a large share of
+    them, removes nothing unless ``prune`` (see ``looks_lost``)."""
     started = time.monotonic()
     result = SyncResult(origin.name)
     listing = await origin.list()
@@ -237,6 +259,18 @@ async def sync_origin(
 
     listed = {e.path for e in entries}
     gone = [p for p in known if p not in listed and not _under_gap(p, listing.gaps)]
+    if gone and not prune and looks_lost(len(gone), len(known)):
+        log.warning(
+            "sync: origin=%s listed %d files but the catalog has %d from it: not removing %d "
+            "tracks (an unmounted disk or a missing share looks like this); if they really "
+            "are gone, `musicfs scan --prune` removes them",
+            origin.name,
+            result.listed,
+            len(known),
+            len(gone),
+        )
+        result.withheld = len(gone)
+        gone = []
     if gone:
         result.removed = await catalog.run(catalog.remove_sources, origin.name, gone)
         if on_batch:

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,7 +10,7 @@ from musicfs import failpoints
 from musicfs.catalog.db import Catalog
 from musicfs.catalog.tags import Tags
 from musicfs.origins.local import LocalOrigin
-from musicfs.sync import sync_origin
+from musicfs.sync import looks_lost, sync_origin
 from tests.support.library import FIXTURES, make_library, tagged_file
 
 
@@ -141,3 +143,47 @@ def test_ten_thousand_files_in_one_folder(tmp_path: Path, catalog: Catalog) -> N
     tree = build_tree(catalog.tracks(), Template(), catalog.inodes)
     folder = tree.resolve("/Unknown Artist/Unknown Album")
     assert folder is not None and len(folder.listing) == 10_000
+
+
+def test_an_origin_that_lists_nothing_removes_nothing_without_prune(
+    tmp_path: Path, catalog: Catalog, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A local origin on a disk that is not mounted is an empty folder that lists fine:
+    taking that for "everything was deleted" would wipe the library."""
+    lib = tmp_path / "lib"
+    make_library(lib, albums=2, tracks=2)
+    origin = LocalOrigin("local", lib)
+    sync(catalog, origin)
+    for child in list(lib.iterdir()):
+        child.rename(tmp_path / child.name)  # the disk goes; its mount point stays
+    r = sync(catalog, origin)
+    assert (r.listed, r.removed, r.withheld) == (0, 0, 4)
+    assert len(catalog.tracks()) == 4
+    assert "not removing 4 tracks" in caplog.text and "--prune" in caplog.text
+    r = sync(catalog, origin, prune=True)
+    assert (r.removed, r.withheld) == (4, 0)
+    assert catalog.tracks() == []
+
+
+def test_what_counts_as_a_lost_disk() -> None:
+    assert looks_lost(1, 1) and looks_lost(4, 4)  # everything the origin had
+    assert not looks_lost(0, 5)
+    assert not looks_lost(1, 6)  # a deleted track
+    assert not looks_lost(49, 60)  # small numbers: a user tidying up
+    assert not looks_lost(500, 1000)  # half: still believed
+    assert looks_lost(600, 1000)  # most of a large library at once: withheld
+
+
+def test_scan_without_prune_says_so_and_fails_then_prune_removes(tmp_path: Path) -> None:
+    lib, state = tmp_path / "lib", tmp_path / "state"
+    make_library(lib, albums=1, tracks=2)
+    scan = [sys.executable, "-m", "musicfs", "scan", "--origin", str(lib)]
+    scan += ["--state-dir", str(state)]
+    assert subprocess.run(scan, capture_output=True, timeout=60).returncode == 0
+    for child in list(lib.iterdir()):
+        child.rename(tmp_path / child.name)
+    kept = subprocess.run(scan, capture_output=True, text=True, timeout=60)
+    assert kept.returncode == 1
+    assert "not removing 2 tracks" in kept.stderr and "2 tracks in the catalog" in kept.stdout
+    pruned = subprocess.run([*scan, "--prune"], capture_output=True, text=True, timeout=60)
+    assert pruned.returncode == 0 and "0 tracks in the catalog" in pruned.stdout
