@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,31 @@ def test_python_dash_m_entry_point() -> None:
         [sys.executable, "-m", "musicfs", "--version"], capture_output=True, text=True, check=True
     )
     assert proc.stdout.startswith("musicfs ")
+
+
+def test_an_unmounted_library_disk_empties_nothing(tmp_path: Path) -> None:
+    """The disk holding a local origin goes away under a running daemon; its empty mount
+    point lists fine. The tree keeps every track, status says why, and the disk coming back
+    needs nothing."""
+    lib = tmp_path / "lib"
+    make_library(lib, albums=2, tracks=2)
+    config = tmp_path / "musicfs.toml"
+    config.write_text('[library]\nscan_interval = "1s"\n')
+    with MountedDaemon(tmp_path / "mnt", [lib], tmp_path / "state", config=config) as d:
+        before = mounted_files(d.mountpoint)
+        assert len(before) == 4
+        away = tmp_path / "away"
+        lib.rename(away)
+        lib.mkdir()  # the mount point, without the disk
+        d.wait_for_log("not removing 4 tracks")
+        time.sleep(1.5)  # another sync or two
+        assert mounted_files(d.mountpoint) == before
+        errors = d.status()["sync"]["errors"]
+        assert "4 tracks kept" in errors["local"] and "--prune" in errors["local"]
+        lib.rmdir()
+        away.rename(lib)  # the disk is back
+        deadline = time.monotonic() + 90
+        while d.status()["sync"]["errors"] and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert d.status()["sync"]["errors"] == {}
+        assert [sha256(p) for p in mounted_files(d.mountpoint)] == [sha256(p) for p in before]
