@@ -24,6 +24,8 @@ from typing import Any
 
 import trio
 
+from musicfs.resources import leaves
+
 log = logging.getLogger("musicfs.crash")
 
 
@@ -67,9 +69,7 @@ def install_hooks() -> None:
 
 def only_cancelled(exc: BaseException) -> bool:
     """True for ``trio.Cancelled`` and for exception groups made only of it."""
-    if isinstance(exc, BaseExceptionGroup):
-        return all(only_cancelled(e) for e in exc.exceptions)
-    return isinstance(exc, trio.Cancelled)
+    return all(isinstance(leaf, trio.Cancelled) for leaf in leaves(exc))
 
 
 def named_task(name: str, fn: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[None]]:

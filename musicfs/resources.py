@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 
-SHORTAGE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN})
+SHORTAGE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 
 
 def shortage(exc: BaseException) -> OSError | None:

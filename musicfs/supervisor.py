@@ -25,6 +25,8 @@ from typing import Any
 
 import trio
 
+from musicfs.crashlog import only_cancelled
+
 log = logging.getLogger(__name__)
 
 TaskFn = Callable[[], Awaitable[object]]
@@ -33,12 +35,6 @@ TaskFn = Callable[[], Awaitable[object]]
 class Policy(enum.Enum):
     CRITICAL = "critical"
     BEST_EFFORT = "best-effort"
-
-
-def _only_cancelled(exc: BaseException) -> bool:
-    if isinstance(exc, BaseExceptionGroup):
-        return all(_only_cancelled(e) for e in exc.exceptions)
-    return isinstance(exc, trio.Cancelled)
 
 
 class SupervisorClosed(RuntimeError):
@@ -183,7 +179,7 @@ class Supervisor:
             try:
                 await fn()
             except BaseException as exc:
-                if _only_cancelled(exc) or isinstance(exc, KeyboardInterrupt | SystemExit):
+                if only_cancelled(exc) or isinstance(exc, KeyboardInterrupt | SystemExit):
                     # Cancelled (also from inside the task's own nurseries).
                     info.set("cancelled")
                     raise

@@ -24,6 +24,7 @@ import trio
 
 from musicfs.failpoints import async_fail_point
 from musicfs.origins.base import Origin, OriginError
+from musicfs.resources import SHORTAGE_ERRNOS
 
 log = logging.getLogger(__name__)
 _RNG = random.Random()
@@ -47,16 +48,13 @@ FILE_ERRNOS = frozenset(
 )
 
 
-# This process ran out of descriptors or memory: that request fails (EIO), but the origin
-# is fine and must not be marked unhealthy -- that would turn one busy moment into offline.
-LOCAL_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
-
-
 def is_origin_failure(exc: BaseException) -> bool:
     """True if ``exc`` says the origin (not one file on it, nor this process) is in trouble."""
     if isinstance(exc, OriginError) and exc.origin_wide:
         return True
-    return not (isinstance(exc, OSError) and exc.errno in FILE_ERRNOS | LOCAL_RESOURCE_ERRNOS)
+    # Nor does this process running out of descriptors or memory: that request fails (EIO),
+    # but marking the origin unhealthy would turn one busy moment into offline.
+    return not (isinstance(exc, OSError) and exc.errno in FILE_ERRNOS | SHORTAGE_ERRNOS)
 
 
 @dataclass(frozen=True)
