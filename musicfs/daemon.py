@@ -72,6 +72,7 @@ STATUS_INTERVAL = 1.0  # checked this often; sent only when it changed
 CLOSE_TIMEOUT = 10.0
 FUSE_RESTART_FIRST_PAUSE = 0.1  # after pyfuse3's workers failed for want of memory
 FUSE_RESTART_MAX_PAUSE = 5.0
+FUSE_RESTART_CALM = 60.0  # workers that served this long start the backoff afresh
 
 
 class StartupError(Exception):
@@ -258,6 +259,8 @@ class Daemon:
                 short = only_shortage(exc)
                 if short is None or self.state in ("stopping", "stopped"):
                     raise
+                if trio.current_time() - started > FUSE_RESTART_CALM:
+                    pause = FUSE_RESTART_FIRST_PAUSE  # a new episode, not the same one
                 self.fuse_restarts += 1
                 log.warning(
                     "fuse: a worker could not start (%s); FUSE workers restarted in %.1fs",
@@ -265,12 +268,7 @@ class Daemon:
                     pause,
                 )
             await trio.sleep(pause)
-            served = trio.current_time() - started
-            pause = (
-                FUSE_RESTART_FIRST_PAUSE
-                if served > 10 * FUSE_RESTART_MAX_PAUSE
-                else min(pause * 2, FUSE_RESTART_MAX_PAUSE)
-            )
+            pause = min(pause * 2, FUSE_RESTART_MAX_PAUSE)
 
     async def _wait_until_answering(self) -> None:
         """READY=1 only once a request through the kernel comes back from our workers."""
