@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from musicfs.mounts import find_mount
-from tests.support.daemon import MountedDaemon, mounted_files, musicfs_cmd, scan
+from tests.support.daemon import MountedDaemon, mounted_files, musicfs_cmd, scan, wait_for_files
 from tests.support.library import make_library, sha256
 
 
@@ -177,7 +177,7 @@ def test_an_unmounted_library_disk_empties_nothing(tmp_path: Path) -> None:
     config = tmp_path / "musicfs.toml"
     config.write_text('[library]\nscan_interval = "1s"\n')
     with MountedDaemon(tmp_path / "mnt", [lib], tmp_path / "state", config=config) as d:
-        before = mounted_files(d.mountpoint)
+        before = wait_for_files(d.mountpoint, 4, timeout=30)  # published by the first sync
         assert len(before) == 4
         away = tmp_path / "away"
         lib.rename(away)
