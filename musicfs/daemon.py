@@ -38,26 +38,26 @@ from typing import Any
 import pyfuse3
 import trio
 
-from musicfs import control
-from musicfs.allocator import limit_malloc_arenas
 from musicfs.cache.reader import CachingReader
 from musicfs.cache.store import ChunkStore
 from musicfs.catalog.db import Catalog, SchemaTooNew
 from musicfs.catalog.integrity import open_catalog
 from musicfs.catalog.model import Track
 from musicfs.config import FUSE_KERNEL_BACKGROUND, ConfigError, Settings
-from musicfs.crashlog import dump_stacks, install_hooks, named_task
 from musicfs.fuse_ops import MusicOperations, mount_options
 from musicfs.fuse_search import SearchFolder
-from musicfs.fusectl import Outcome, tune_connection
 from musicfs.library import Library, TreePublisher, open_pool
-from musicfs.mounts import MountpointError, lazy_unmount, prepare_mountpoint
-from musicfs.notify import Notifier, watchdog_interval
-from musicfs.reload import plan_reload
 from musicfs.resources import leaves, only_shortage
 from musicfs.search import SearchIndex
-from musicfs.supervisor import Policy, Supervisor
-from musicfs.watchdog import Watchdog, probe_mount
+from musicfs.service import control
+from musicfs.service.allocator import limit_malloc_arenas
+from musicfs.service.crashlog import dump_stacks, install_hooks, named_task
+from musicfs.service.fusectl import Outcome, tune_connection
+from musicfs.service.mounts import MountpointError, lazy_unmount, prepare_mountpoint
+from musicfs.service.notify import Notifier, watchdog_interval
+from musicfs.service.reload import plan_reload
+from musicfs.service.supervisor import Policy, Supervisor
+from musicfs.service.watchdog import Watchdog, probe_mount
 
 log = logging.getLogger(__name__)
 

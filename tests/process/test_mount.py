@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from musicfs.mounts import find_mount
+from musicfs.service.mounts import find_mount
 from tests.support.daemon import MountedDaemon, mounted_files, musicfs_cmd, scan, wait_for_files
 from tests.support.library import make_library, sha256
 
