@@ -203,7 +203,7 @@ class Daemon:
         await self.reader.open()  # start-up repair; a bad cache means passthrough, not exit
         self.library.tag_reader = self.reader.read  # remote tag reads fill the cache
         tree = await self.library.build_tree()
-        self.ops = MusicOperations(tree, self.reader, s.fuse)
+        self.ops = MusicOperations(tree, self.reader, s.fuse, free_space_of=s.cache_dir)
         self.ops.search_folder = SearchFolder(self._search_paths)
         self.event("opened")
 
@@ -229,7 +229,7 @@ class Daemon:
         log.info(
             "mounted %s (%d tracks in the catalog)",
             self.mountpoint,
-            sum(1 for _ in self.ops.tree.files()),
+            self.ops.tree.file_count,
         )
 
     async def _fuse_main(self) -> None:
@@ -427,7 +427,7 @@ class Daemon:
         return "online"
 
     def track_count(self) -> int:
-        return sum(1 for _ in self.ops.tree.files()) if self.ops else 0
+        return self.ops.tree.file_count if self.ops else 0
 
     def status_line(self) -> str:
         parts = [self.state, self.mode(), f"{self.track_count()} tracks"]

@@ -27,8 +27,9 @@ from dataclasses import dataclass
 import pyfuse3
 import trio
 
+from musicfs.catalog.inodes import ROOT_INODE
 from musicfs.catalog.naming import sanitize_component, with_counter
-from musicfs.catalog.tree import ROOT_INODE, Node, Tree
+from musicfs.catalog.tree import Node, Tree
 from musicfs.search import QueryError, SearchUnavailable
 
 log = logging.getLogger(__name__)

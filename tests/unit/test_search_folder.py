@@ -16,8 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from musicfs.catalog.db import Catalog
+from musicfs.catalog.inodes import ROOT_INODE
 from musicfs.catalog.naming import DEFAULT_TEMPLATE
-from musicfs.catalog.tree import ROOT_INODE, Tree
+from musicfs.catalog.tree import Tree
 from musicfs.daemon import Daemon
 from musicfs.fuse_search import SEARCH_INODE, SearchFolder, entry_name
 from musicfs.search import SearchIndex, tree_from_catalog
