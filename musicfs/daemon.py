@@ -45,6 +45,7 @@ from musicfs.catalog.integrity import open_catalog
 from musicfs.catalog.model import Track
 from musicfs.config import FUSE_KERNEL_BACKGROUND, ConfigError, Settings
 from musicfs.fuse_ops import MusicOperations, mount_options
+from musicfs.fuse_search import SearchFolder
 from musicfs.library import Library, TreePublisher, open_pool
 from musicfs.resources import leaves, only_shortage
 from musicfs.search import SearchIndex
@@ -203,7 +204,11 @@ class Daemon:
         self.library.tag_reader = self.reader.read  # remote tag reads fill the cache
         tree = await self.library.build_tree()
         self.ops = MusicOperations(tree, self.reader, s.fuse, free_space_of=s.cache_dir)
+        self.ops.search_folder = SearchFolder(self._search_paths)
         self.event("opened")
+
+    def _search_paths(self, query: str, limit: int) -> list[str]:
+        return [hit.path for hit in self.search.search(query, limit)]
 
     async def _fetch(self, track: Track, offset: int, length: int) -> bytes:
         # Through the current pool, which a reload may have replaced.

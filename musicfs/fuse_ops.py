@@ -30,6 +30,7 @@ from musicfs.cache.reader import Reader
 from musicfs.catalog.tree import Node, Tree
 from musicfs.config import FuseSettings
 from musicfs.failpoints import async_fail_point
+from musicfs.fuse_search import SearchFolder
 from musicfs.origins.base import OriginError
 from musicfs.resources import shortage
 
@@ -176,6 +177,8 @@ class MusicOperations(pyfuse3.Operations):  # type: ignore[misc]
         # One scope per in-flight read, cancelled by ``abort_inflight`` at the end of the
         # drain window so that every read still running answers EIO.
         self._inflight: set[trio.CancelScope] = set()
+        # ``/.search/<query>/`` (fuse_search.py), when the daemon has a search index.
+        self.search_folder: SearchFolder | None = None
 
     # -- tree ------------------------------------------------------------------------
 
@@ -186,6 +189,8 @@ class MusicOperations(pyfuse3.Operations):  # type: ignore[misc]
 
     def _node(self, ino: int) -> Node:
         node = self.tree.get(ino)
+        if node is None and self.search_folder is not None:
+            node = self.search_folder.get(ino)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return node
@@ -220,7 +225,10 @@ class MusicOperations(pyfuse3.Operations):  # type: ignore[misc]
             return self._attrs(parent)
         if name == b"..":
             return self._attrs(self._node(parent.parent))
-        node = self.tree.lookup(parent_inode, name)
+        node = None
+        if self.search_folder is not None:
+            node = await self.search_folder.lookup(parent_inode, name, self.tree)
+        node = node or self.tree.lookup(parent_inode, name)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self._attrs(node)
@@ -228,6 +236,8 @@ class MusicOperations(pyfuse3.Operations):  # type: ignore[misc]
     @_guard("getattr")
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self.tree.get(inode)
+        if node is None and self.search_folder is not None:
+            node = self.search_folder.get(inode)
         if node is None:
             # A file still open after a sync removed it keeps its last attributes.
             node = next((n for n in self._handles.values() if n.ino == inode), None)
@@ -240,6 +250,8 @@ class MusicOperations(pyfuse3.Operations):  # type: ignore[misc]
         node = self._node(inode)
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if self.search_folder is not None:
+            node = await self.search_folder.refresh(node, self.tree)
         fh = next(self._next_fh)
         # Keep the snapshot's node: offsets stay valid even if a new tree is swapped in.
         self._dir_handles[fh] = node
