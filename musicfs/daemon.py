@@ -39,6 +39,7 @@ from musicfs.catalog.integrity import open_catalog
 from musicfs.catalog.model import Track
 from musicfs.config import Settings
 from musicfs.fuse_ops import MusicOperations
+from musicfs.fuse_search import SearchFolder
 from musicfs.library import Library, TreePublisher, open_pool
 from musicfs.locks import FileLock, LockHeld
 from musicfs.resources import leaves
@@ -176,7 +177,8 @@ class Daemon:
         await self.reader.open()  # start-up repair; a bad cache means passthrough, not exit
         self.library.tag_reader = self.reader.read  # remote tag reads fill the cache
         tree = await self.library.build_tree()
-        self.ops = MusicOperations(tree, self.reader, s.fuse)
+        self.ops = MusicOperations(tree, self.reader, s.fuse, free_space_of=s.cache_dir)
+        self.ops.search_folder = SearchFolder(self._search_paths)
         self.session = FuseSession(
             self.ops,
             self.mountpoint,
@@ -184,6 +186,9 @@ class Daemon:
             on_lost=self.request_shutdown,
         )
         self.event("opened")
+
+    def _search_paths(self, query: str, limit: int) -> list[str]:
+        return [hit.path for hit in self.search.search(query, limit)]
 
     async def _fetch(self, track: Track, offset: int, length: int) -> bytes:
         # Through the current pool, which a reload may have replaced.
