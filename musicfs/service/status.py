@@ -58,7 +58,7 @@ def mode(daemon: Running) -> str:
 
 
 def track_count(daemon: Running) -> int:
-    return sum(1 for _ in daemon.ops.tree.files()) if daemon.ops else 0
+    return daemon.ops.tree.file_count if daemon.ops else 0
 
 
 def status_line(daemon: Running) -> str:
