@@ -2,7 +2,8 @@
 # Install the Debian/Ubuntu packages MusicFS needs. Usage: setup-debian.sh [run|test|bench]
 #   run   - what the daemon and the demo need (FUSE 3, a compiler for pyfuse3, Python venv)
 #   test  - plus what the process and network test layers run against (sshd, nftables,
-#           iproute2, systemd-analyze, nix-instantiate for parse checks)
+#           iproute2, systemd-analyze, nix-instantiate for parse checks, bubblewrap for
+#           the Nix build sandbox imitation)
 #   bench - plus the baselines the benchmarks compare with (sshfs, rclone)
 set -euo pipefail
 level=${1:-run}
@@ -15,7 +16,7 @@ if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
 fi
 case "$level" in
   run) ;;
-  test) pkgs+=(openssh-server openssh-client nftables iproute2 systemd procps psmisc nix-bin) ;;
+  test) pkgs+=(openssh-server openssh-client nftables iproute2 systemd procps psmisc nix-bin bubblewrap) ;;
   bench) pkgs+=(openssh-server openssh-client nftables iproute2 procps sshfs rclone) ;;
   *) echo "usage: $0 [run|test|bench]" >&2; exit 2 ;;
 esac
