@@ -34,7 +34,7 @@ from pathlib import Path
 from bench import Report, drop_page_cache, stopwatch
 from musicfs.catalog.tags import Tags
 from musicfs.demo import FORMATS, fixtures_dir, write_tags
-from musicfs.mounts import find_mount, is_stale, lazy_unmount
+from musicfs.service.mounts import find_mount, is_stale, lazy_unmount
 
 log = logging.getLogger("bench.library")
 

@@ -42,7 +42,7 @@ from pathlib import Path
 from bench import Report
 from musicfs.catalog.tags import Tags
 from musicfs.config import FuseSettings, OriginTimeouts
-from musicfs.mounts import find_mount, lazy_unmount
+from musicfs.service.mounts import find_mount, lazy_unmount
 
 log = logging.getLogger("bench.remote")
 

@@ -15,7 +15,7 @@ import trio
 
 from musicfs import __version__
 from musicfs.config import EXIT_CONFIG, ConfigError, Settings, load_config, with_overrides
-from musicfs.mounts import MountpointError
+from musicfs.service.mounts import MountpointError
 
 log = logging.getLogger("musicfs")
 
@@ -185,7 +185,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from musicfs.control import ControlError, request
+    from musicfs.service.control import ControlError, request
 
     settings = resolve_settings(args)
     try:
@@ -204,8 +204,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_unmount(args: argparse.Namespace) -> int:
     import time
 
-    from musicfs.control import ControlError, request
-    from musicfs.mounts import find_mount, is_musicfs, lazy_unmount, probe
+    from musicfs.service.control import ControlError, request
+    from musicfs.service.mounts import find_mount, is_musicfs, lazy_unmount, probe
 
     settings = resolve_settings(args)
     mountpoint = args.mountpoint
@@ -236,7 +236,7 @@ def cmd_fsck(args: argparse.Namespace) -> int:
 
 
 def _control_path(settings: Settings) -> Path:
-    from musicfs.control import socket_path
+    from musicfs.service.control import socket_path
 
     if settings.mountpoint is not None:
         return socket_path(settings.run_dir, settings.mountpoint)
@@ -345,7 +345,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     from musicfs.catalog.db import SchemaTooNew
     from musicfs.daemon import StartupError
-    from musicfs.logs import setup_logging
+    from musicfs.service.logs import setup_logging
 
     parser = build_parser()
     args = parser.parse_args(argv)

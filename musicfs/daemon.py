@@ -38,25 +38,26 @@ from typing import Any
 import pyfuse3
 import trio
 
-from musicfs import control
-from musicfs.allocator import limit_malloc_arenas
 from musicfs.cache.reader import CachingReader
 from musicfs.cache.store import ChunkStore
 from musicfs.catalog.db import Catalog, SchemaTooNew
 from musicfs.catalog.integrity import open_catalog
 from musicfs.catalog.model import Track
 from musicfs.config import FUSE_KERNEL_BACKGROUND, ConfigError, Settings
-from musicfs.crashlog import dump_stacks, install_hooks, named_task
 from musicfs.fuse_ops import MusicOperations, mount_options
-from musicfs.fusectl import Outcome, tune_connection
+from musicfs.fuse_search import SearchFolder
 from musicfs.library import Library, TreePublisher, open_pool
-from musicfs.mounts import MountpointError, lazy_unmount, prepare_mountpoint
-from musicfs.notify import Notifier, watchdog_interval
-from musicfs.reload import plan_reload
 from musicfs.resources import leaves, only_shortage
 from musicfs.search import SearchIndex
-from musicfs.supervisor import Policy, Supervisor
-from musicfs.watchdog import Watchdog, probe_mount
+from musicfs.service import control
+from musicfs.service.allocator import limit_malloc_arenas
+from musicfs.service.crashlog import dump_stacks, install_hooks, named_task
+from musicfs.service.fusectl import Outcome, tune_connection
+from musicfs.service.mounts import MountpointError, lazy_unmount, prepare_mountpoint
+from musicfs.service.notify import Notifier, watchdog_interval
+from musicfs.service.reload import plan_reload
+from musicfs.service.supervisor import Policy, Supervisor
+from musicfs.service.watchdog import Watchdog, probe_mount
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +203,12 @@ class Daemon:
         await self.reader.open()  # start-up repair; a bad cache means passthrough, not exit
         self.library.tag_reader = self.reader.read  # remote tag reads fill the cache
         tree = await self.library.build_tree()
-        self.ops = MusicOperations(tree, self.reader, s.fuse)
+        self.ops = MusicOperations(tree, self.reader, s.fuse, free_space_of=s.cache_dir)
+        self.ops.search_folder = SearchFolder(self._search_paths)
         self.event("opened")
+
+    def _search_paths(self, query: str, limit: int) -> list[str]:
+        return [hit.path for hit in self.search.search(query, limit)]
 
     async def _fetch(self, track: Track, offset: int, length: int) -> bytes:
         # Through the current pool, which a reload may have replaced.
@@ -224,7 +229,7 @@ class Daemon:
         log.info(
             "mounted %s (%d tracks in the catalog)",
             self.mountpoint,
-            sum(1 for _ in self.ops.tree.files()),
+            self.ops.tree.file_count,
         )
 
     async def _fuse_main(self) -> None:
@@ -422,7 +427,7 @@ class Daemon:
         return "online"
 
     def track_count(self) -> int:
-        return sum(1 for _ in self.ops.tree.files()) if self.ops else 0
+        return self.ops.tree.file_count if self.ops else 0
 
     def status_line(self) -> str:
         parts = [self.state, self.mode(), f"{self.track_count()} tracks"]

@@ -2,7 +2,8 @@
 
 Rules every handler follows:
 * metadata (lookup, getattr, readdir, statfs) only touches the in-memory tree snapshot,
-  so it answers instantly whatever the origins are doing;
+  so it answers instantly whatever the origins are doing (statfs reads the cache disk's
+  free space in a worker thread, at most every ``FREE_SPACE_TTL`` seconds);
 * ``read`` is bounded by ``read_deadline``: data or EIO, never a hang;
 * anything unexpected becomes EIO plus a logged traceback -- an exception escaping a
   handler would end pyfuse3's main loop and freeze every player on the mount;
@@ -19,6 +20,7 @@ import os
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
@@ -28,6 +30,7 @@ from musicfs.cache.reader import Reader
 from musicfs.catalog.tree import Node, Tree
 from musicfs.config import FuseSettings
 from musicfs.failpoints import async_fail_point
+from musicfs.fuse_search import SearchFolder
 from musicfs.origins.base import OriginError
 from musicfs.resources import shortage
 
@@ -38,6 +41,42 @@ R = TypeVar("R")
 BLOCK_SIZE = 128 * 1024
 # Errnos a player may usefully see; everything else is reported as EIO.
 _PASS_THROUGH = {errno.EACCES, errno.EIO, errno.EROFS}
+
+
+# statfs is called very often (every `df`, file managers, some players): the free space
+# it reports is read at most this often, in a worker thread with a short deadline.
+FREE_SPACE_TTL = 5.0
+FREE_SPACE_DEADLINE = 0.2
+
+
+@dataclass
+class FreeSpace:
+    """What ``df`` shows free on the mount: the free space of the cache's filesystem.
+
+    The mount itself is read-only and uses no space; reporting zero free (100% full)
+    trips disk-full monitors and desktop warnings. The cache disk's free space is true
+    -- it is how much more of the library can be kept locally -- and harmless."""
+
+    directory: Path | None
+    blocks: int = 0  # free, in BLOCK_SIZE units
+    files: int = 0  # free inodes
+    checked: float = float("-inf")
+
+    async def refresh(self) -> None:
+        now = time.monotonic()
+        if self.directory is None or now - self.checked < FREE_SPACE_TTL:
+            return
+        self.checked = now
+        with trio.move_on_after(FREE_SPACE_DEADLINE):
+            try:
+                st = await trio.to_thread.run_sync(
+                    os.statvfs, self.directory, abandon_on_cancel=True
+                )
+            except OSError as exc:
+                log.debug("statfs: cache disk %s: %s", self.directory, exc)
+                return
+            self.blocks = st.f_bavail * st.f_frsize // BLOCK_SIZE
+            self.files = st.f_favail
 
 
 @dataclass
@@ -120,8 +159,10 @@ class MusicOperations(pyfuse3.Operations):  # type: ignore[misc]
         *,
         uid: int | None = None,
         gid: int | None = None,
+        free_space_of: Path | None = None,
     ):
         super().__init__()
+        self.free_space = FreeSpace(free_space_of)
         self.tree = tree
         self.reader = reader
         self.settings = settings
@@ -136,6 +177,8 @@ class MusicOperations(pyfuse3.Operations):  # type: ignore[misc]
         # One scope per in-flight read, cancelled by ``abort_inflight`` at the end of the
         # drain window so that every read still running answers EIO.
         self._inflight: set[trio.CancelScope] = set()
+        # ``/.search/<query>/`` (fuse_search.py), when the daemon has a search index.
+        self.search_folder: SearchFolder | None = None
 
     # -- tree ------------------------------------------------------------------------
 
@@ -146,6 +189,8 @@ class MusicOperations(pyfuse3.Operations):  # type: ignore[misc]
 
     def _node(self, ino: int) -> Node:
         node = self.tree.get(ino)
+        if node is None and self.search_folder is not None:
+            node = self.search_folder.get(ino)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return node
@@ -180,7 +225,10 @@ class MusicOperations(pyfuse3.Operations):  # type: ignore[misc]
             return self._attrs(parent)
         if name == b"..":
             return self._attrs(self._node(parent.parent))
-        node = self.tree.lookup(parent_inode, name)
+        node = None
+        if self.search_folder is not None:
+            node = await self.search_folder.lookup(parent_inode, name, self.tree)
+        node = node or self.tree.lookup(parent_inode, name)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self._attrs(node)
@@ -188,6 +236,8 @@ class MusicOperations(pyfuse3.Operations):  # type: ignore[misc]
     @_guard("getattr")
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self.tree.get(inode)
+        if node is None and self.search_folder is not None:
+            node = self.search_folder.get(inode)
         if node is None:
             # A file still open after a sync removed it keeps its last attributes.
             node = next((n for n in self._handles.values() if n.ino == inode), None)
@@ -200,6 +250,8 @@ class MusicOperations(pyfuse3.Operations):  # type: ignore[misc]
         node = self._node(inode)
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if self.search_folder is not None:
+            node = await self.search_folder.refresh(node, self.tree)
         fh = next(self._next_fh)
         # Keep the snapshot's node: offsets stay valid even if a new tree is swapped in.
         self._dir_handles[fh] = node
@@ -225,28 +277,30 @@ class MusicOperations(pyfuse3.Operations):  # type: ignore[misc]
 
     @_guard("statfs")
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        tree, free = self.tree, self.free_space
+        await free.refresh()
         data = pyfuse3.StatvfsData()
-        total = sum(n.size for n in self.tree.files())
+        used = (tree.total_bytes + BLOCK_SIZE - 1) // BLOCK_SIZE
         data.f_bsize = BLOCK_SIZE
         data.f_frsize = BLOCK_SIZE
-        data.f_blocks = (total + BLOCK_SIZE - 1) // BLOCK_SIZE
-        data.f_bfree = 0
-        data.f_bavail = 0
-        data.f_files = len(self.tree.nodes)
-        data.f_ffree = 0
-        data.f_favail = 0
+        data.f_blocks = used + free.blocks
+        data.f_bfree = free.blocks
+        data.f_bavail = free.blocks
+        data.f_files = tree.node_count + free.files
+        data.f_ffree = free.files
+        data.f_favail = free.files
         data.f_namemax = 255
         return data
 
+    # No extended attributes. ENOSYS (not ENOATTR / an empty list) makes the kernel stop
+    # asking: `ls -l` asks for two per file, each a round trip through the daemon.
     @_guard("getxattr")
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
-        self._node(inode)
-        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     @_guard("listxattr")
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
-        self._node(inode)
-        return []
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     @_guard("access")
     async def access(self, inode: int, mode: int, ctx: Any) -> bool:

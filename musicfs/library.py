@@ -202,7 +202,7 @@ class TreePublisher:
         log.info(
             "tree: generation %d with %d tracks published",
             tree.generation,
-            sum(1 for _ in tree.files()),
+            tree.file_count,
         )
         return True
 

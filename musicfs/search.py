@@ -31,14 +31,15 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import tantivy
 import trio
 
-from musicfs.catalog.db import ROOT_INODE, Catalog
+from musicfs.catalog.db import Catalog
+from musicfs.catalog.inodes import scratch_inodes
 from musicfs.catalog.naming import Template
 from musicfs.catalog.tree import Tree, build_tree, track_values
 from musicfs.failpoints import fail_point
@@ -136,23 +137,9 @@ def _make_doc(track_id: int, digest: int, values: dict[str, str | int]) -> tanti
     return doc
 
 
-def _scratch_inodes(keys: Iterable[str]) -> dict[str, int]:
-    """Inode numbers for a tree nobody mounts: paths do not depend on them, and the
-    catalog's own allocator would write to it."""
-    result = {}
-    next_ino = ROOT_INODE + 1
-    for key in keys:
-        if key == "d:":
-            result[key] = ROOT_INODE
-        else:
-            result[key] = next_ino
-            next_ino += 1
-    return result
-
-
 def tree_from_catalog(catalog: Catalog, template: str) -> Tree:
     """The tree the daemon would mount for this catalog, without touching the catalog."""
-    return build_tree(catalog.tracks(), Template(template), _scratch_inodes)
+    return build_tree(catalog.tracks(), Template(template), scratch_inodes)
 
 
 class _Lock:

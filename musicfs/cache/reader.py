@@ -195,7 +195,7 @@ class CachingReader:
 
     async def reconfigure(self, settings: Settings) -> None:
         """A reload: new size limits apply at once, eviction catches up in the background
-        (``cache.chunk_size`` is restart-only, see ``reload.py``)."""
+        (``cache.chunk_size`` is restart-only, see ``service/reload.py``)."""
         self.store.max_size = settings.cache.max_size
         self.store.min_free = settings.cache.min_free
         self.memory_bytes = settings.cache.memory

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import apsw
 import trio
 
+from musicfs.catalog.inodes import ROOT_INODE, ROOT_KEY, file_key
 from musicfs.catalog.model import Source, Track
 from musicfs.catalog.tags import Tags
 from musicfs.failpoints import fail_point
@@ -25,7 +26,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
-ROOT_INODE = 1
 
 
 class CatalogError(Exception):
@@ -67,10 +67,10 @@ def _migrate_0_to_1(db: apsw.Connection) -> None:
         CREATE INDEX sources_by_origin ON sources(origin);
         -- Inode numbers handed to the kernel; kept so they survive restarts.
         CREATE TABLE inodes(ino INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE);
-        INSERT INTO inodes(ino, key) VALUES (1, 'd:');
         CREATE TABLE sync_state(key TEXT PRIMARY KEY, value TEXT);
         """
     )
+    db.execute("INSERT INTO inodes(ino, key) VALUES (?, ?)", (ROOT_INODE, ROOT_KEY))
 
 
 # Index i migrates from version i to i + 1. Append, never edit.
@@ -247,7 +247,7 @@ class Catalog:
             )
             ids = [r[0] for r in cur]
             removed = len(ids)
-            self.db.executemany("DELETE FROM inodes WHERE key = ?", [(f"f:{i}",) for i in ids])
+            self.db.executemany("DELETE FROM inodes WHERE key = ?", [(file_key(i),) for i in ids])
         return removed
 
     def tracks(self) -> list[Track]:

@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from musicfs.catalog.inodes import ROOT_INODE, dir_key, file_key
 from musicfs.catalog.model import Track
 from musicfs.catalog.naming import (
     AUNIQUE_MARKER,
@@ -20,7 +21,6 @@ from musicfs.catalog.naming import (
     with_counter,
 )
 
-ROOT_INODE = 1
 VARIOUS_ARTISTS = "Various Artists"
 UNKNOWN_ARTIST = "Unknown Artist"
 UNKNOWN_ALBUM = "Unknown Album"
@@ -49,6 +49,9 @@ class Node:
 class Tree:
     nodes: dict[int, Node]
     generation: int = 0
+    # Counted once when the tree is built: statfs and status ask all the time.
+    file_count: int = 0
+    total_bytes: int = 0
 
     def get(self, ino: int) -> Node | None:
         return self.nodes.get(ino)
@@ -70,6 +73,10 @@ class Tree:
                 return None
             node = child
         return node
+
+    @property
+    def node_count(self) -> int:
+        return len(self.nodes)
 
     def files(self) -> Iterable[Node]:
         return (n for n in self.nodes.values() if n.track is not None)
@@ -192,6 +199,11 @@ def build_tree(
     dirs[()] = {}
     order = sorted(paths, key=lambda tid: os.fsencode(by_id[tid].path))
     placed: dict[int, tuple[tuple[str, ...], str]] = {}
+    # (folder, wanted name) -> the counter to try first. Names are only ever added while
+    # placing, so every counter below it is still taken: starting there gives the same
+    # names as counting from 2, without re-trying them (5,000 identically tagged tracks
+    # in one folder took 12-21 s that way).
+    next_counter: dict[tuple[tuple[str, ...], str], int] = {}
     for tid in order:
         parts = paths[tid]
         folder = tuple(parts[:-1])
@@ -200,24 +212,26 @@ def build_tree(
         name = parts[-1]
         taken = dirs[folder]
         if name in taken or (*folder, name) in dirs:
+            wanted = name
             stem, ext = _stem_and_ext(name)
-            n = 2
+            n = next_counter.get((folder, wanted), 2)
             while True:
                 candidate = with_counter(stem if ext else name, ext, n)
                 if candidate not in taken and (*folder, candidate) not in dirs:
                     name = candidate
                     break
                 n += 1
+            next_counter[folder, wanted] = n + 1
         taken[name] = tid
         placed[tid] = (folder, name)
 
-    keys = [f"d:{'/'.join(folder)}" for folder in dirs] + [f"f:{tid}" for tid in placed]
+    keys = [dir_key(folder) for folder in dirs] + [file_key(tid) for tid in placed]
     inos = allocate_inodes(keys)
 
     nodes: dict[int, Node] = {}
     for folder in sorted(dirs, key=len):
-        ino = inos[f"d:{'/'.join(folder)}"]
-        parent = inos[f"d:{'/'.join(folder[:-1])}"] if folder else ROOT_INODE
+        ino = inos[dir_key(folder)]
+        parent = inos[dir_key(folder[:-1])] if folder else ROOT_INODE
         dname = folder[-1].encode("utf-8") if folder else b""
         nodes[ino] = Node(ino, parent, dname, stat.S_IFDIR | 0o555, 0, mtime_ns)
         if folder:
@@ -226,8 +240,8 @@ def build_tree(
             parent_node.subdirs += 1
     for tid, (folder, name) in placed.items():
         tr = by_id[tid]
-        ino = inos[f"f:{tid}"]
-        parent = inos[f"d:{'/'.join(folder)}"]
+        ino = inos[file_key(tid)]
+        parent = inos[dir_key(folder)]
         bname = name.encode("utf-8")
         nodes[ino] = Node(ino, parent, bname, stat.S_IFREG | 0o444, tr.size, tr.mtime_ns, track=tr)
         nodes[parent].children[bname] = ino
@@ -236,7 +250,12 @@ def build_tree(
             node.listing = sorted(node.children)
             if node.mtime_ns == 0 and node.listing:
                 node.mtime_ns = max(nodes[c].mtime_ns for c in node.children.values())
-    return Tree(nodes, generation)
+    return Tree(
+        nodes,
+        generation,
+        file_count=len(placed),
+        total_bytes=sum(by_id[tid].size for tid in placed),
+    )
 
 
 def empty_tree() -> Tree:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from musicfs.control import socket_path
-from musicfs.mounts import find_mount, is_stale
+from musicfs.service.control import socket_path
+from musicfs.service.mounts import find_mount, is_stale
 from tests.support.daemon import MountedDaemon, musicfs_cmd, unmount_leftovers
 from tests.support.library import make_library
 

@@ -10,8 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from musicfs.fusectl import CONNECTIONS, connection_name
-from musicfs.mounts import find_mount
+from musicfs.service.fusectl import CONNECTIONS, connection_name
+from musicfs.service.mounts import find_mount
 from tests.support.daemon import MountedDaemon, require_fuse
 from tests.support.library import make_library
 
@@ -58,7 +58,7 @@ UNSHARE = ["unshare", "--mount", "--propagation", "private", "--"]
 IN_NAMESPACE = """
 import json, subprocess, sys
 from pathlib import Path
-from musicfs.mounts import find_mount
+from musicfs.service.mounts import find_mount
 from tests.support.daemon import MountedDaemon
 from tests.process.test_fusectl import kernel_limits
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from musicfs.catalog.integrity import check_catalog
-from musicfs.mounts import find_mount, is_stale
+from musicfs.service.mounts import find_mount, is_stale
 from tests.support.daemon import MountedDaemon, mounted_files, musicfs_cmd, unmount_leftovers
 from tests.support.library import make_library, sha256
 from tests.support.readers import Reader

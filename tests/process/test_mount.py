@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from musicfs.mounts import find_mount
+from musicfs.service.mounts import find_mount
 from tests.support.daemon import MountedDaemon, mounted_files, musicfs_cmd, scan, wait_for_files
 from tests.support.library import make_library, sha256
 
@@ -85,6 +85,39 @@ def test_close_costs_no_request_once_flush_is_declined(tmp_path: Path, library: 
         requests = d.status()["fuse"]["requests"]
         assert requests["open"] >= len(files) == 21
         assert requests.get("flush", 0) <= 1, requests
+
+
+def test_df_does_not_show_the_mount_full(tmp_path: Path, library: Path) -> None:
+    """Disk-full monitors and desktop warnings read `df`: the mount reports the cache
+    disk's free space as free, never 100% used."""
+    scan(library, tmp_path / "state")
+    with MountedDaemon(tmp_path / "mnt", [library], tmp_path / "state") as d:
+        out = subprocess.run(
+            ["df", "--output=pcent,ipcent,avail", str(d.mountpoint)],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.split("\n")[1]
+        pcent, ipcent, avail = out.split()
+        assert pcent != "100%" and ipcent != "100%" and int(avail) > 0, out
+
+
+def test_xattrs_cost_one_request_then_none(tmp_path: Path, library: Path) -> None:
+    """`ls -l` asks for extended attributes of every file: after the first ENOSYS the
+    kernel answers them itself (EOPNOTSUPP) without asking the daemon."""
+    scan(library, tmp_path / "state")
+    with MountedDaemon(tmp_path / "mnt", [library], tmp_path / "state") as d:
+        files = mounted_files(d.mountpoint)
+        for path in files:
+            with pytest.raises(OSError) as got:
+                os.getxattr(path, "user.x")
+            with pytest.raises(OSError) as listed:
+                os.listxattr(path)
+            assert got.value.errno == listed.value.errno == errno.EOPNOTSUPP
+        subprocess.run(["ls", "-lR"], cwd=d.mountpoint, check=True, capture_output=True)
+        requests = d.status()["fuse"]["requests"]
+        assert requests.get("getxattr", 0) <= 1 and requests.get("listxattr", 0) <= 1, requests
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

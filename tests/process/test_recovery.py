@@ -17,7 +17,7 @@ import apsw
 import pytest
 
 from musicfs.catalog.db import Catalog
-from musicfs.mounts import find_mount, is_stale, probe
+from musicfs.service.mounts import find_mount, is_stale, probe
 from tests.support.daemon import (
     MountedDaemon,
     mounted_files,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from musicfs.mounts import find_mount, is_stale, lazy_unmount, mount_entries, probe
+from musicfs.service.mounts import find_mount, is_stale, lazy_unmount, mount_entries, probe
 
 
 def require_fuse() -> None:

@@ -15,7 +15,7 @@ import pytest
 CHILD = textwrap.dedent(
     """
     import ctypes, re, sys, tempfile, threading
-    from musicfs.allocator import limit_malloc_arenas
+    from musicfs.service.allocator import limit_malloc_arenas
 
     capped = limit_malloc_arenas() if sys.argv[1] == "capped" else False
     start = threading.Barrier(8)

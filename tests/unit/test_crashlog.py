@@ -10,7 +10,7 @@ import threading
 import pytest
 import trio
 
-from musicfs import crashlog
+from musicfs.service import crashlog
 
 
 @pytest.fixture

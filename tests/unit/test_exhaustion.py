@@ -17,7 +17,7 @@ import trio
 from musicfs import failpoints
 from musicfs.catalog.db import Catalog
 from musicfs.config import CacheSettings
-from musicfs.supervisor import Policy
+from musicfs.service.supervisor import Policy
 from tests.support.inprocess import opened_daemon, read_through_fuse, running, settings_for
 from tests.support.library import make_library
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from musicfs.config import ConfigError, FuseSettings, load_config
-from musicfs.fusectl import (
+from musicfs.service.fusectl import (
     FusectlError,
     Limits,
     connection_name,
@@ -160,7 +160,7 @@ def test_write_refused_after_reading(kernel: dict[str, Path]) -> None:
 def test_tune_connection_logs_one_line_either_way(
     kernel: dict[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="musicfs.fusectl"):
+    with caplog.at_level(logging.INFO, logger="musicfs.service.fusectl"):
         outcome = tune_connection(Path(MNT), 64, privileged=True, **kernel)
     assert outcome is not None and outcome.after == Limits(64, 48)
     assert [r.getMessage() for r in caplog.records] == [
@@ -168,7 +168,7 @@ def test_tune_connection_logs_one_line_either_way(
     ]
     caplog.clear()
     kernel["mountinfo"].write_text(mountinfo(Path("/not/here")))
-    with caplog.at_level(logging.INFO, logger="musicfs.fusectl"):
+    with caplog.at_level(logging.INFO, logger="musicfs.service.fusectl"):
         assert tune_connection(Path(MNT), 64, privileged=False, may_mount=False, **kernel) is None
     (record,) = caplog.records
     assert record.levelno == logging.WARNING

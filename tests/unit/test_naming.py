@@ -1,9 +1,11 @@
 import os
+import time
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from musicfs.catalog.inodes import ROOT_INODE, ROOT_KEY
 from musicfs.catalog.model import Track
 from musicfs.catalog.naming import (
     MAX_NAME_BYTES,
@@ -17,7 +19,7 @@ from musicfs.catalog.tree import build_tree
 
 
 def _inodes():
-    table: dict[str, int] = {"d:": 1}
+    table: dict[str, int] = {ROOT_KEY: ROOT_INODE}
 
     def allocate(keys):
         for k in keys:
@@ -138,6 +140,27 @@ def test_collisions_are_disambiguated_deterministically() -> None:
     allocate2, _ = _inodes()
     again = build_tree(list(reversed(tracks)), Template(), allocate2)
     assert {again.path_of(n.ino): n.track.path for n in again.files()} == by_path
+
+
+def test_thousands_of_identical_names_are_numbered_in_linear_time() -> None:
+    """5,000 identically tagged files in one folder took 12-21 s to number (each one
+    tried every counter from 2 again): an empty mount meanwhile, on every restart."""
+    same = {"title": "Same", "artist": "A", "album": "B", "track": 1}
+    tracks = [track(i, f"{i:05d}.flac", **same) for i in range(1, 5001)]
+    # A real file already named like a counted one takes that counter out of the run.
+    tracks.append(track(9999, "zz.flac", title="Same (3)", artist="A", album="B", track=1))
+    allocate, _ = _inodes()
+    started = time.monotonic()
+    tree = build_tree(tracks, Template(), allocate)
+    took = time.monotonic() - started
+    names = {n.track.path: n.name.decode() for n in tree.files()}
+    assert names["00001.flac"] == "01 - Same.flac"
+    assert names["00002.flac"] == "01 - Same (2).flac"
+    assert names["00003.flac"] == "01 - Same (3).flac"
+    assert names["zz.flac"] == "01 - Same (3) (2).flac"
+    assert names["05000.flac"] == "01 - Same (5000).flac"
+    assert len(set(names.values())) == 5001
+    assert took < 5.0, f"{took:.1f}s to build a 5,001-track folder"
 
 
 def test_aunique_separates_albums_that_share_a_folder() -> None:

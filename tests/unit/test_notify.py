@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from musicfs.notify import Notifier, watchdog_interval
-from musicfs.watchdog import Watchdog
+from musicfs.service.notify import Notifier, watchdog_interval
+from musicfs.service.watchdog import Watchdog
 
 
 class Capture:

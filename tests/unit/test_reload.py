@@ -9,7 +9,7 @@ from pathlib import Path
 import trio
 
 from musicfs.config import settings_from_dict
-from musicfs.reload import plan_reload
+from musicfs.service.reload import plan_reload
 from tests.support.inprocess import opened_daemon, settings_for
 from tests.support.library import make_library
 

@@ -16,6 +16,7 @@ import trio
 
 from musicfs import cli, search
 from musicfs.catalog.db import Catalog
+from musicfs.catalog.inodes import scratch_inodes
 from musicfs.catalog.model import Track
 from musicfs.catalog.naming import DEFAULT_TEMPLATE, Template
 from musicfs.catalog.tags import Tags
@@ -46,7 +47,7 @@ LIBRARY = [
 
 
 def make_tree(tracks: list[Track]) -> Tree:
-    return build_tree(tracks, Template(DEFAULT_TEMPLATE), search._scratch_inodes)
+    return build_tree(tracks, Template(DEFAULT_TEMPLATE), scratch_inodes)
 
 
 def paths(index: SearchIndex, query: str) -> list[str]:

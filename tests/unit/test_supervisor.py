@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from musicfs.supervisor import Policy, Supervisor, SupervisorClosed
+from musicfs.service.supervisor import Policy, Supervisor, SupervisorClosed
 
 
 def run_virtual(fn) -> None:  # type: ignore[no-untyped-def]

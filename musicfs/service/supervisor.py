@@ -25,7 +25,7 @@ from typing import Any
 
 import trio
 
-from musicfs.crashlog import only_cancelled
+from musicfs.service.crashlog import only_cancelled
 
 log = logging.getLogger(__name__)
 

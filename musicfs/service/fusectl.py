@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from musicfs.config import FUSE_KERNEL_BACKGROUND
-from musicfs.mounts import parse_mountinfo
+from musicfs.service.mounts import parse_mountinfo
 
 log = logging.getLogger(__name__)
 

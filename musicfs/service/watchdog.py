@@ -23,8 +23,8 @@ from pathlib import Path
 
 import trio
 
-from musicfs.mounts import PROBE_NAME
-from musicfs.notify import Notifier
+from musicfs.service.mounts import PROBE_NAME
+from musicfs.service.notify import Notifier
 
 log = logging.getLogger(__name__)
 
