@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Install the Debian/Ubuntu packages MusicFS needs. Usage: setup-debian.sh [run|test|bench]
 #   run   - what the daemon and the demo need (FUSE 3, a compiler for pyfuse3, Python venv)
-#   test  - plus what the process and network test layers run against (sshd, nftables,
-#           iproute2, systemd-analyze, nix-instantiate for parse checks, bubblewrap for
-#           the Nix build sandbox imitation)
-#   bench - plus the baselines the benchmarks compare with (sshfs, rclone)
+#   test  - plus what the process, network and end-to-end test layers run against (sshd,
+#           nftables, iproute2, systemd-analyze, nix-instantiate for parse checks; the
+#           players and scanners: ffmpeg/ffprobe, mpv, mpd, mpc; bubblewrap for the Nix
+#           build sandbox imitation)
+#   bench - plus the baselines the benchmarks compare with (sshfs, rclone), ffprobe as the
+#           library scanner, tc (iproute2) for the shaped link
 set -euo pipefail
 level=${1:-run}
 pkgs=(fuse3 libfuse3-dev pkg-config gcc make python3 python3-venv python3-dev)
@@ -16,8 +18,9 @@ if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
 fi
 case "$level" in
   run) ;;
-  test) pkgs+=(openssh-server openssh-client nftables iproute2 systemd procps psmisc nix-bin bubblewrap) ;;
-  bench) pkgs+=(openssh-server openssh-client nftables iproute2 procps sshfs rclone) ;;
+  test) pkgs+=(openssh-server openssh-client nftables iproute2 systemd procps psmisc nix-bin
+               ffmpeg mpv mpd mpc bubblewrap) ;;
+  bench) pkgs+=(openssh-server openssh-client nftables iproute2 procps sshfs rclone ffmpeg) ;;
   *) echo "usage: $0 [run|test|bench]" >&2; exit 2 ;;
 esac
 missing=()
