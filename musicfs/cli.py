@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="repair the cache: rebuild its index, quarantine bad chunks (daemon stopped)",
     )
 
+    from musicfs.pin_commands import add_parsers as add_pin_parsers
+
+    add_pin_parsers(sub, _common)
+
     demo = sub.add_parser("demo", help="build a small tagged demo library and mount it")
     demo.add_argument(
         "--dir", type=Path, help="where to put the demo (default: ~/.local/share/musicfs-demo)"
@@ -298,6 +302,10 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(
             f"  task {name} ({task['policy']}): {task['state']}, {task['restarts']} restarts{extra}"
         )
+    if isinstance(status.get("pins"), dict):
+        from musicfs.pin_commands import format_pins
+
+        lines.append(format_pins(status["pins"]))
     fuse = status.get("fuse")
     if fuse:
         restarts = fuse.get("worker_restarts") or 0
@@ -343,6 +351,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from musicfs import pin_commands
     from musicfs.catalog.db import SchemaTooNew
     from musicfs.daemon import StartupError
     from musicfs.service.logs import setup_logging
@@ -358,6 +367,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "unmount": cmd_unmount,
         "fsck": cmd_fsck,
         "demo": cmd_demo,
+        "pin": pin_commands.cmd_pin,
+        "unpin": pin_commands.cmd_unpin,
+        "pins": pin_commands.cmd_pins,
     }
     try:
         return commands[args.command](args)

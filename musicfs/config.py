@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from musicfs.catalog.naming import DEFAULT_TEMPLATE, Template, TemplateError
+from musicfs.pins import PinSettings
 
 EXIT_CONFIG = 2
 
@@ -221,6 +222,7 @@ class Settings:
     fuse: FuseSettings = FuseSettings()
     cache: CacheSettings = CacheSettings()
     timeouts: OriginTimeouts = OriginTimeouts()
+    pins: PinSettings = field(default_factory=PinSettings)
     source: Path | None = None  # the config file, for messages
 
     @property
@@ -300,6 +302,7 @@ _TABLES: dict[str, tuple[type, dict[str, Parser]]] = {
             "retry_interval": parse_duration,
         },
     ),
+    "pins": (PinSettings, {"parallel": _positive_int, "max_rate": parse_size}),
     "timeouts": (
         OriginTimeouts,
         {

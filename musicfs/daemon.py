@@ -47,6 +47,7 @@ from musicfs.config import FUSE_KERNEL_BACKGROUND, ConfigError, Settings
 from musicfs.fuse_ops import MusicOperations, mount_options
 from musicfs.fuse_search import SearchFolder
 from musicfs.library import Library, TreePublisher, open_pool
+from musicfs.pin_manager import PinManager, control_handlers
 from musicfs.resources import leaves, only_shortage
 from musicfs.search import SearchIndex
 from musicfs.service import control
@@ -147,6 +148,7 @@ class Daemon:
         self.library: Library | None = None
         self.reader: CachingReader | None = None
         self.watchdog: Watchdog | None = None
+        self.pins: PinManager | None = None
         # The kernel's limits for our connection once raised through fusectl.
         self.fuse_limits: Outcome | None = None
         self.search = SearchIndex(settings.search_dir)
@@ -205,6 +207,16 @@ class Daemon:
         tree = await self.library.build_tree()
         self.ops = MusicOperations(tree, self.reader, s.fuse, free_space_of=s.cache_dir)
         self.ops.search_folder = SearchFolder(self._search_paths)
+        ops = self.ops
+        self.pins = PinManager(
+            catalog,
+            self.reader.store,
+            self.reader.warm,
+            s.pins,
+            tree=lambda: ops.tree,
+            search=self._search_paths,
+            busy=lambda: ops.stats.inflight > 0,
+        )
         self.event("opened")
 
     def _search_paths(self, query: str, limit: int) -> list[str]:
@@ -324,6 +336,8 @@ class Daemon:
         if self.reader is not None:
             # Write-behind, read-ahead, eviction, passthrough retries.
             self.supervisor.start("cache", self.reader.run, Policy.CRITICAL)
+        if self.pins is not None:
+            self.supervisor.start("pins", self.pins.run, Policy.BEST_EFFORT)
         self.supervisor.start("health", self.library.pool.health.run, Policy.CRITICAL)
         interval = watchdog_interval()
         if interval is not None and self.notifier.enabled:
@@ -395,6 +409,8 @@ class Daemon:
             # Only a new tree (or a failed update, or the first pass) needs an index diff.
             if tree.generation != indexed and await self.search.update_async(tree) is not None:
                 indexed = tree.generation
+                if self.pins is not None:
+                    await self.pins.evaluate()  # smart pins: what the sync added is pinned too
             interval = self.settings.library.scan_interval
             # An origin that could not be listed is retried sooner than the full interval;
             # an interval of 0 means "only when asked" (start-up, SIGHUP).
@@ -453,6 +469,7 @@ class Daemon:
             "origins": _status_of(self.library.pool) if self.library else None,
             "cache": _status_of(self.reader),
             "watchdog": self.watchdog.status() if self.watchdog else None,
+            "pins": self.pins.status() if self.pins else None,
             "catalog_moved_aside": str(self.catalog_moved_aside)
             if self.catalog_moved_aside
             else None,
@@ -491,9 +508,14 @@ class Daemon:
         async def reload(request: dict[str, Any]) -> dict[str, Any]:
             return {"result": await self.reload()}
 
-        server = control.ControlServer(
-            path, {"status": status, "unmount": unmount, "reload": reload}
-        )
+        handlers: dict[str, control.Handler] = {
+            "status": status,
+            "unmount": unmount,
+            "reload": reload,
+        }
+        if self.pins is not None:
+            handlers.update(control_handlers(self.pins))
+        server = control.ControlServer(path, handlers)
         try:
             await server.bind()
         except OSError as exc:
@@ -610,6 +632,8 @@ class Daemon:
                 await old_pool.aclose()
         if self.ops is not None:
             self.ops.settings = plan.settings.fuse
+        if self.pins is not None:
+            self.pins.settings = plan.settings.pins
         reconfigure = getattr(self.reader, "reconfigure", None)
         if callable(reconfigure):
             await reconfigure(plan.settings)
