@@ -6,13 +6,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-test demo test unit process network lint typecheck nix-check service-check bench clean
+.PHONY: setup setup-test demo test unit process network e2e lint typecheck nix-check service-check bench clean
 
 $(BIN)/musicfs: pyproject.toml scripts/setup-debian.sh
 	scripts/setup-debian.sh run
 	test -x $(BIN)/python || $${PYTHON:-$$(scripts/find-python.sh)} -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,bench]'
 	touch $@
 
 setup: $(BIN)/musicfs
@@ -35,6 +35,10 @@ process: setup-test
 
 network: setup-test
 	$(BIN)/pytest -m network $(PYTEST_ARGS)
+
+# Real players and scanners (ffmpeg, mpv, mpd, beets) on real mounts; part of `make test`.
+e2e: setup-test
+	$(BIN)/pytest -m e2e $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check musicfs tests $(wildcard bench)

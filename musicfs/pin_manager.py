@@ -22,11 +22,11 @@ from typing import Any
 
 import trio
 
+from musicfs.backoff import backoff_delay
 from musicfs.cache.store import ChunkStore
 from musicfs.catalog.db import Catalog
 from musicfs.catalog.model import Track
 from musicfs.catalog.tree import Tree
-from musicfs.origins.health import backoff_delay
 from musicfs.pins import (
     Pin,
     PinError,

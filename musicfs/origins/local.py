@@ -163,6 +163,12 @@ class LocalOrigin:
         result: OriginEntry = await self._run(self._stat_sync, path)
         return result
 
+    def resolve_sync(self, path: str) -> str:
+        """The real file behind ``path`` (from a worker thread), checked like a read: for
+        a tag-parsing process that opens it itself."""
+        fail_point("origin.local.read")
+        return self._resolve(path)
+
     def open_sync(self, path: str) -> BinaryIO:
         """A plain file object for ``path`` (from a worker thread): lets tag reading skip the
         per-read hop through the event loop that remote origins need."""

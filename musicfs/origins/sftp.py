@@ -33,11 +33,11 @@ from typing import Any, TypeVar
 import asyncssh
 import trio
 
+from musicfs.backoff import backoff_delay
 from musicfs.config import OriginSettings, OriginTimeouts
 from musicfs.failpoints import asyncio_fail_point, fail_point
 from musicfs.origins.aio_bridge import AsyncioThread, BridgeCancelled
 from musicfs.origins.base import Listing, OriginEntry, OriginError
-from musicfs.origins.health import backoff_delay
 from musicfs.origins.open import SFTPAddress
 
 log = logging.getLogger(__name__)

@@ -1,3 +1,4 @@
+import errno
 import os
 import subprocess
 import sys
@@ -187,3 +188,55 @@ def test_scan_without_prune_says_so_and_fails_then_prune_removes(tmp_path: Path)
     assert "not removing 2 tracks" in kept.stderr and "2 tracks in the catalog" in kept.stdout
     pruned = subprocess.run([*scan, "--prune"], capture_output=True, text=True, timeout=60)
     assert pruned.returncode == 0 and "0 tracks in the catalog" in pruned.stdout
+
+
+def _catalogued(catalog: Catalog) -> dict[str, tuple[Tags, str | None]]:
+    return {t.path: (t.tags, t.tag_error) for t in catalog.tracks()}
+
+
+def test_a_large_local_scan_parses_tags_in_worker_processes(tmp_path: Path) -> None:
+    """Tags parsed by worker processes are the tags the threads parse, broken files are
+    still listed under their names, and an unreadable one is skipped to be retried; the
+    parsing CPU time is spent in the children (both cores), not in this process."""
+    import resource
+
+    lib = tmp_path / "lib"
+    make_library(lib, albums=6, tracks=5)
+    (lib / "broken.mp3").write_bytes(b"not audio at all")
+    (lib / "empty.flac").write_bytes(b"")
+    threads = Catalog(tmp_path / "threads.sqlite")
+    sync(threads, LocalOrigin("local", lib), process_scan_min=10**9)
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    processes = Catalog(tmp_path / "processes.sqlite")
+    failpoints.set("origin.local.read", "1*error(EACCES)")
+    r = sync(processes, LocalOrigin("local", lib), process_scan_min=1, batch_size=7)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert (r.listed, r.added_or_changed, r.skipped) == (32, 31, 1)
+    assert after.ru_utime + after.ru_stime > before.ru_utime + before.ru_stime
+
+    failpoints.clear()
+    r = sync(processes, LocalOrigin("local", lib), process_scan_min=1)
+    assert r.added_or_changed == 1
+    assert _catalogued(processes) == _catalogued(threads)
+
+
+def test_a_file_gone_before_its_worker_opens_it_is_skipped(tmp_path: Path) -> None:
+    from musicfs.catalog.tag_processes import TagProcesses, decode
+    from musicfs.origins.base import OriginError
+
+    lib = tmp_path / "lib"
+    (kept,) = make_library(lib, albums=1, tracks=1)
+    processes = TagProcesses(workers=1)
+    try:
+        outcomes = processes.parse([(str(kept), "a/kept.flac"), (str(lib / "gone"), "a/gone")])
+    finally:
+        processes.close()
+
+    def open_error(err: int, message: str) -> OSError:
+        return OriginError(err, message, origin="local", path="a/gone")
+
+    tags, error = decode(outcomes[0], open_error)  # type: ignore[misc]
+    assert tags is not None and tags.title == "Song 0-0" and error is None
+    gone = decode(outcomes[1], open_error)
+    assert isinstance(gone, OriginError) and gone.errno == errno.ENOENT
