@@ -350,8 +350,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_daemon(settings)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def cmd_pin(args: argparse.Namespace) -> int:
+    """``pin``, ``unpin`` and ``pins`` (musicfs/pin_commands.py)."""
     from musicfs import pin_commands
+
+    commands = {
+        "pin": pin_commands.cmd_pin,
+        "unpin": pin_commands.cmd_unpin,
+        "pins": pin_commands.cmd_pins,
+    }
+    return commands[args.command](args, resolve_settings(args), _control_path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     from musicfs.catalog.db import SchemaTooNew
     from musicfs.daemon import StartupError
     from musicfs.service.logs import setup_logging
@@ -367,9 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "unmount": cmd_unmount,
         "fsck": cmd_fsck,
         "demo": cmd_demo,
-        "pin": pin_commands.cmd_pin,
-        "unpin": pin_commands.cmd_unpin,
-        "pins": pin_commands.cmd_pins,
+        "pin": cmd_pin,
+        "unpin": cmd_pin,
+        "pins": cmd_pin,
     }
     try:
         return commands[args.command](args)

@@ -48,15 +48,19 @@ def _mount_root(path: str) -> str | None:
         current = current.parent
 
 
-def _daemon_socket(settings: Settings, mount_root: str | None) -> Path | None:
+# The control socket ``musicfs status`` would ask (``cli._control_path``); raises
+# ConfigError when none or several are found.
+FindDaemon = Callable[[Settings], Path]
+
+
+def _daemon_socket(settings: Settings, mount_root: str | None, find: FindDaemon) -> Path | None:
     """The control socket of the daemon to ask, or None when none seems to run."""
-    from musicfs.cli import _control_path
     from musicfs.service.control import socket_path
 
     if mount_root is not None:
         return socket_path(settings.run_dir, Path(mount_root))
     try:
-        return _control_path(settings)
+        return find(settings)
     except ConfigError as exc:
         if "several" in str(exc):
             raise
@@ -175,27 +179,22 @@ async def offline_manager(settings: Settings) -> AsyncIterator[PinManager]:
         lock.release()
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    from musicfs.cli import resolve_settings
-
-    return resolve_settings(args)
-
-
-def _targets(settings: Settings, words: list[str]) -> tuple[list[PinSpec], str | None, Path | None]:
+def _targets(
+    settings: Settings, words: list[str], find: FindDaemon
+) -> tuple[list[PinSpec], str | None, Path | None]:
     """The pins ``words`` name, the mount point they are paths in (if they are), and the
     control socket of the daemon to ask (None: work without one)."""
     specs = specs_from_args(words, _mount_root)
     root = _mount_root(os.path.abspath(words[0])) if specs[0].kind == "path" else None
-    return specs, root, _daemon_socket(settings, root)
+    return specs, root, _daemon_socket(settings, root, find)
 
 
 def _no_daemon(root: str) -> str:
     return f"no MusicFS daemon answers for {root}; pass the --config or --state-dir it runs with"
 
 
-def cmd_pin(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    specs, root, socket = _targets(settings, args.query)
+def cmd_pin(args: argparse.Namespace, settings: Settings, find: FindDaemon) -> int:
+    specs, root, socket = _targets(settings, args.query, find)
     try:
         pinned = [_ask(socket, "pin", kind=s.kind, text=s.text) for s in specs]
         if all(reply is not None for reply in pinned):
@@ -243,9 +242,8 @@ async def _pin_offline(settings: Settings, specs: list[PinSpec], no_wait: bool) 
         return 0
 
 
-def cmd_unpin(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    specs, root, socket = _targets(settings, args.query)
+def cmd_unpin(args: argparse.Namespace, settings: Settings, find: FindDaemon) -> int:
+    specs, root, socket = _targets(settings, args.query, find)
     try:
         for spec in specs:
             if _ask(socket, "unpin", kind=spec.kind, text=spec.text) is None:
@@ -264,9 +262,8 @@ async def _unpin_offline(settings: Settings, spec: PinSpec) -> None:
         await manager.remove(spec)
 
 
-def cmd_pins(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    reply = _ask(_daemon_socket(settings, None), "pins")
+def cmd_pins(args: argparse.Namespace, settings: Settings, find: FindDaemon) -> int:
+    reply = _ask(_daemon_socket(settings, None, find), "pins")
     status = reply["pins"] if reply is not None else trio.run(_status_offline, settings)
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
