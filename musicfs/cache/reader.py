@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 import trio
 
-from musicfs.cache.modes import PASSTHROUGH
+from musicfs.cache.modes import CacheMode
 from musicfs.cache.settings import CacheSettings
 from musicfs.cache.space import HIGH_WATERMARK
 from musicfs.cache.store import ChunkStore, PutResult, Rejected
@@ -214,7 +214,7 @@ class CachingReader:
                 await self._wake.wait()
             self._wake = trio.Event()
             try:
-                if self.store.mode == PASSTHROUGH:
+                if self.store.mode is CacheMode.PASSTHROUGH:
                     if time.monotonic() - self._last_probe >= self.retry_interval:
                         self._last_probe = time.monotonic()
                         await trio.to_thread.run_sync(self.store.probe)
@@ -241,7 +241,7 @@ class CachingReader:
             return b""
         end = min(offset + size, track.size)
         self.counters.reads += 1
-        if self.store.mode == PASSTHROUGH:
+        if self.store.mode is CacheMode.PASSTHROUGH:
             self.counters.passthrough_reads += 1
             if not self.store.serves_cached:
                 return await self.fetch(track, offset, end - offset)
@@ -419,7 +419,7 @@ class CachingReader:
     # -- storing ---------------------------------------------------------------------
 
     async def _store(self, version: bytes, n: int, data: bytes) -> None:
-        if self.store.mode == PASSTHROUGH:
+        if self.store.mode is CacheMode.PASSTHROUGH:
             self.counters.uncached += 1
             return
         if self._nursery is None:
