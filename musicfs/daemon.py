@@ -9,9 +9,11 @@ background tasks under the supervisor, control socket.
 Shutdown (SIGTERM, SIGINT, ``musicfs unmount``, a critical task giving up, or an
 external ``fusermount3 -u``), in this order:
 
-1. STOPPING=1; the supervisor refuses new work and cancels sync, eviction, health, watchdog;
+1. STOPPING=1; the sync is cancelled;
 2. drain: new reads answer EIO at once, reads in flight get ``fuse.drain_timeout`` to
-   finish and then answer EIO -- no player waits longer than that;
+   finish (the cache's fetches and the origins' health checks they wait on still run)
+   and then answer EIO -- no player waits longer than that; then the supervisor refuses
+   new work and cancels the rest (eviction, health, watchdog, cache tasks);
 3. commit and close the stores (reader/cache, origins, catalog, registered closers) while
    the FUSE loop still answers metadata from memory, so no request is left unanswered;
 4. end the FUSE loop and unmount; exit 0 (1 if a critical task gave up).
@@ -403,11 +405,14 @@ class Daemon:
         self.notifier.stopping("stopping: draining requests")
         self.event("stopping")
         log.info("shutdown: stopping background work")
-        await self.supervisor.close(timeout=CLOSE_TIMEOUT)
-        self.event("background-stopped")
+        # The sync stops first; the cache's fetches and the health checks that reads in
+        # flight wait on keep running until those reads are answered.
+        await self.supervisor.stop("sync", timeout=CLOSE_TIMEOUT)
         if self.session is not None:
             await self.session.drain()
         self.event("drained")
+        await self.supervisor.close(timeout=CLOSE_TIMEOUT)
+        self.event("background-stopped")
         await self._close_stores()
         self.event("stores-closed")
         if self.session is not None:
