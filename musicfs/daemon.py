@@ -44,6 +44,8 @@ from musicfs.fuse_ops import MusicOperations
 from musicfs.fuse_search import SearchFolder
 from musicfs.library import Library, TreePublisher, open_pool
 from musicfs.locks import FileLock, LockHeld
+from musicfs.origins.local import LocalOrigin
+from musicfs.origins.pool import OriginPool
 from musicfs.resources import leaves
 from musicfs.search import SearchIndex
 from musicfs.service import control, signals, status
@@ -156,19 +158,18 @@ class Daemon:
 
     async def _open(self) -> None:
         s = self.settings
+        # The mount point first: a rejected one leaves no state directory or lock behind.
+        prepare_mountpoint(self.mountpoint)
+        pool = open_pool(s)
+        if not s.catalog_path.exists():
+            _refuse_missing_origins(pool)
         self.lock.acquire()
-        try:
-            prepare_mountpoint(self.mountpoint)
-        except MountpointError:
-            self.lock.release()
-            raise
         try:
             catalog, self.catalog_moved_aside = await trio.to_thread.run_sync(
                 open_catalog, s.catalog_path
             )
         except SchemaTooNew as exc:
             raise StartupError(str(exc)) from None
-        pool = open_pool(s)
         self.library = Library(s, catalog, pool)
         self.reader = CachingReader(
             ChunkStore.from_settings(s.cache_dir, s.cache),
@@ -421,8 +422,8 @@ class Daemon:
         self.state = DaemonState.STOPPED
 
     async def _close_stores(self) -> None:
-        if self._stores_closed:
-            return
+        if self._stores_closed or self.library is None:
+            return  # closed already, or start-up stopped before opening any store
         self._stores_closed = True
         steps: list[tuple[str, Closer]] = []
         if self.reader is not None:
@@ -443,6 +444,21 @@ class Daemon:
             if scope.cancelled_caught:
                 log.error("shutdown: closing %s took over %.0fs; moving on", name, CLOSE_TIMEOUT)
         log.info("shutdown: stores committed and closed")
+
+
+def _refuse_missing_origins(pool: OriginPool) -> None:
+    """First run (no catalog yet): a local origin folder that does not exist, or is a
+    file, is a mistake in the command line or config, not an origin that is offline."""
+    for origin in pool:
+        if not isinstance(origin, LocalOrigin):
+            continue  # a server that does not answer yet is the offline case
+        problem = origin.root_problem()
+        if problem is not None:
+            code = errno.errorcode.get(problem.errno or 0, "?")
+            raise StartupError(
+                f"origin {origin.name} ({origin.root}): {problem.strerror} ({code}); "
+                "with nothing catalogued yet this is a wrong --origin or [[origin]] url"
+            )
 
 
 def _start_named(nursery: trio.Nursery, name: str, fn: Callable[[], Awaitable[object]]) -> None:
