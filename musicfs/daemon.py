@@ -58,6 +58,7 @@ from musicfs.service.notify import Notifier, watchdog_interval
 from musicfs.service.status import DaemonState
 from musicfs.service.supervisor import Policy, Supervisor
 from musicfs.service.watchdog import Watchdog, probe_mount
+from musicfs.sync import identity_key, origin_identity
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +162,9 @@ class Daemon:
         # The mount point first: a rejected one leaves no state directory or lock behind.
         prepare_mountpoint(self.mountpoint)
         pool = open_pool(s)
-        if not s.catalog_path.exists():
-            _refuse_missing_origins(pool)
+        first_run = not s.catalog_path.exists()
+        if first_run:
+            _refuse_missing_origins(pool, {})
         self.lock.acquire()
         try:
             catalog, self.catalog_moved_aside = await trio.to_thread.run_sync(
@@ -170,6 +172,15 @@ class Daemon:
             )
         except SchemaTooNew as exc:
             raise StartupError(str(exc)) from None
+        if not first_run:
+            recorded = {
+                o.name: await catalog.run(catalog.get_state, identity_key(o.name)) for o in pool
+            }
+            try:
+                _refuse_missing_origins(pool, recorded)
+            except StartupError:
+                catalog.close()
+                raise
         self.library = Library(s, catalog, pool)
         self.reader = CachingReader(
             ChunkStore.from_settings(s.cache_dir, s.cache),
@@ -446,18 +457,23 @@ class Daemon:
         log.info("shutdown: stores committed and closed")
 
 
-def _refuse_missing_origins(pool: OriginPool) -> None:
-    """First run (no catalog yet): a local origin folder that does not exist, or is a
-    file, is a mistake in the command line or config, not an origin that is offline."""
+def _refuse_missing_origins(pool: OriginPool, recorded: dict[str, str | None]) -> None:
+    """A local origin folder that does not exist, or is a file, is a mistake in the
+    command line or config -- unless the catalog holds tracks from that very folder (then
+    it is a disk not mounted today: the offline case, served from the catalog and cache).
+    ``recorded``: where each origin pointed when last listed (empty on a first run)."""
     for origin in pool:
         if not isinstance(origin, LocalOrigin):
             continue  # a server that does not answer yet is the offline case
+        if origin.name in recorded and recorded[origin.name] in (None, origin_identity(origin)):
+            continue  # catalogued from here (or before identities were recorded)
         problem = origin.root_problem()
         if problem is not None:
             code = errno.errorcode.get(problem.errno or 0, "?")
             raise StartupError(
                 f"origin {origin.name} ({origin.root}): {problem.strerror} ({code}); "
-                "with nothing catalogued yet this is a wrong --origin or [[origin]] url"
+                "nothing is catalogued from there, so this is a wrong --origin or "
+                "[[origin]] url"
             )
 
 

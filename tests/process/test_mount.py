@@ -280,3 +280,29 @@ def test_a_rejected_mount_point_creates_no_state_and_closes_nothing(
     assert "not empty" in proc.stderr or "empty" in proc.stderr, proc.stderr
     assert "stores committed and closed" not in proc.stderr
     assert not state.exists()
+
+
+def test_switching_origins_leaves_no_ghost_tracks(tmp_path: Path) -> None:
+    """Mount one folder, stop, mount another with the same state dir: only the second
+    library is in the tree (no EIO-ing tracks of the first); a typo'd folder is refused."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    make_library(first, albums=3, tracks=4)
+    make_library(second / "other", albums=1, tracks=3)  # no track in common
+    state = tmp_path / "state"
+    with MountedDaemon(tmp_path / "mnt", [first], state) as d:
+        assert len(wait_for_files(d.mountpoint, 12, 30)) == 12
+    with MountedDaemon(tmp_path / "mnt", [second], state) as d:
+        deadline = time.monotonic() + 30
+        files = mounted_files(d.mountpoint)
+        while len(files) != 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            files = mounted_files(d.mountpoint)
+        assert len(files) == 3, [str(p) for p in files]
+        for path in files:
+            path.read_bytes()  # every track listed plays
+        assert "not removing" not in d.log() and f"is now file://{second}" in d.log()
+    proc = mount_refused(
+        ["--origin", str(tmp_path / "secnod"), "--state-dir", str(state)], tmp_path / "mnt"
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "(ENOENT)" in proc.stderr and "nothing is catalogued from there" in proc.stderr
