@@ -34,11 +34,11 @@ from typing import Any, Protocol
 
 import trio
 
-from musicfs.cache.modes import PASSTHROUGH
+from musicfs.cache.modes import CacheMode
+from musicfs.cache.settings import CacheSettings
 from musicfs.cache.space import HIGH_WATERMARK
 from musicfs.cache.store import ChunkStore, PutResult, Rejected
 from musicfs.catalog.model import Track
-from musicfs.config import Settings
 from musicfs.failpoints import async_fail_point
 from musicfs.resources import describe, shortage
 
@@ -199,13 +199,13 @@ class CachingReader:
     async def aclose(self) -> None:
         await trio.to_thread.run_sync(self.store.close)
 
-    async def reconfigure(self, settings: Settings) -> None:
+    async def reconfigure(self, settings: CacheSettings) -> None:
         """A reload: new size limits apply at once, eviction catches up in the background
         (``cache.chunk_size`` is restart-only, see ``service/reload.py``)."""
-        self.store.max_size = settings.cache.max_size
-        self.store.min_free = settings.cache.min_free
-        self.memory_bytes = settings.cache.memory
-        self.retry_interval = settings.cache.retry_interval
+        self.store.max_size = settings.max_size
+        self.store.min_free = settings.min_free
+        self.memory_bytes = settings.memory
+        self.retry_interval = settings.retry_interval
         self._wake.set()
 
     async def _housekeeping(self) -> None:
@@ -214,7 +214,7 @@ class CachingReader:
                 await self._wake.wait()
             self._wake = trio.Event()
             try:
-                if self.store.mode == PASSTHROUGH:
+                if self.store.mode is CacheMode.PASSTHROUGH:
                     if time.monotonic() - self._last_probe >= self.retry_interval:
                         self._last_probe = time.monotonic()
                         await trio.to_thread.run_sync(self.store.probe)
@@ -241,7 +241,7 @@ class CachingReader:
             return b""
         end = min(offset + size, track.size)
         self.counters.reads += 1
-        if self.store.mode == PASSTHROUGH:
+        if self.store.mode is CacheMode.PASSTHROUGH:
             self.counters.passthrough_reads += 1
             if not self.store.serves_cached:
                 return await self.fetch(track, offset, end - offset)
@@ -412,7 +412,7 @@ class CachingReader:
     # -- storing ---------------------------------------------------------------------
 
     async def _store(self, version: bytes, n: int, data: bytes) -> None:
-        if self.store.mode == PASSTHROUGH:
+        if self.store.mode is CacheMode.PASSTHROUGH:
             self.counters.uncached += 1
             return
         if self._nursery is None:

@@ -16,8 +16,8 @@ import pyfuse3
 import trio
 
 from musicfs.backoff import RestartBackoff
-from musicfs.config import FUSE_KERNEL_BACKGROUND
 from musicfs.fuse_ops import MusicOperations, mount_options
+from musicfs.fuse_settings import FUSE_KERNEL_BACKGROUND
 from musicfs.resources import only_shortage
 from musicfs.service.fusectl import Outcome, tune_connection
 from musicfs.service.mounts import MountpointError, lazy_unmount

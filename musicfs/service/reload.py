@@ -145,7 +145,7 @@ async def apply_settings(daemon: Reloadable, new: Settings) -> str:
     if daemon.ops is not None:
         daemon.ops.settings = plan.settings.fuse
     if daemon.reader is not None:
-        await daemon.reader.reconfigure(plan.settings)
+        await daemon.reader.reconfigure(plan.settings.cache)
     if plan.settings.log_level != old.log_level:
         logging.getLogger().setLevel(plan.settings.log_level.upper())
     if plan.resync:
