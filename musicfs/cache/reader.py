@@ -257,6 +257,13 @@ class CachingReader:
         self._note_stream(track, offset, end, last)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    async def warm(self, track: Track, n: int) -> None:
+        """Make sure chunk ``n`` of ``track`` is fetched, verified and queued for the store
+        like any read's -- but without counting as a stream, so it starts no read-ahead
+        or prefetch (pins pace their own fetching, ``musicfs/pins.py``)."""
+        if n * self.store.chunk_size < track.size:
+            await self._chunk(track, n)
+
     async def _chunk(self, track: Track, n: int) -> bytes:
         key = (track.version_key, n)
         data = self._memory.get(key)

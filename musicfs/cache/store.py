@@ -23,7 +23,7 @@ import errno
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
@@ -632,6 +632,36 @@ class ChunkStore:
                 return False
             self.ledger.set_pins(digest, self.index.set_pins(digest, delta))
             return True
+
+    def set_pinned(self, chunks: Iterable[tuple[bytes, int]]) -> set[tuple[bytes, int]]:
+        """Make exactly these ``(version, chunk_no)`` pinned (a stored chunk's pin count is
+        how many of them map to it; every other chunk is unpinned), in one index commit.
+        Returns those that are stored now. Pins lost with a rebuilt index are restored by
+        calling this again (the pins' truth is the catalog, see ``musicfs/pins.py``)."""
+        with self._lock:
+            index = self.index
+            if index is None or self._read_only:
+                return set()
+            wanted: dict[bytes, int] = {}
+            stored: set[tuple[bytes, int]] = set()
+            for version, chunk_no in chunks:
+                digest = index.lookup(version, chunk_no)
+                if digest is not None and digest in self.ledger:
+                    wanted[digest] = wanted.get(digest, 0) + 1
+                    stored.add((version, chunk_no))
+            changes = {d: n for d, n in wanted.items() if self.ledger.pins.get(d, 0) != n}
+            changes.update({d: 0 for d in self.ledger.pins if d not in wanted})
+            if changes:
+                index.set_pin_counts(changes)
+                for digest, pins in changes.items():
+                    self.ledger.set_pins(digest, pins)
+            return stored
+
+    @property
+    def pinned_bytes(self) -> int:
+        with self._lock:
+            sizes = self.ledger.probation | self.ledger.protected
+            return sum(sizes.get(d, 0) for d in self.ledger.pins)
 
     # -- status ----------------------------------------------------------------------
 
