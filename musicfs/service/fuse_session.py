@@ -184,9 +184,11 @@ class FuseSession:
         ops.draining = True
         timeout = ops.settings.drain_timeout
         waiting = ops.stats.inflight
+        errors_before = ops.stats.read_errors
         with trio.move_on_after(timeout):
             while ops.stats.inflight:
                 await trio.sleep(0.01)
+        failed = ops.stats.read_errors - errors_before  # answered an errno of their own
         aborted = ops.abort_inflight()
         if aborted:
             log.warning(
@@ -197,7 +199,14 @@ class FuseSession:
             with trio.move_on_after(ABORTED_SETTLE_TIMEOUT):
                 while ops.stats.inflight:
                     await trio.sleep(0.01)
-        log.info("shutdown: drained %d in-flight reads (%d answered EIO)", waiting, aborted)
+        log.info(
+            "shutdown: drained %d in-flight reads (%d with data, %d with an error, "
+            "%d answered EIO at the drain timeout)",
+            waiting,
+            waiting - failed - aborted,
+            failed,
+            aborted,
+        )
 
     async def unmount(self) -> None:
         """End the workers (cancelled if they do not stop) and unmount."""
