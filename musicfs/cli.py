@@ -78,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     unmount = sub.add_parser("unmount", help="ask the daemon serving MOUNTPOINT to stop")
     _common(unmount)
-    unmount.add_argument("mountpoint", type=Path, help="the daemon's mount point")
+    unmount.add_argument(
+        "mountpoint", type=Path, nargs="?", help="the daemon's mount point (default: the config's)"
+    )
     unmount.add_argument(
         "--timeout", type=float, default=60.0, help="seconds to wait for the unmount"
     )
@@ -194,7 +196,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     settings = resolve_settings(args)
     try:
         reply = request(_control_path(settings), "status")
-    except ControlError as exc:
+    except (ControlError, ConfigError) as exc:
+        if args.json:  # a script asked: it gets an answer it can parse
+            print(json.dumps({"running": False, "error": str(exc)}, indent=2))
         print(f"musicfs: {exc}", file=sys.stderr)
         return 1
     status = reply["status"]
@@ -212,7 +216,9 @@ def cmd_unmount(args: argparse.Namespace) -> int:
     from musicfs.service.mounts import find_mount, is_musicfs, lazy_unmount, probe
 
     settings = resolve_settings(args)
-    mountpoint = args.mountpoint
+    mountpoint = settings.mountpoint  # the argument, else the config's
+    if mountpoint is None:
+        raise ConfigError("no mount point given (argument or `mountpoint` in the config)")
     try:
         reply = request(_control_path(settings), "unmount")
     except ControlError as exc:
@@ -240,11 +246,16 @@ def cmd_fsck(args: argparse.Namespace) -> int:
 
 
 def _control_path(settings: Settings) -> Path:
+    from musicfs.service import registry
     from musicfs.service.control import socket_path
 
     if settings.mountpoint is not None:
-        return socket_path(settings.run_dir, settings.mountpoint)
-    sockets = sorted(settings.run_dir.glob("control-*.sock"))
+        own = socket_path(settings.run_dir, settings.mountpoint)
+        # Without the daemon's --state-dir/--config the registry knows where it listens.
+        return own if own.is_socket() else registry.lookup(settings.mountpoint) or own
+    sockets = sorted(
+        set(settings.run_dir.glob("control-*.sock")) | set(registry.registered_sockets())
+    )
     if len(sockets) == 1:
         return sockets[0]
     where = f"in {settings.run_dir}"
