@@ -175,9 +175,17 @@ def cmd_search(args: argparse.Namespace) -> int:
         )
     except (QueryError, FileNotFoundError) as exc:
         raise ConfigError(str(exc)) from None
-    root = str(settings.mountpoint).rstrip("/") if settings.mountpoint is not None else ""
-    for hit in hits:
-        print(root + hit.path)
+    # Under the mount point when the config names it; else relative to the mount (no
+    # leading '/', which would read as a path on this machine).
+    root = str(settings.mountpoint).rstrip("/") + "/" if settings.mountpoint is not None else ""
+    try:
+        for hit in hits:
+            print(root + hit.path.lstrip("/"))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `musicfs search ... | head -1`: the reader has what it wanted. Point stdout at
+        # /dev/null so that the interpreter's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0 if hits else 1
 
 
