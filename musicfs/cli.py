@@ -15,6 +15,7 @@ import trio
 
 from musicfs import __version__
 from musicfs.config import EXIT_CONFIG, ConfigError, Settings, load_config, with_overrides
+from musicfs.private import private_files
 from musicfs.service.mounts import MountpointError
 
 log = logging.getLogger("musicfs")
@@ -162,6 +163,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
     settings = resolve_settings(args)
     if not settings.origins:
         raise ConfigError("no origin given (use --origin PATH or [[origin]] in the config)")
+    from musicfs.private import tighten
+
+    tighten(settings.state_dir)
     return trio.run(_scan, settings, args.prune)
 
 
@@ -402,7 +406,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "pins": cmd_pin,
     }
     try:
-        return commands[args.command](args)
+        with private_files():
+            return commands[args.command](args)
     except ConfigError as exc:
         print(f"musicfs: {exc}", file=sys.stderr)
         return EXIT_CONFIG
