@@ -28,9 +28,9 @@ import trio
 
 from musicfs.cache.reader import Reader
 from musicfs.catalog.tree import Node, Tree
-from musicfs.config import FuseSettings
 from musicfs.failpoints import async_fail_point
 from musicfs.fuse_search import SearchFolder
+from musicfs.fuse_settings import FuseSettings
 from musicfs.origins.base import OriginError
 from musicfs.resources import shortage
 
@@ -80,8 +80,8 @@ class FreeSpace:
 
 
 @dataclass
-class OpStats:
-    """Counters for status output and tests."""
+class FuseCounters:
+    """What the FUSE operations counted (``FuseSession.statistics()`` snapshots it)."""
 
     reads: int = 0
     read_bytes: int = 0
@@ -110,7 +110,7 @@ def _guard(name: str) -> Callable[[Handler[P, R]], Handler[P, R]]:
         @functools.wraps(fn)
         async def inner(*args: P.args, **kwargs: P.kwargs) -> R:
             self = args[0]
-            stats: OpStats = self.stats  # type: ignore[attr-defined]
+            stats: FuseCounters = self.stats  # type: ignore[attr-defined]
             stats.by_op[name] = stats.by_op.get(name, 0) + 1
             try:
                 return await fn(*args, **kwargs)
@@ -166,7 +166,7 @@ class MusicOperations(pyfuse3.Operations):  # type: ignore[misc]
         self.tree = tree
         self.reader = reader
         self.settings = settings
-        self.stats = OpStats()
+        self.stats = FuseCounters()
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
         self._handles: dict[int, Node] = {}

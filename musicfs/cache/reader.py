@@ -34,13 +34,14 @@ from typing import Any, Protocol
 
 import trio
 
-from musicfs.cache.modes import PASSTHROUGH
+from musicfs.cache.modes import CacheMode
+from musicfs.cache.settings import CacheSettings
 from musicfs.cache.space import HIGH_WATERMARK
-from musicfs.cache.store import ChunkStore, PutResult, Rejected
+from musicfs.cache.store import ChunkStore, PutResult, Rejected, StoreStatistics
 from musicfs.catalog.model import Track
-from musicfs.config import Settings
 from musicfs.failpoints import async_fail_point
 from musicfs.resources import describe, shortage
+from musicfs.statistics import snapshot
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,14 @@ class ReaderCounters:
     passthrough_reads: int = 0
     store_timeouts: int = 0
     store_task_errors: int = 0
+
+
+@dataclass(frozen=True)
+class ReaderStatistics:
+    memory_bytes: int  # verified chunks held in RAM
+    disk_stalled: bool  # the cache disk is not answering in time: origins are asked
+    counters: ReaderCounters
+    store: StoreStatistics
 
 
 class _Flight:
@@ -199,13 +208,13 @@ class CachingReader:
     async def aclose(self) -> None:
         await trio.to_thread.run_sync(self.store.close)
 
-    async def reconfigure(self, settings: Settings) -> None:
+    async def reconfigure(self, settings: CacheSettings) -> None:
         """A reload: new size limits apply at once, eviction catches up in the background
         (``cache.chunk_size`` is restart-only, see ``service/reload.py``)."""
-        self.store.max_size = settings.cache.max_size
-        self.store.min_free = settings.cache.min_free
-        self.memory_bytes = settings.cache.memory
-        self.retry_interval = settings.cache.retry_interval
+        self.store.max_size = settings.max_size
+        self.store.min_free = settings.min_free
+        self.memory_bytes = settings.memory
+        self.retry_interval = settings.retry_interval
         self._wake.set()
 
     async def _housekeeping(self) -> None:
@@ -214,7 +223,7 @@ class CachingReader:
                 await self._wake.wait()
             self._wake = trio.Event()
             try:
-                if self.store.mode == PASSTHROUGH:
+                if self.store.mode is CacheMode.PASSTHROUGH:
                     if time.monotonic() - self._last_probe >= self.retry_interval:
                         self._last_probe = time.monotonic()
                         await trio.to_thread.run_sync(self.store.probe)
@@ -225,12 +234,23 @@ class CachingReader:
 
     # -- status ----------------------------------------------------------------------
 
+    def statistics(self) -> ReaderStatistics:
+        return ReaderStatistics(
+            memory_bytes=self._memory_used,
+            disk_stalled=self._store_stalled,
+            counters=snapshot(self.counters),
+            store=self.store.statistics(),
+        )
+
     def status(self) -> dict[str, Any]:
-        out = self.store.status()
-        out["reader"] = asdict(self.counters)
-        out["memory_bytes"] = self._memory_used
-        out["disk_stalled"] = self._store_stalled
-        return out
+        """The store's report with the reader's beside it (``musicfs status``)."""
+        stats = self.statistics()
+        return {
+            **self.store.status(),
+            "reader": asdict(stats.counters),
+            "memory_bytes": stats.memory_bytes,
+            "disk_stalled": stats.disk_stalled,
+        }
 
     # -- reads -----------------------------------------------------------------------
 
@@ -241,7 +261,7 @@ class CachingReader:
             return b""
         end = min(offset + size, track.size)
         self.counters.reads += 1
-        if self.store.mode == PASSTHROUGH:
+        if self.store.mode is CacheMode.PASSTHROUGH:
             self.counters.passthrough_reads += 1
             if not self.store.serves_cached:
                 return await self.fetch(track, offset, end - offset)
@@ -256,6 +276,13 @@ class CachingReader:
                 break  # the origin returned less than the catalog promised
         self._note_stream(track, offset, end, last)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def warm(self, track: Track, n: int) -> None:
+        """Make sure chunk ``n`` of ``track`` is fetched, verified and queued for the store
+        like any read's -- but without counting as a stream, so it starts no read-ahead
+        or prefetch (pins pace their own fetching, ``musicfs/pins.py``)."""
+        if n * self.store.chunk_size < track.size:
+            await self._chunk(track, n)
 
     async def _chunk(self, track: Track, n: int) -> bytes:
         key = (track.version_key, n)
@@ -412,7 +439,7 @@ class CachingReader:
     # -- storing ---------------------------------------------------------------------
 
     async def _store(self, version: bytes, n: int, data: bytes) -> None:
-        if self.store.mode == PASSTHROUGH:
+        if self.store.mode is CacheMode.PASSTHROUGH:
             self.counters.uncached += 1
             return
         if self._nursery is None:

@@ -29,10 +29,10 @@ import urllib3
 from minio import Minio
 from minio.error import InvalidResponseError, S3Error, ServerError
 
-from musicfs.config import OriginSettings, OriginTimeouts
 from musicfs.failpoints import fail_point
 from musicfs.origins.base import Listing, OriginEntry, OriginError
-from musicfs.origins.open import OriginConfigError, S3Address
+from musicfs.origins.settings import OriginSettings, OriginTimeouts
+from musicfs.origins.urls import OriginConfigError, S3Address
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -142,6 +142,11 @@ class S3Origin:
     def display_url(self) -> str:
         scheme = "https" if self.secure else "http"
         return f"s3://{self.address.bucket}/{self.address.prefix} ({scheme}://{self.endpoint})"
+
+    @property
+    def identity(self) -> str:
+        """Bucket, prefix and server; not TLS on or off (the same objects either way)."""
+        return f"s3://{self.address.bucket}/{self.address.prefix} at {self.endpoint}"
 
     def _key(self, path: str) -> str:
         parts = path.split("/")

@@ -34,11 +34,11 @@ import asyncssh
 import trio
 
 from musicfs.backoff import backoff_delay
-from musicfs.config import OriginSettings, OriginTimeouts
 from musicfs.failpoints import asyncio_fail_point, fail_point
 from musicfs.origins.aio_bridge import AsyncioThread, BridgeCancelled
 from musicfs.origins.base import Listing, OriginEntry, OriginError
-from musicfs.origins.open import SFTPAddress
+from musicfs.origins.settings import OriginSettings, OriginTimeouts
+from musicfs.origins.urls import SFTPAddress
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
