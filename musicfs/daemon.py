@@ -46,6 +46,7 @@ from musicfs.locks import FileLock, LockHeld
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.pool import OriginPool
 from musicfs.pin_manager import PinManager
+from musicfs.private import tighten
 from musicfs.resources import leaves
 from musicfs.search import SearchIndex
 from musicfs.service import reload as config_reload
@@ -167,6 +168,8 @@ class Daemon:
         first_run = not s.catalog_path.exists()
         if first_run:
             _refuse_missing_origins(pool, {})
+        tighten(s.state_dir)
+        tighten(s.cache_dir)
         self.lock.acquire()
         try:
             catalog, self.catalog_moved_aside = await trio.to_thread.run_sync(

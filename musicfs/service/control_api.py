@@ -12,7 +12,7 @@ import trio
 
 from musicfs.config import Settings
 from musicfs.pin_manager import PinManager, control_handlers
-from musicfs.service import control
+from musicfs.service import control, registry
 from musicfs.service.crashlog import named_task
 
 log = logging.getLogger(__name__)
@@ -61,4 +61,14 @@ async def serve_control(daemon: Controlled, nursery: trio.Nursery) -> None:
     except OSError as exc:
         log.error("control socket %s: %s; `musicfs status` cannot reach this daemon", path, exc)
         return
-    nursery.start_soon(named_task("control", server.serve), name="control")
+    # So that the mount point alone finds this socket, whatever our --state-dir.
+    entry = await trio.to_thread.run_sync(registry.register, daemon.mountpoint, path)
+
+    async def serve() -> None:
+        try:
+            await server.serve()
+        finally:
+            if entry is not None:
+                registry.unregister(entry, path)
+
+    nursery.start_soon(named_task("control", serve), name="control")
