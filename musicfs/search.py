@@ -41,7 +41,7 @@ import trio
 from musicfs.catalog.db import Catalog
 from musicfs.catalog.inodes import scratch_inodes
 from musicfs.catalog.naming import Template
-from musicfs.catalog.tree import Tree, build_tree, track_values
+from musicfs.catalog.tree import Tree, TreeView, build_tree, track_values
 from musicfs.failpoints import fail_point
 
 log = logging.getLogger(__name__)
@@ -102,10 +102,10 @@ def _register_analyzer(index: tantivy.Index) -> None:
     index.register_tokenizer(ANALYZER, analyzer)
 
 
-def _documents(tree: Tree) -> dict[int, tuple[int, dict[str, str | int]]]:
+def _documents(tree: TreeView) -> dict[int, tuple[int, dict[str, str | int]]]:
     """Track id -> (digest, field values) for every file in ``tree``."""
     docs: dict[int, tuple[int, dict[str, str | int]]] = {}
-    for node in tree.files():
+    for path, node in tree.files_with_paths():
         track = node.track
         assert track is not None
         shown = track_values(track, multi_disc=False)
@@ -115,7 +115,7 @@ def _documents(tree: Tree) -> dict[int, tuple[int, dict[str, str | int]]]:
             "album": shown["album"],
             "title": shown["title"],
             "genre": shown["genre"],
-            "path": tree.path_of(node.ino),
+            "path": path,
         }
         if track.tags.year:
             values["year"] = track.tags.year
@@ -295,7 +295,7 @@ class SearchIndex:
 
     # -- writing -----------------------------------------------------------------------
 
-    def update(self, tree: Tree) -> UpdateStats:
+    def update(self, tree: TreeView) -> UpdateStats:
         """Bring the index in line with ``tree`` and commit. A broken index is rebuilt."""
         with self._mutex:
             started = time.monotonic()
@@ -304,13 +304,13 @@ class SearchIndex:
             stats.seconds = time.monotonic() - started
             return stats
 
-    def stage(self, tree: Tree) -> UpdateStats:
+    def stage(self, tree: TreeView) -> UpdateStats:
         """Like ``update`` but without the commit: searchers see the changes only after
         ``commit`` or ``close``, and a crash before then forgets them."""
         with self._mutex:
             return self._stage_checked(tree)
 
-    def _stage_checked(self, tree: Tree) -> UpdateStats:
+    def _stage_checked(self, tree: TreeView) -> UpdateStats:
         try:
             stats = self._stage(tree)
         except ValueError as exc:
@@ -322,7 +322,7 @@ class SearchIndex:
         stats.rebuilt, self._rebuilt = self._rebuilt, None
         return stats
 
-    def _stage(self, tree: Tree) -> UpdateStats:
+    def _stage(self, tree: TreeView) -> UpdateStats:
         self._ensure_writable()
         writer = self._writer
         assert writer is not None
@@ -378,7 +378,7 @@ class SearchIndex:
         finally:
             self._mutex.release()
 
-    async def update_async(self, tree: Tree) -> UpdateStats | None:
+    async def update_async(self, tree: TreeView) -> UpdateStats | None:
         """``update`` in a worker thread; failures are logged, never raised (the index is
         derived and the mount works without it)."""
         try:
@@ -453,7 +453,7 @@ def _run_query(index: tantivy.Index, query: str, limit: int) -> list[Hit]:
     return result
 
 
-def memory_index(tree: Tree) -> tantivy.Index:
+def memory_index(tree: TreeView) -> tantivy.Index:
     """A throw-away in-memory index of ``tree``, for readers that find the disk one broken."""
     index = tantivy.Index(_schema())
     _register_analyzer(index)
