@@ -6,13 +6,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-test demo test unit process network lint typecheck nix-check service-check bench clean
+.PHONY: setup setup-test demo test unit process network e2e lint typecheck nix-check nix-sandbox service-check bench clean
 
 $(BIN)/musicfs: pyproject.toml scripts/setup-debian.sh
 	scripts/setup-debian.sh run
 	test -x $(BIN)/python || $${PYTHON:-$$(scripts/find-python.sh)} -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,bench]'
 	touch $@
 
 setup: $(BIN)/musicfs
@@ -24,7 +24,7 @@ demo: setup
 	$(BIN)/musicfs demo
 
 # Everything CI holds a change to: style, types, all three test layers, packaging checks.
-test: setup-test lint typecheck nix-check service-check
+test: setup-test lint typecheck nix-check service-check nix-sandbox
 	MUSICFS_REQUIRE_ALL_LAYERS=1 $(BIN)/pytest $(PYTEST_ARGS)
 
 unit: setup
@@ -35,6 +35,10 @@ process: setup-test
 
 network: setup-test
 	$(BIN)/pytest -m network $(PYTEST_ARGS)
+
+# Real players and scanners (ffmpeg, mpv, mpd, beets) on real mounts; part of `make test`.
+e2e: setup-test
+	$(BIN)/pytest -m e2e $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check musicfs tests $(wildcard bench)
@@ -53,6 +57,12 @@ nix-check:
 
 service-check:
 	scripts/check-service.sh
+
+# nix/package.nix's build and checkPhase imitated in a bubblewrap sandbox (uid 1000, no
+# network, no /sys, only /bin/sh), in pytest's default and importlib import modes.
+NIX_SANDBOX_MODES ?= prepend importlib
+nix-sandbox: setup-test
+	scripts/nix-sandbox-check.sh $(NIX_SANDBOX_MODES)
 
 bench: setup
 	scripts/setup-debian.sh bench

@@ -18,6 +18,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.process)
         elif "/tests/network/" in path:
             item.add_marker(pytest.mark.network)
+        elif "/tests/e2e/" in path:
+            # Real players on real mounts: layer 2 as well, so a layer-1 run leaves them out.
+            item.add_marker(pytest.mark.e2e)
+            item.add_marker(pytest.mark.process)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: ignore[no-untyped-def]

@@ -6,7 +6,8 @@ It ties the pieces together, each in its own module:
 * ``disk.py``      -- the cache directory: layout, atomic writes, quarantine, the lock;
 * ``index.py``     -- the LMDB index, the point of truth of what is stored;
 * ``repair.py``    -- start-up repair (also ``musicfs fsck --repair``);
-* ``space.py``     -- the account of stored bytes, the budget and LRU eviction;
+* ``policy.py``    -- the account of stored chunks and which goes first (segmented LRU);
+* ``space.py``     -- the budget and eviction;
 * ``modes.py``     -- normal / degraded / passthrough, and which errors lead where;
 * ``readonly.py``  -- passthrough that still serves the stored chunks (unwritable cache).
 
@@ -35,9 +36,10 @@ from musicfs.cache.chunkfile import HEADER_SIZE, chunk_hash, encode_header, veri
 from musicfs.cache.disk import CacheDisk
 from musicfs.cache.index import VERSION_LEN, ChunkIndex, IndexUnusable
 from musicfs.cache.modes import DEGRADED, FULL, NORMAL, PASSTHROUGH, UNUSABLE, StoreMode, describe
+from musicfs.cache.policy import PROTECTED_SHARE, ChunkLedger
 from musicfs.cache.repair import StartupReport
-from musicfs.cache.space import HIGH_WATERMARK, LOW_WATERMARK, ChunkLedger, budget, evict
-from musicfs.config import CacheSettings
+from musicfs.cache.settings import CacheSettings
+from musicfs.cache.space import HIGH_WATERMARK, LOW_WATERMARK, budget, evict
 from musicfs.failpoints import fail_point
 
 log = logging.getLogger(__name__)
@@ -170,7 +172,8 @@ class ChunkStore:
                 "cache: %s: stored chunks cannot be served either: %s", self.root, describe(exc)
             )
             return
-        self.ledger.load(blobs, blobs)
+        self.ledger.load(blobs, blobs, index.all_protected())
+        self._cap_protected()
         self.index = index
         self._read_only = True
         log.warning(
@@ -207,7 +210,8 @@ class ChunkStore:
         )
         repair.sweep_temp(self.disk, report)
         blobs, known = repair.reconcile(self.disk, self.index, self.chunk_size, report)
-        self.ledger.load(blobs, known)
+        self.ledger.load(blobs, known, self.index.all_protected())
+        self._cap_protected()
         # Prove the directory and the index take writes before declaring the store usable.
         self.disk.probe_write()
         self.index.set_meta(b"probed", str(int(time.time())).encode())
@@ -282,11 +286,18 @@ class ChunkStore:
         return digest is not None and digest in self.ledger
 
     def get(
-        self, version: bytes, chunk_no: int, expected: int, *, label: str = ""
+        self,
+        version: bytes,
+        chunk_no: int,
+        expected: int,
+        *,
+        label: str = "",
+        protect: bool = False,
     ) -> bytes | Rejected | None:
         """The verified payload of chunk ``chunk_no`` of ``version``; ``None`` on a miss;
         ``Rejected`` if the stored chunk failed verification (it is quarantined, or in
-        read-only passthrough left alone and not read again)."""
+        read-only passthrough left alone and not read again). ``protect``: the reader
+        saw it played, so it moves to the policy's protected segment."""
         index = self.index
         if index is None or (self.mode == PASSTHROUGH and not self._read_only):
             return None
@@ -331,13 +342,13 @@ class ChunkStore:
             self.reject(digest, problem, where)
             return Rejected(problem)
         with self._lock:
-            self.ledger.touch(digest)
+            self.ledger.touch(digest, protect=protect)
         self.counters.hits += 1
         return raw[HEADER_SIZE:]
 
     def stored_chunks(self) -> list[tuple[bytes, int]]:
         with self._lock:
-            return list(self.ledger.lru.items())
+            return list(self.ledger.items())
 
     def reject(self, digest: bytes, problem: str, where: str, then: str = "refetching") -> None:
         """Quarantine a chunk that failed verification and forget it."""
@@ -539,6 +550,7 @@ class ChunkStore:
             if self.index is None or self.mode == PASSTHROUGH:
                 return 0
             evicted = 0
+            self._cap_protected()
             room = self.budget()
             if self.used > room * HIGH_WATERMARK:
                 evicted = self._evict_locked(int(room * LOW_WATERMARK))
@@ -546,7 +558,7 @@ class ChunkStore:
             return evicted
 
     def evict(self, target: int) -> int:
-        """Evict least-recently-used unpinned chunks until at most ``target`` bytes remain."""
+        """Evict unpinned chunks in the policy's order until at most ``target`` bytes remain."""
         with self._lock:
             return self._evict_locked(target)
 
@@ -564,13 +576,48 @@ class ChunkStore:
         return result.chunks
 
     def _flush_access_locked(self) -> None:
-        if not self.ledger.touched or self.index is None or self._read_only:
+        ledger = self.ledger
+        if not (ledger.touched or ledger.segment_changes) or self.index is None:
             return
-        touched, self.ledger.touched = self.ledger.touched, {}
+        if self._read_only:
+            return
+        touched, ledger.touched = ledger.touched, {}
+        segments, ledger.segment_changes = ledger.segment_changes, {}
         try:
-            self.index.touch(touched)
+            self.index.touch(touched, segments)
         except (lmdb.Error, OSError) as exc:
             log.warning("cache: cannot save access times: %s", describe(exc))
+
+    # -- the policy's segments ---------------------------------------------------------
+
+    def _cap_protected(self) -> None:
+        self.ledger.set_protected_cap(int(self.max_size * PROTECTED_SHARE))
+
+    def promote(self, keys: Sequence[tuple[bytes, int]]) -> int:
+        """Move the stored chunks ``(version, chunk_no)`` to the protected segment (the
+        reader saw them played, or a pin fetched them). Returns how many were stored."""
+        with self._lock:
+            index = self.index
+            if index is None:
+                return 0
+            self._cap_protected()
+            moved = 0
+            for version, chunk_no in keys:
+                try:
+                    digest = index.lookup(version, chunk_no)
+                except lmdb.Error:
+                    return moved
+                if digest is not None and self.ledger.promote(digest):
+                    moved += 1
+            return moved
+
+    def is_protected(self, version: bytes, chunk_no: int) -> bool:
+        index = self.index
+        if index is None:
+            return False
+        with self._index_use():
+            digest = index.lookup(version, chunk_no)
+        return digest is not None and self.ledger.is_protected(digest)
 
     # -- pins ------------------------------------------------------------------------
 
@@ -604,5 +651,6 @@ class ChunkStore:
             "min_free": self.min_free,
             "chunk_size": self.chunk_size,
             "pinned": len(self.ledger.pins),
+            "protected_bytes": self.ledger.protected_used,
             "counters": asdict(self.counters),
         }
