@@ -412,6 +412,9 @@ class Daemon:
         self.event("stores-closed")
         if self.session is not None:
             await self.session.unmount()
+        if self.library is not None:
+            # The mount answered metadata until now; nothing reads the tree any more.
+            self.library.catalog.close_reader()
         self.event("unmounted")
         self.state = DaemonState.STOPPED
 
@@ -428,7 +431,9 @@ class Daemon:
         if self.library is not None:
             steps.append(("origins", self.library.pool.aclose))
             catalog: Catalog = self.library.catalog
-            steps.append(("catalog", lambda: trio.to_thread.run_sync(catalog.close)))
+            steps.append(
+                ("catalog", lambda: trio.to_thread.run_sync(catalog.close, True))  # keep_reader
+            )
         for name, close in steps:
             with trio.move_on_after(CLOSE_TIMEOUT) as scope:
                 try:

@@ -211,11 +211,18 @@ class Catalog:
                 return [str(exc)]
         return [] if rows == ["ok"] else rows
 
-    def close(self) -> None:
-        """Close the writer. The read connection stays usable: the mount answers
-        metadata until it is unmounted, which comes after the stores are closed."""
+    def close(self, keep_reader: bool = False) -> None:
+        """Close the catalog. ``keep_reader`` closes only the writer: the daemon's mount
+        answers metadata from the read connection until it is unmounted, which comes
+        after the stores are closed (then ``close_reader``)."""
         with self._lock:
             self.db.close()
+        if not keep_reader:
+            self.close_reader()
+
+    def close_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
 
     def reader(self) -> apsw.Connection:
         """The read-only connection the served tree queries from the trio loop (its
