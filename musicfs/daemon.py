@@ -42,6 +42,7 @@ from musicfs.fuse_ops import MusicOperations
 from musicfs.fuse_search import SearchFolder
 from musicfs.library import Library, TreePublisher, open_pool
 from musicfs.locks import FileLock, LockHeld
+from musicfs.pin_manager import PinManager, control_handlers
 from musicfs.resources import leaves
 from musicfs.search import SearchIndex
 from musicfs.service import control, signals, status
@@ -128,6 +129,7 @@ class Daemon:
         self.library: Library | None = None
         self.reader: CachingReader | None = None
         self.watchdog: Watchdog | None = None
+        self.pins: PinManager | None = None
         self.search = SearchIndex(settings.search_dir)
         # Stores closed in step 3 of the shutdown, after the reader, origins and catalog
         # (e.g. the search index). ``add_closer`` registers one.
@@ -179,6 +181,16 @@ class Daemon:
         tree = await self.library.open_tree()
         self.ops = MusicOperations(tree, self.reader, s.fuse, free_space_of=s.cache_dir)
         self.ops.search_folder = SearchFolder(self._search_paths)
+        ops = self.ops
+        self.pins = PinManager(
+            catalog,
+            self.reader.store,
+            self.reader.warm,
+            s.pins,
+            tree=lambda: ops.tree,
+            search=self._search_paths,
+            busy=lambda: ops.stats.inflight > 0,
+        )
         self.session = FuseSession(
             self.ops,
             self.mountpoint,
@@ -225,6 +237,8 @@ class Daemon:
         if self.reader is not None:
             # Write-behind, read-ahead, eviction, passthrough retries.
             self.supervisor.start("cache", self.reader.run, Policy.CRITICAL)
+        if self.pins is not None:
+            self.supervisor.start("pins", self.pins.run, Policy.BEST_EFFORT)
         self.supervisor.start("health", self.library.pool.health.run, Policy.CRITICAL)
         interval = watchdog_interval()
         if interval is not None and self.notifier.enabled:
@@ -302,6 +316,8 @@ class Daemon:
             # Only a new tree (or a failed update, or the first pass) needs an index diff.
             if tree.generation != indexed and await self.search.update_async(tree) is not None:
                 indexed = tree.generation
+                if self.pins is not None:
+                    await self.pins.evaluate()  # smart pins: what the sync added is pinned too
             interval = self.settings.library.scan_interval
             # An origin that could not be listed is retried sooner than the full interval;
             # an interval of 0 means "only when asked" (start-up, SIGHUP).
@@ -352,9 +368,14 @@ class Daemon:
         async def reload(request: dict[str, Any]) -> dict[str, Any]:
             return {"result": await self.reload()}
 
-        server = control.ControlServer(
-            path, {"status": status, "unmount": unmount, "reload": reload}
-        )
+        handlers: dict[str, control.Handler] = {
+            "status": status,
+            "unmount": unmount,
+            "reload": reload,
+        }
+        if self.pins is not None:
+            handlers.update(control_handlers(self.pins))
+        server = control.ControlServer(path, handlers)
         try:
             await server.bind()
         except OSError as exc:

@@ -40,7 +40,8 @@ import trio
 from musicfs.catalog.db import Catalog
 from musicfs.catalog.inodes import scratch_inodes
 from musicfs.catalog.naming import Template
-from musicfs.catalog.tree import Tree, TreeView, build_tree, track_values
+from musicfs.catalog.served import ServedTree
+from musicfs.catalog.tree import TreeView, build_tree, track_values
 from musicfs.failpoints import fail_point
 from musicfs.locks import FileLock
 
@@ -137,8 +138,16 @@ def _make_doc(track_id: int, digest: int, values: dict[str, str | int]) -> tanti
     return doc
 
 
-def tree_from_catalog(catalog: Catalog, template: str) -> Tree:
-    """The tree the daemon would mount for this catalog, without touching the catalog."""
+def tree_from_catalog(catalog: Catalog, template: str) -> TreeView:
+    """The tree the daemon mounts for this catalog, without writing to the catalog: the
+    published one if it is current, else one planned in memory."""
+    state = catalog.tree_state()
+    if (
+        state.generation
+        and state.template == template
+        and state.catalog_version == catalog.catalog_version()
+    ):
+        return ServedTree(catalog, state)
     return build_tree(catalog.tracks(), Template(template), scratch_inodes)
 
 
@@ -412,7 +421,15 @@ def _run_query(index: tantivy.Index, query: str, limit: int) -> list[Hit]:
         raise QueryError(f"cannot parse query {query!r}: {exc}") from exc
     index.reload()
     searcher = index.searcher()
-    hits = searcher.search(parsed, limit=max(1, limit)).hits
+    try:
+        hits = searcher.search(parsed, limit=max(1, limit)).hits
+    except ValueError as exc:
+        # tantivy parses some queries it cannot run (`x:*` on a field that does not exist
+        # or is not a fast field): the query's fault, not a broken index -- which would
+        # be rebuilt -- if an empty index with the same schema refuses it too.
+        if _refused_by_schema(parsed):
+            raise QueryError(f"cannot run query {query!r}: {exc}") from exc
+        raise
     result = []
     for score, address in hits:
         path = searcher.doc(address).get_first("path")
@@ -421,6 +438,20 @@ def _run_query(index: tantivy.Index, query: str, limit: int) -> list[Hit]:
     # Equal scores come back in segment order; paths make the output stable.
     result.sort(key=lambda hit: (-hit.score, hit.path))
     return result
+
+
+_EMPTY: list[tantivy.Index] = []
+
+
+def _refused_by_schema(parsed: tantivy.Query) -> bool:
+    if not _EMPTY:
+        _EMPTY.append(tantivy.Index(_schema()))
+        _register_analyzer(_EMPTY[0])
+    try:
+        _EMPTY[0].searcher().search(parsed, limit=1)
+    except ValueError:
+        return True
+    return False
 
 
 def memory_index(tree: TreeView) -> tantivy.Index:
@@ -458,7 +489,7 @@ def search_library(state_dir: Path, template: str, query: str, limit: int) -> li
         )
     index = SearchIndex(state_dir / "search", lock_timeout=0.0)
     with _open_catalog(catalog_path) as catalog, index:
-        tree: Tree | None = None
+        tree: TreeView | None = None
         writer = index.try_acquire()
         for _attempt in range(2 if writer else 1):
             try:
@@ -471,3 +502,38 @@ def search_library(state_dir: Path, template: str, query: str, limit: int) -> li
         log.warning("searching an in-memory index of the catalog instead")
         fallback = memory_index(tree or tree_from_catalog(catalog, template))
         return _run_query(fallback, query, limit)
+
+
+def catalog_searcher(catalog: Catalog, template: str, state_dir: Path) -> Searcher:
+    """A search over the catalog's tree for a command running without a daemon (pins):
+    the on-disk index caught up with the catalog if this process may write it, else its
+    committed state, else an in-memory index built from the tree."""
+    tree = tree_from_catalog(catalog, template)
+    index = SearchIndex(state_dir / "search", lock_timeout=0.0)
+    return Searcher(tree, index)
+
+
+class Searcher:
+    """``tree`` and ``search(query, limit)`` over it; ``close`` releases the index."""
+
+    def __init__(self, tree: TreeView, index: SearchIndex):
+        self.tree = tree
+        self.index = index
+        self._fallback: tantivy.Index | None = None
+        if index.try_acquire():
+            try:
+                index.update(tree)
+            except SearchUnavailable as exc:
+                log.warning("search index unavailable (%s)", exc)
+
+    def search(self, query: str, limit: int) -> list[Hit]:
+        if self._fallback is None:
+            try:
+                return self.index.search(query, limit)
+            except SearchUnavailable as exc:
+                log.warning("search index unavailable (%s); searching in memory", exc)
+                self._fallback = memory_index(self.tree)
+        return _run_query(self._fallback, query, limit)
+
+    def close(self) -> None:
+        self.index.close()

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 import trio
 
-from musicfs.cache.modes import PASSTHROUGH
+from musicfs.cache.modes import CacheMode
 from musicfs.cache.settings import CacheSettings
 from musicfs.cache.space import HIGH_WATERMARK
 from musicfs.cache.store import ChunkStore, PutResult, Rejected
@@ -214,7 +214,7 @@ class CachingReader:
                 await self._wake.wait()
             self._wake = trio.Event()
             try:
-                if self.store.mode == PASSTHROUGH:
+                if self.store.mode is CacheMode.PASSTHROUGH:
                     if time.monotonic() - self._last_probe >= self.retry_interval:
                         self._last_probe = time.monotonic()
                         await trio.to_thread.run_sync(self.store.probe)
@@ -241,7 +241,7 @@ class CachingReader:
             return b""
         end = min(offset + size, track.size)
         self.counters.reads += 1
-        if self.store.mode == PASSTHROUGH:
+        if self.store.mode is CacheMode.PASSTHROUGH:
             self.counters.passthrough_reads += 1
             if not self.store.serves_cached:
                 return await self.fetch(track, offset, end - offset)
@@ -256,6 +256,13 @@ class CachingReader:
                 break  # the origin returned less than the catalog promised
         self._note_stream(track, offset, end, last)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def warm(self, track: Track, n: int) -> None:
+        """Make sure chunk ``n`` of ``track`` is fetched, verified and queued for the store
+        like any read's -- but without counting as a stream, so it starts no read-ahead
+        or prefetch (pins pace their own fetching, ``musicfs/pins.py``)."""
+        if n * self.store.chunk_size < track.size:
+            await self._chunk(track, n)
 
     async def _chunk(self, track: Track, n: int) -> bytes:
         key = (track.version_key, n)
@@ -412,7 +419,7 @@ class CachingReader:
     # -- storing ---------------------------------------------------------------------
 
     async def _store(self, version: bytes, n: int, data: bytes) -> None:
-        if self.store.mode == PASSTHROUGH:
+        if self.store.mode is CacheMode.PASSTHROUGH:
             self.counters.uncached += 1
             return
         if self._nursery is None:

@@ -14,6 +14,7 @@ from musicfs.cache.reader import CachingReader
 from musicfs.config import ConfigError, Settings
 from musicfs.fuse_ops import MusicOperations
 from musicfs.library import Library, open_pool
+from musicfs.pin_manager import PinManager
 from musicfs.service.notify import Notifier
 from musicfs.service.supervisor import Policy, Supervisor
 
@@ -95,6 +96,7 @@ class Reloadable(Protocol):
     library: Library | None
     ops: MusicOperations | None
     reader: CachingReader | None
+    pins: PinManager | None
     supervisor: Supervisor
     notifier: Notifier
 
@@ -146,6 +148,8 @@ async def apply_settings(daemon: Reloadable, new: Settings) -> str:
         daemon.ops.settings = plan.settings.fuse
     if daemon.reader is not None:
         await daemon.reader.reconfigure(plan.settings.cache)
+    if daemon.pins is not None:
+        daemon.pins.settings = plan.settings.pins
     if plan.settings.log_level != old.log_level:
         logging.getLogger().setLevel(plan.settings.log_level.upper())
     if plan.resync:

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from musicfs.cache.reader import CachingReader
 from musicfs.fuse_ops import MusicOperations
 from musicfs.library import Library
+from musicfs.pin_manager import PinManager
 from musicfs.service.fuse_session import FuseSession
 from musicfs.service.supervisor import Supervisor
 from musicfs.service.watchdog import Watchdog
@@ -40,6 +41,7 @@ class Running(Protocol):
     ops: MusicOperations | None
     session: FuseSession | None
     watchdog: Watchdog | None
+    pins: PinManager | None
     catalog_moved_aside: Path | None
 
 
@@ -88,6 +90,7 @@ def status_report(daemon: Running) -> dict[str, Any]:
         "origins": status_of(library.pool) if library else None,
         "cache": status_of(daemon.reader),
         "watchdog": daemon.watchdog.status() if daemon.watchdog else None,
+        "pins": daemon.pins.status() if daemon.pins else None,
         "catalog_moved_aside": str(daemon.catalog_moved_aside)
         if daemon.catalog_moved_aside
         else None,
