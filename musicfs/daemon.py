@@ -47,9 +47,10 @@ from musicfs.locks import FileLock, LockHeld
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.pool import OriginPool
 from musicfs.pin_manager import PinManager, control_handlers
+from musicfs.private import tighten
 from musicfs.resources import leaves
 from musicfs.search import SearchIndex
-from musicfs.service import control, signals, status
+from musicfs.service import control, registry, signals, status
 from musicfs.service import reload as config_reload
 from musicfs.service.allocator import limit_malloc_arenas
 from musicfs.service.crashlog import install_hooks, named_task
@@ -167,6 +168,8 @@ class Daemon:
         first_run = not s.catalog_path.exists()
         if first_run:
             _refuse_missing_origins(pool, {})
+        tighten(s.state_dir)
+        tighten(s.cache_dir)
         self.lock.acquire()
         try:
             catalog, self.catalog_moved_aside = await trio.to_thread.run_sync(
@@ -395,7 +398,17 @@ class Daemon:
         except OSError as exc:
             log.error("control socket %s: %s; `musicfs status` cannot reach this daemon", path, exc)
             return
-        _start_named(nursery, "control", server.serve)
+        # So that the mount point alone finds this socket, whatever our --state-dir.
+        entry = await trio.to_thread.run_sync(registry.register, self.mountpoint, path)
+
+        async def serve() -> None:
+            try:
+                await server.serve()
+            finally:
+                if entry is not None:
+                    registry.unregister(entry, path)
+
+        _start_named(nursery, "control", serve)
 
     # -- signals ---------------------------------------------------------------------
 
