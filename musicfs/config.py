@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from musicfs.catalog.naming import DEFAULT_TEMPLATE, Template, TemplateError
+from musicfs.service.metrics import MetricsSettings, parse_listen
 
 EXIT_CONFIG = 2
 
@@ -221,6 +222,7 @@ class Settings:
     fuse: FuseSettings = FuseSettings()
     cache: CacheSettings = CacheSettings()
     timeouts: OriginTimeouts = OriginTimeouts()
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     source: Path | None = None  # the config file, for messages
 
     @property
@@ -300,6 +302,7 @@ _TABLES: dict[str, tuple[type, dict[str, Parser]]] = {
             "retry_interval": parse_duration,
         },
     ),
+    "metrics": (MetricsSettings, {"listen": parse_listen}),
     "timeouts": (
         OriginTimeouts,
         {

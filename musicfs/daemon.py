@@ -53,6 +53,7 @@ from musicfs.service import control
 from musicfs.service.allocator import limit_malloc_arenas
 from musicfs.service.crashlog import dump_stacks, install_hooks, named_task
 from musicfs.service.fusectl import Outcome, tune_connection
+from musicfs.service.metrics import MetricsServer
 from musicfs.service.mounts import MountpointError, lazy_unmount, prepare_mountpoint
 from musicfs.service.notify import Notifier, watchdog_interval
 from musicfs.service.reload import plan_reload
@@ -147,6 +148,7 @@ class Daemon:
         self.library: Library | None = None
         self.reader: CachingReader | None = None
         self.watchdog: Watchdog | None = None
+        self.metrics: MetricsServer | None = None
         # The kernel's limits for our connection once raised through fusectl.
         self.fuse_limits: Outcome | None = None
         self.search = SearchIndex(settings.search_dir)
@@ -351,6 +353,7 @@ class Daemon:
                         self._mount()
                         _start_named(nursery, "fuse-main", self._fuse_main)
                         await self._start_control(nursery)
+                        self._start_metrics()
                         await self._wait_until_answering()
                         if not self._shutdown.is_set():
                             await self._raise_background_limit()
@@ -360,6 +363,8 @@ class Daemon:
                     nursery.cancel_scope.cancel()
             return self.exit_code
         finally:
+            if self.metrics is not None:
+                self.metrics.stop()
             with trio.CancelScope(shield=True):
                 await self._close_stores()
                 self._unmount_now()
@@ -474,6 +479,20 @@ class Daemon:
                 "requests": dict(st.by_op),
             }
         return report
+
+    # -- metrics endpoint --------------------------------------------------------------
+
+    def _start_metrics(self) -> None:
+        """The opt-in Prometheus endpoint; its scrapes take status snapshots on our loop."""
+        if self.settings.metrics.address is None:
+            return
+        token = trio.lowlevel.current_trio_token()
+
+        def snapshot() -> dict[str, Any]:
+            return trio.from_thread.run_sync(self.status, trio_token=token)
+
+        self.metrics = MetricsServer(self.settings.metrics, snapshot)
+        self.metrics.start()
 
     # -- control socket ----------------------------------------------------------------
 
