@@ -23,7 +23,6 @@ All methods block (tantivy, file I/O); call them from worker threads (``update_a
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -43,6 +42,7 @@ from musicfs.catalog.inodes import scratch_inodes
 from musicfs.catalog.naming import Template
 from musicfs.catalog.tree import Tree, build_tree, track_values
 from musicfs.failpoints import fail_point
+from musicfs.locks import FileLock
 
 log = logging.getLogger(__name__)
 
@@ -142,44 +142,14 @@ def tree_from_catalog(catalog: Catalog, template: str) -> Tree:
     return build_tree(catalog.tracks(), Template(template), scratch_inodes)
 
 
-class _Lock:
-    """An flock on a file next to the index: at most one process writes the index."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.fd: int | None = None
-
-    def try_acquire(self, timeout: float = 0.0) -> bool:
-        if self.fd is not None:
-            return True
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    os.close(fd)
-                    return False
-                time.sleep(0.05)
-                continue
-            self.fd = fd
-            return True
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
 class SearchIndex:
     """The on-disk index in ``directory``. Thread-safe; every method blocks."""
 
     def __init__(self, directory: Path, *, lock_timeout: float = 5.0):
         self.directory = directory
         self.lock_timeout = lock_timeout
-        self._lock = _Lock(directory.with_name(directory.name + ".lock"))
+        # At most one process writes the index.
+        self._lock = FileLock(directory.with_name(directory.name + ".lock"), make_parents=True)
         self._mutex = threading.Lock()
         self._limiter = trio.CapacityLimiter(1)
         self._index: tantivy.Index | None = None
@@ -442,7 +412,15 @@ def _run_query(index: tantivy.Index, query: str, limit: int) -> list[Hit]:
         raise QueryError(f"cannot parse query {query!r}: {exc}") from exc
     index.reload()
     searcher = index.searcher()
-    hits = searcher.search(parsed, limit=max(1, limit)).hits
+    try:
+        hits = searcher.search(parsed, limit=max(1, limit)).hits
+    except ValueError as exc:
+        # tantivy parses some queries it cannot run (`x:*` on a field that does not exist
+        # or is not a fast field): the query's fault, not a broken index -- which would
+        # be rebuilt -- if an empty index with the same schema refuses it too.
+        if _refused_by_schema(parsed):
+            raise QueryError(f"cannot run query {query!r}: {exc}") from exc
+        raise
     result = []
     for score, address in hits:
         path = searcher.doc(address).get_first("path")
@@ -451,6 +429,20 @@ def _run_query(index: tantivy.Index, query: str, limit: int) -> list[Hit]:
     # Equal scores come back in segment order; paths make the output stable.
     result.sort(key=lambda hit: (-hit.score, hit.path))
     return result
+
+
+_EMPTY: list[tantivy.Index] = []
+
+
+def _refused_by_schema(parsed: tantivy.Query) -> bool:
+    if not _EMPTY:
+        _EMPTY.append(tantivy.Index(_schema()))
+        _register_analyzer(_EMPTY[0])
+    try:
+        _EMPTY[0].searcher().search(parsed, limit=1)
+    except ValueError:
+        return True
+    return False
 
 
 def memory_index(tree: Tree) -> tantivy.Index:
@@ -501,3 +493,38 @@ def search_library(state_dir: Path, template: str, query: str, limit: int) -> li
         log.warning("searching an in-memory index of the catalog instead")
         fallback = memory_index(tree or tree_from_catalog(catalog, template))
         return _run_query(fallback, query, limit)
+
+
+def catalog_searcher(catalog: Catalog, template: str, state_dir: Path) -> Searcher:
+    """A search over the catalog's tree for a command running without a daemon (pins):
+    the on-disk index caught up with the catalog if this process may write it, else its
+    committed state, else an in-memory index built from the tree."""
+    tree = tree_from_catalog(catalog, template)
+    index = SearchIndex(state_dir / "search", lock_timeout=0.0)
+    return Searcher(tree, index)
+
+
+class Searcher:
+    """``tree`` and ``search(query, limit)`` over it; ``close`` releases the index."""
+
+    def __init__(self, tree: Tree, index: SearchIndex):
+        self.tree = tree
+        self.index = index
+        self._fallback: tantivy.Index | None = None
+        if index.try_acquire():
+            try:
+                index.update(tree)
+            except SearchUnavailable as exc:
+                log.warning("search index unavailable (%s)", exc)
+
+    def search(self, query: str, limit: int) -> list[Hit]:
+        if self._fallback is None:
+            try:
+                return self.index.search(query, limit)
+            except SearchUnavailable as exc:
+                log.warning("search index unavailable (%s); searching in memory", exc)
+                self._fallback = memory_index(self.tree)
+        return _run_query(self._fallback, query, limit)
+
+    def close(self) -> None:
+        self.index.close()

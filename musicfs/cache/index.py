@@ -19,6 +19,8 @@ Databases:
 ``blobs`` key ``hash(32)``, value ``size(8) + last_access(8) + pins(4) + check(8)``
 ``refs``  key ``hash(32) + version(16) + chunk_no(8)``, empty value -- the reverse of
           ``maps``, so evicting a hash drops every mapping that points at it
+``protected`` key ``hash(32)``, value ``check(8)`` -- chunks in the eviction policy's
+          protected segment (``policy.py``); advisory, a lost record only demotes a chunk
 ``meta``  ``format`` and ``chunk_size``
 """
 
@@ -198,9 +200,17 @@ class ChunkIndex:
             self.blobs = self.env.open_db(b"blobs", create=create)
             self.refs = self.env.open_db(b"refs", create=create)
             self.meta = self.env.open_db(b"meta", create=create)
+            # Absent in a read-only open of an index written before the policy had segments.
+            self.protected = self._optional_db(b"protected", create=create)
         except lmdb.Error as exc:
             self.env.close()
             raise IndexUnusable(f"cannot open databases in {path}: {exc}") from exc
+
+    def _optional_db(self, name: bytes, *, create: bool) -> lmdb._Database | None:
+        try:
+            return self.env.open_db(name, create=create)
+        except lmdb.NotFoundError:
+            return None
 
     def close(self) -> None:
         self.env.close()
@@ -242,6 +252,18 @@ class ChunkIndex:
                 else:
                     good[digest] = info
         return good, bad
+
+    def all_protected(self) -> set[bytes]:
+        """Hashes recorded in the protected segment (records failing their check are
+        ignored: the chunk is then probationary, which costs nothing but its protection)."""
+        if self.protected is None:
+            return set()
+        with self.env.begin(db=self.protected) as txn:
+            return {
+                bytes(key)
+                for key, value in txn.cursor()
+                if len(key) == HASH_LEN and bytes(value) == _check(bytes(key), b"protected")
+            }
 
     def all_maps(self) -> Iterator[tuple[bytes, bytes | None]]:
         """``(map key, hash or None if the record is bad)`` for every mapping."""
@@ -309,6 +331,8 @@ class ChunkIndex:
         try:
             for digest in digests:
                 txn.delete(digest, db=self.blobs)
+                if self.protected is not None:
+                    txn.delete(digest, db=self.protected)
                 cursor = txn.cursor(db=self.refs)
                 keys: list[bytes] = []
                 if cursor.set_range(digest):
@@ -368,10 +392,34 @@ class ChunkIndex:
         self._commit(txn)
         return pins
 
-    def touch(self, accesses: dict[bytes, int]) -> None:
-        """Store last-access times (batched: an LMDB commit per read would cost an fsync)."""
+    def set_pin_counts(self, counts: dict[bytes, int]) -> None:
+        """Store absolute pin counts for these hashes, in one commit (unknown ones are
+        skipped: they were evicted or never stored)."""
         txn = self._write()
         try:
+            for digest, pins in counts.items():
+                value = txn.get(digest, db=self.blobs)
+                info = None if value is None else _parse_blob_value(digest, bytes(value))
+                if info is not None and info.pins != pins:
+                    new = BlobInfo(info.size, info.last_access, max(0, pins))
+                    txn.put(digest, _blob_value(digest, new), db=self.blobs)
+        except BaseException:
+            txn.abort()
+            raise
+        self._commit(txn)
+
+    def touch(self, accesses: dict[bytes, int], segments: dict[bytes, bool] | None = None) -> None:
+        """Store last-access times and moves between the policy's segments (``digest ->
+        protected``), batched: an LMDB commit per read would cost an fsync."""
+        txn = self._write()
+        try:
+            for digest, protected in (segments or {}).items():
+                if self.protected is None:
+                    break
+                if protected:
+                    txn.put(digest, _check(digest, b"protected"), db=self.protected)
+                else:
+                    txn.delete(digest, db=self.protected)
             for digest, when in accesses.items():
                 value = txn.get(digest, db=self.blobs)
                 info = None if value is None else _parse_blob_value(digest, bytes(value))
@@ -395,8 +443,9 @@ class ChunkIndex:
     def clear(self) -> None:
         txn = self._write()
         try:
-            for db in (self.maps, self.blobs, self.refs):
-                txn.drop(db, delete=False)
+            for db in (self.maps, self.blobs, self.refs, self.protected):
+                if db is not None:
+                    txn.drop(db, delete=False)
         except BaseException:
             txn.abort()
             raise

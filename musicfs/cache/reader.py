@@ -34,11 +34,11 @@ from typing import Any, Protocol
 
 import trio
 
-from musicfs.cache.modes import PASSTHROUGH
+from musicfs.cache.modes import CacheMode
+from musicfs.cache.settings import CacheSettings
 from musicfs.cache.space import HIGH_WATERMARK
 from musicfs.cache.store import ChunkStore, PutResult, Rejected
 from musicfs.catalog.model import Track
-from musicfs.config import Settings
 from musicfs.failpoints import async_fail_point
 from musicfs.resources import describe, shortage
 
@@ -102,6 +102,7 @@ class _Flight:
 ChunkKey = tuple[bytes, int]
 
 STALLED_STORE_WAIT = 0.25  # per chunk, while the cache disk is not answering in time
+PLAYED_MEMORY = 4096  # chunk keys remembered as played (to promote each once)
 
 
 class _Skipped:
@@ -155,6 +156,11 @@ class CachingReader:
         self._streams: OrderedDict[bytes, tuple[int, int]] = OrderedDict()
         # Write-behind: fetched chunks queue here and one task stores them in batches.
         self._put_queue: list[tuple[bytes, int, bytes]] = []
+        # Chunks seen played (a sequential run): promoted to the eviction policy's
+        # protected segment once stored (``policy.py``), by the write-behind task so a
+        # promotion never overtakes the write of its chunk.
+        self._played: OrderedDict[ChunkKey, None] = OrderedDict()
+        self._promote_queue: list[ChunkKey] = []
         self._put_pending = 0  # bytes queued or being written
         self._put_progress = trio.Event()  # set (and replaced) after every batch
         self._writing = False
@@ -193,13 +199,13 @@ class CachingReader:
     async def aclose(self) -> None:
         await trio.to_thread.run_sync(self.store.close)
 
-    async def reconfigure(self, settings: Settings) -> None:
+    async def reconfigure(self, settings: CacheSettings) -> None:
         """A reload: new size limits apply at once, eviction catches up in the background
         (``cache.chunk_size`` is restart-only, see ``service/reload.py``)."""
-        self.store.max_size = settings.cache.max_size
-        self.store.min_free = settings.cache.min_free
-        self.memory_bytes = settings.cache.memory
-        self.retry_interval = settings.cache.retry_interval
+        self.store.max_size = settings.max_size
+        self.store.min_free = settings.min_free
+        self.memory_bytes = settings.memory
+        self.retry_interval = settings.retry_interval
         self._wake.set()
 
     async def _housekeeping(self) -> None:
@@ -208,7 +214,7 @@ class CachingReader:
                 await self._wake.wait()
             self._wake = trio.Event()
             try:
-                if self.store.mode == PASSTHROUGH:
+                if self.store.mode is CacheMode.PASSTHROUGH:
                     if time.monotonic() - self._last_probe >= self.retry_interval:
                         self._last_probe = time.monotonic()
                         await trio.to_thread.run_sync(self.store.probe)
@@ -235,7 +241,7 @@ class CachingReader:
             return b""
         end = min(offset + size, track.size)
         self.counters.reads += 1
-        if self.store.mode == PASSTHROUGH:
+        if self.store.mode is CacheMode.PASSTHROUGH:
             self.counters.passthrough_reads += 1
             if not self.store.serves_cached:
                 return await self.fetch(track, offset, end - offset)
@@ -250,6 +256,13 @@ class CachingReader:
                 break  # the origin returned less than the catalog promised
         self._note_stream(track, offset, end, last)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def warm(self, track: Track, n: int) -> None:
+        """Make sure chunk ``n`` of ``track`` is fetched, verified and queued for the store
+        like any read's -- but without counting as a stream, so it starts no read-ahead
+        or prefetch (pins pace their own fetching, ``musicfs/pins.py``)."""
+        if n * self.store.chunk_size < track.size:
+            await self._chunk(track, n)
 
     async def _chunk(self, track: Track, n: int) -> bytes:
         key = (track.version_key, n)
@@ -406,7 +419,7 @@ class CachingReader:
     # -- storing ---------------------------------------------------------------------
 
     async def _store(self, version: bytes, n: int, data: bytes) -> None:
-        if self.store.mode == PASSTHROUGH:
+        if self.store.mode is CacheMode.PASSTHROUGH:
             self.counters.uncached += 1
             return
         if self._nursery is None:
@@ -431,24 +444,61 @@ class CachingReader:
         while the previous one was being written, stored with one index commit: a folder
         of small tracks costs a few disk flushes per batch, not four per track."""
         try:
-            while self._put_queue:
+            while self._put_queue or self._promote_queue:
                 batch, self._put_queue = self._put_queue, []
                 try:
-                    await self._put_batch(batch)
+                    if batch:
+                        await self._put_batch(batch)
                 finally:
                     self._put_pending -= sum(len(data) for _, _, data in batch)
                     self._put_progress.set()
                     self._put_progress = trio.Event()
+                played = [(v, n) for v, n, _ in batch if (v, n) in self._played]
+                promote, self._promote_queue = played + self._promote_queue, []
+                if promote:
+                    await self._promote(promote)
         finally:
             self._writing = False
 
-    async def _put_batch(self, batch: list[tuple[bytes, int, bytes]]) -> None:
-        # Shielded: shutdown gives queued writes ``drain_timeout`` to finish (see ``run``);
-        # a batch started during the drain gets what is left of it.
+    async def _promote(self, keys: list[ChunkKey]) -> None:
+        # Shielded like a batch of writes: the queue behind it gets its drain time too.
+        scope = self._drain_scope()
+        try:
+            with scope:
+                await trio.to_thread.run_sync(self.store.promote, keys, limiter=self._put_limiter)
+        except Exception as exc:  # protection is advisory: the bytes are all still there
+            log.warning("cache: cannot mark %d played chunks protected: %s", len(keys), exc)
+        finally:
+            self._put_scopes.discard(scope)
+
+    def _drain_scope(self) -> trio.CancelScope:
+        """Shielded: shutdown gives queued writes ``drain_timeout`` to finish (see ``run``);
+        work started during the drain gets what is left of it. Discard it from
+        ``_put_scopes`` when done."""
         scope = trio.CancelScope(shield=True)
         if self._drain_until is not None:
             scope.deadline = self._drain_until
         self._put_scopes.add(scope)
+        return scope
+
+    def _note_played(self, version: bytes, first: int, last: int) -> None:
+        fresh = False
+        for n in range(first, last + 1):
+            key = (version, n)
+            if key in self._played:
+                self._played.move_to_end(key)
+                continue
+            self._played[key] = None
+            self._promote_queue.append(key)
+            fresh = True
+        while len(self._played) > PLAYED_MEMORY:
+            self._played.popitem(last=False)
+        if fresh and self._nursery is not None and not self._writing:
+            self._writing = True
+            self._nursery.start_soon(self._write_behind)
+
+    async def _put_batch(self, batch: list[tuple[bytes, int, bytes]]) -> None:
+        scope = self._drain_scope()
         try:
             with scope:
                 results = await trio.to_thread.run_sync(
@@ -483,9 +533,12 @@ class CachingReader:
             self._streams.popitem(last=False)
         # Playback, not a tag parser nibbling at a header (sync reads tags through here):
         # only a run of ``readahead_after`` sequential bytes starts read-ahead.
-        if streak < self.readahead_after or self._nursery is None or self.readahead <= 0:
+        if streak < self.readahead_after or self._nursery is None:
             return
         cs = self.store.chunk_size
+        self._note_played(version, (end - streak) // cs, last)  # the whole run was played
+        if self.readahead <= 0:
+            return
         for n in range(last + 1, last + 1 + self.readahead):
             if n * cs >= track.size:
                 break
@@ -511,6 +564,7 @@ class CachingReader:
             # A cached chunk is read and verified ahead too: its hashing then overlaps
             # with serving the current chunk instead of stalling the next read.
             self.counters.readahead += 1
+            self._note_played(track.version_key, n, n)
             flight = _Flight()
             self._flights[key] = flight
             await self._load(track, n, key, flight)

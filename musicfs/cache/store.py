@@ -6,7 +6,8 @@ It ties the pieces together, each in its own module:
 * ``disk.py``      -- the cache directory: layout, atomic writes, quarantine, the lock;
 * ``index.py``     -- the LMDB index, the point of truth of what is stored;
 * ``repair.py``    -- start-up repair (also ``musicfs fsck --repair``);
-* ``space.py``     -- the account of stored bytes, the budget and LRU eviction;
+* ``policy.py``    -- the account of stored chunks and which goes first (segmented LRU);
+* ``space.py``     -- the budget and eviction;
 * ``modes.py``     -- normal / degraded / passthrough, and which errors lead where;
 * ``readonly.py``  -- passthrough that still serves the stored chunks (unwritable cache).
 
@@ -22,7 +23,7 @@ import errno
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
@@ -34,11 +35,13 @@ from musicfs.cache import readonly, repair
 from musicfs.cache.chunkfile import HEADER_SIZE, chunk_hash, encode_header, verify
 from musicfs.cache.disk import CacheDisk
 from musicfs.cache.index import VERSION_LEN, ChunkIndex, IndexUnusable
-from musicfs.cache.modes import DEGRADED, FULL, NORMAL, PASSTHROUGH, UNUSABLE, StoreMode, describe
+from musicfs.cache.modes import FULL, UNUSABLE, CacheCondition, CacheMode
+from musicfs.cache.policy import PROTECTED_SHARE, ChunkLedger
 from musicfs.cache.repair import StartupReport
-from musicfs.cache.space import HIGH_WATERMARK, LOW_WATERMARK, ChunkLedger, budget, evict
-from musicfs.config import CacheSettings
+from musicfs.cache.settings import CacheSettings
+from musicfs.cache.space import HIGH_WATERMARK, LOW_WATERMARK, budget, evict
 from musicfs.failpoints import fail_point
+from musicfs.resources import describe
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +100,7 @@ class ChunkStore:
         self.max_size = max_size
         self.min_free = min_free
         self.index: ChunkIndex | None = None
-        self.state = StoreMode(self.disk.root)
+        self.condition = CacheCondition(self.disk.root)
         self.counters = StoreCounters()
         self.ledger = ChunkLedger()
         self._lock = threading.RLock()
@@ -132,12 +135,12 @@ class ChunkStore:
     # -- mode ------------------------------------------------------------------------
 
     @property
-    def mode(self) -> str:
-        return self.state.mode
+    def mode(self) -> CacheMode:
+        return self.condition.mode
 
     @property
     def reason(self) -> str | None:
-        return self.state.reason
+        return self.condition.reason
 
     @property
     def serves_cached(self) -> bool:
@@ -149,7 +152,7 @@ class ChunkStore:
         """Go passthrough. The index is closed -- a read-write environment on a failing
         disk is not touched again -- and, if the cache can still be read, re-opened
         read-only so the chunks already stored keep playing."""
-        self.state.unusable(what, exc)
+        self.condition.unusable(what, exc)
         was_read_only = self._read_only
         self._close_index(flush=False)
         if not was_read_only:
@@ -170,7 +173,8 @@ class ChunkStore:
                 "cache: %s: stored chunks cannot be served either: %s", self.root, describe(exc)
             )
             return
-        self.ledger.load(blobs, blobs)
+        self.ledger.load(blobs, blobs, index.all_protected())
+        self._cap_protected()
         self.index = index
         self._read_only = True
         log.warning(
@@ -195,7 +199,7 @@ class ChunkStore:
                 self._unusable(str(self.root), exc)
                 return None
             log.info("cache: %s opened: %s", self.root, report.summary())
-            self.state.set(NORMAL, None)
+            self.condition.set(CacheMode.NORMAL, None)
             return report
 
     def _open_locked(self) -> StartupReport:
@@ -207,7 +211,8 @@ class ChunkStore:
         )
         repair.sweep_temp(self.disk, report)
         blobs, known = repair.reconcile(self.disk, self.index, self.chunk_size, report)
-        self.ledger.load(blobs, known)
+        self.ledger.load(blobs, known, self.index.all_protected())
+        self._cap_protected()
         # Prove the directory and the index take writes before declaring the store usable.
         self.disk.probe_write()
         self.index.set_meta(b"probed", str(int(time.time())).encode())
@@ -225,7 +230,7 @@ class ChunkStore:
 
     def probe(self) -> bool:
         """Retry an unusable cache (passthrough): re-open and repair it. True if usable."""
-        if self.mode != PASSTHROUGH:
+        if self.mode != CacheMode.PASSTHROUGH:
             return True
         if self._read_only:
             # Still unwritable? Then keep serving read-only rather than re-open for nothing.
@@ -239,7 +244,7 @@ class ChunkStore:
         """``flush=False`` closes like a crash would (tests simulate process death)."""
         with self._lock:
             self._close_locked(flush=flush)
-            self.state.closed()
+            self.condition.closed()
 
     @contextlib.contextmanager
     def _index_use(self) -> Iterator[None]:
@@ -272,7 +277,7 @@ class ChunkStore:
 
     def has(self, version: bytes, chunk_no: int) -> bool:
         index = self.index
-        if index is None or (self.mode == PASSTHROUGH and not self._read_only):
+        if index is None or (self.mode == CacheMode.PASSTHROUGH and not self._read_only):
             return False
         try:
             with self._index_use():
@@ -282,13 +287,20 @@ class ChunkStore:
         return digest is not None and digest in self.ledger
 
     def get(
-        self, version: bytes, chunk_no: int, expected: int, *, label: str = ""
+        self,
+        version: bytes,
+        chunk_no: int,
+        expected: int,
+        *,
+        label: str = "",
+        protect: bool = False,
     ) -> bytes | Rejected | None:
         """The verified payload of chunk ``chunk_no`` of ``version``; ``None`` on a miss;
         ``Rejected`` if the stored chunk failed verification (it is quarantined, or in
-        read-only passthrough left alone and not read again)."""
+        read-only passthrough left alone and not read again). ``protect``: the reader
+        saw it played, so it moves to the policy's protected segment."""
         index = self.index
-        if index is None or (self.mode == PASSTHROUGH and not self._read_only):
+        if index is None or (self.mode == CacheMode.PASSTHROUGH and not self._read_only):
             return None
         try:
             with self._index_use():
@@ -331,13 +343,13 @@ class ChunkStore:
             self.reject(digest, problem, where)
             return Rejected(problem)
         with self._lock:
-            self.ledger.touch(digest)
+            self.ledger.touch(digest, protect=protect)
         self.counters.hits += 1
         return raw[HEADER_SIZE:]
 
     def stored_chunks(self) -> list[tuple[bytes, int]]:
         with self._lock:
-            return list(self.ledger.lru.items())
+            return list(self.ledger.items())
 
     def reject(self, digest: bytes, problem: str, where: str, then: str = "refetching") -> None:
         """Quarantine a chunk that failed verification and forget it."""
@@ -385,14 +397,14 @@ class ChunkStore:
     def put(self, version: bytes, chunk_no: int, data: bytes) -> PutResult:
         """Store ``data`` as chunk ``chunk_no`` of ``version``. Never raises for a disk
         problem: the result and ``mode`` say what happened."""
-        if self.index is None or self.mode == PASSTHROUGH:
+        if self.index is None or self.mode == CacheMode.PASSTHROUGH:
             return PutResult.SKIPPED
         assert len(version) == VERSION_LEN
         return self._put_one(version, chunk_no, chunk_hash(data), data)
 
     def _put_one(self, version: bytes, chunk_no: int, digest: bytes, data: bytes) -> PutResult:
         with self._lock:
-            if self.index is None or self.mode == PASSTHROUGH:
+            if self.index is None or self.mode == CacheMode.PASSTHROUGH:
                 return PutResult.SKIPPED
             if digest in self.ledger:
                 try:
@@ -415,7 +427,7 @@ class ChunkStore:
         hashed = [(version, n, chunk_hash(data), data) for version, n, data in items]
         assert all(len(version) == VERSION_LEN for version, _, _, _ in hashed)
         with self._lock:
-            if self.index is None or self.mode == PASSTHROUGH:
+            if self.index is None or self.mode == CacheMode.PASSTHROUGH:
                 return [PutResult.SKIPPED] * len(items)
             fresh: dict[bytes, tuple[bytes, int, bytes]] = {}
             for version, n, digest, data in hashed:
@@ -452,19 +464,19 @@ class ChunkStore:
                 self.counters.stored += 1
                 self.counters.stored_bytes += len(data)
                 results.append(PutResult.STORED)
-            if self.mode == DEGRADED:
-                self.state.set(NORMAL, None)
+            if self.mode == CacheMode.DEGRADED:
+                self.condition.set(CacheMode.NORMAL, None)
             return results
 
     def _put_locked(self, version: bytes, chunk_no: int, digest: bytes, data: bytes) -> PutResult:
         assert self.index is not None
         need = HEADER_SIZE + len(data)
         for attempt in range(2):
-            if self.mode == PASSTHROUGH:
+            if self.mode == CacheMode.PASSTHROUGH:
                 return PutResult.SKIPPED  # eviction found the cache unusable
             try:
                 self._make_room(need, hard=attempt > 0)
-                if self.mode == PASSTHROUGH:
+                if self.condition.mode is CacheMode.PASSTHROUGH:  # eviction may have set it
                     return PutResult.SKIPPED
                 self.disk.write_chunk(
                     digest, encode_header(version, chunk_no * self.chunk_size, len(data)), data
@@ -476,7 +488,7 @@ class ChunkStore:
                 if exc.errno in UNUSABLE:
                     self._unusable("writing a chunk", exc)
                     return PutResult.SKIPPED
-                self.state.set(DEGRADED, f"writing a chunk: {describe(exc)}")
+                self.condition.set(CacheMode.DEGRADED, f"writing a chunk: {describe(exc)}")
                 return PutResult.FULL
             try:
                 fail_point("cas.put.before_commit")
@@ -496,12 +508,12 @@ class ChunkStore:
             self.ledger.add(digest, len(data))
             self.counters.stored += 1
             self.counters.stored_bytes += len(data)
-            if self.mode == DEGRADED:
-                self.state.set(NORMAL, None)
+            if self.mode == CacheMode.DEGRADED:
+                self.condition.set(CacheMode.NORMAL, None)
             return PutResult.STORED
         self.counters.full += 1
-        self.state.set(
-            DEGRADED,
+        self.condition.set(
+            CacheMode.DEGRADED,
             f"no room for a {need}-byte chunk (used {self.used}, max_size {self.max_size}, "
             f"min_free {self.min_free})",
         )
@@ -536,9 +548,10 @@ class ChunkStore:
         """Background housekeeping: evict between the watermarks, flush access times.
         Returns the number of chunks evicted."""
         with self._lock:
-            if self.index is None or self.mode == PASSTHROUGH:
+            if self.index is None or self.mode == CacheMode.PASSTHROUGH:
                 return 0
             evicted = 0
+            self._cap_protected()
             room = self.budget()
             if self.used > room * HIGH_WATERMARK:
                 evicted = self._evict_locked(int(room * LOW_WATERMARK))
@@ -546,7 +559,7 @@ class ChunkStore:
             return evicted
 
     def evict(self, target: int) -> int:
-        """Evict least-recently-used unpinned chunks until at most ``target`` bytes remain."""
+        """Evict unpinned chunks in the policy's order until at most ``target`` bytes remain."""
         with self._lock:
             return self._evict_locked(target)
 
@@ -564,13 +577,48 @@ class ChunkStore:
         return result.chunks
 
     def _flush_access_locked(self) -> None:
-        if not self.ledger.touched or self.index is None or self._read_only:
+        ledger = self.ledger
+        if not (ledger.touched or ledger.segment_changes) or self.index is None:
             return
-        touched, self.ledger.touched = self.ledger.touched, {}
+        if self._read_only:
+            return
+        touched, ledger.touched = ledger.touched, {}
+        segments, ledger.segment_changes = ledger.segment_changes, {}
         try:
-            self.index.touch(touched)
+            self.index.touch(touched, segments)
         except (lmdb.Error, OSError) as exc:
             log.warning("cache: cannot save access times: %s", describe(exc))
+
+    # -- the policy's segments ---------------------------------------------------------
+
+    def _cap_protected(self) -> None:
+        self.ledger.set_protected_cap(int(self.max_size * PROTECTED_SHARE))
+
+    def promote(self, keys: Sequence[tuple[bytes, int]]) -> int:
+        """Move the stored chunks ``(version, chunk_no)`` to the protected segment (the
+        reader saw them played, or a pin fetched them). Returns how many were stored."""
+        with self._lock:
+            index = self.index
+            if index is None:
+                return 0
+            self._cap_protected()
+            moved = 0
+            for version, chunk_no in keys:
+                try:
+                    digest = index.lookup(version, chunk_no)
+                except lmdb.Error:
+                    return moved
+                if digest is not None and self.ledger.promote(digest):
+                    moved += 1
+            return moved
+
+    def is_protected(self, version: bytes, chunk_no: int) -> bool:
+        index = self.index
+        if index is None:
+            return False
+        with self._index_use():
+            digest = index.lookup(version, chunk_no)
+        return digest is not None and self.ledger.is_protected(digest)
 
     # -- pins ------------------------------------------------------------------------
 
@@ -585,6 +633,36 @@ class ChunkStore:
             self.ledger.set_pins(digest, self.index.set_pins(digest, delta))
             return True
 
+    def set_pinned(self, chunks: Iterable[tuple[bytes, int]]) -> set[tuple[bytes, int]]:
+        """Make exactly these ``(version, chunk_no)`` pinned (a stored chunk's pin count is
+        how many of them map to it; every other chunk is unpinned), in one index commit.
+        Returns those that are stored now. Pins lost with a rebuilt index are restored by
+        calling this again (the pins' truth is the catalog, see ``musicfs/pins.py``)."""
+        with self._lock:
+            index = self.index
+            if index is None or self._read_only:
+                return set()
+            wanted: dict[bytes, int] = {}
+            stored: set[tuple[bytes, int]] = set()
+            for version, chunk_no in chunks:
+                digest = index.lookup(version, chunk_no)
+                if digest is not None and digest in self.ledger:
+                    wanted[digest] = wanted.get(digest, 0) + 1
+                    stored.add((version, chunk_no))
+            changes = {d: n for d, n in wanted.items() if self.ledger.pins.get(d, 0) != n}
+            changes.update({d: 0 for d in self.ledger.pins if d not in wanted})
+            if changes:
+                index.set_pin_counts(changes)
+                for digest, pins in changes.items():
+                    self.ledger.set_pins(digest, pins)
+            return stored
+
+    @property
+    def pinned_bytes(self) -> int:
+        with self._lock:
+            sizes = self.ledger.probation | self.ledger.protected
+            return sum(sizes.get(d, 0) for d in self.ledger.pins)
+
     # -- status ----------------------------------------------------------------------
 
     @property
@@ -593,7 +671,7 @@ class ChunkStore:
 
     def status(self) -> dict[str, Any]:
         return {
-            "mode": self.mode,
+            "mode": self.mode.value,
             "reason": self.reason,
             "serves_cached": self._read_only,
             "dir": str(self.root),
@@ -604,5 +682,6 @@ class ChunkStore:
             "min_free": self.min_free,
             "chunk_size": self.chunk_size,
             "pinned": len(self.ledger.pins),
+            "protected_bytes": self.ledger.protected_used,
             "counters": asdict(self.counters),
         }
