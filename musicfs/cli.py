@@ -266,7 +266,7 @@ def format_cache(cache: dict[str, Any]) -> str:
     r = cache.get("reader") or {}
     mib = 2**20
     return (
-        f"  cache: {mode}, {int(cache.get('size', 0)) / mib:.0f} of "
+        f"  cache: {mode}, {int(cache.get('used_bytes', 0)) / mib:.0f} of "
         f"{int(cache.get('max_size', 0)) / mib:.0f} MiB in {cache.get('chunks', 0)} chunks; "
         f"hits {c.get('hits', 0)} (+{r.get('memory_hits', 0)} in memory), "
         f"origin fetches {r.get('origin_fetches', 0)}, corrupt {c.get('corrupt', 0)} "

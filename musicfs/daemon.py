@@ -9,9 +9,11 @@ background tasks under the supervisor, control socket.
 Shutdown (SIGTERM, SIGINT, ``musicfs unmount``, a critical task giving up, or an
 external ``fusermount3 -u``), in this order:
 
-1. STOPPING=1; the supervisor refuses new work and cancels sync, eviction, health, watchdog;
+1. STOPPING=1; the sync is cancelled;
 2. drain: new reads answer EIO at once, reads in flight get ``fuse.drain_timeout`` to
-   finish and then answer EIO -- no player waits longer than that;
+   finish (the cache's fetches and the origins' health checks they wait on still run)
+   and then answer EIO -- no player waits longer than that; then the supervisor refuses
+   new work and cancels the rest (eviction, health, watchdog, cache tasks);
 3. commit and close the stores (reader/cache, origins, catalog, registered closers) while
    the FUSE loop still answers metadata from memory, so no request is left unanswered;
 4. end the FUSE loop and unmount; exit 0 (1 if a critical task gave up).
@@ -42,6 +44,8 @@ from musicfs.fuse_ops import MusicOperations
 from musicfs.fuse_search import SearchFolder
 from musicfs.library import Library, TreePublisher, open_pool
 from musicfs.locks import FileLock, LockHeld
+from musicfs.origins.local import LocalOrigin
+from musicfs.origins.pool import OriginPool
 from musicfs.pin_manager import PinManager, control_handlers
 from musicfs.resources import leaves
 from musicfs.search import SearchIndex
@@ -56,6 +60,7 @@ from musicfs.service.notify import Notifier, watchdog_interval
 from musicfs.service.status import DaemonState
 from musicfs.service.supervisor import Policy, Supervisor
 from musicfs.service.watchdog import Watchdog, probe_mount
+from musicfs.sync import identity_key, origin_identity
 
 log = logging.getLogger(__name__)
 
@@ -158,19 +163,28 @@ class Daemon:
 
     async def _open(self) -> None:
         s = self.settings
+        # The mount point first: a rejected one leaves no state directory or lock behind.
+        prepare_mountpoint(self.mountpoint)
+        pool = open_pool(s)
+        first_run = not s.catalog_path.exists()
+        if first_run:
+            _refuse_missing_origins(pool, {})
         self.lock.acquire()
-        try:
-            prepare_mountpoint(self.mountpoint)
-        except MountpointError:
-            self.lock.release()
-            raise
         try:
             catalog, self.catalog_moved_aside = await trio.to_thread.run_sync(
                 open_catalog, s.catalog_path
             )
         except SchemaTooNew as exc:
             raise StartupError(str(exc)) from None
-        pool = open_pool(s)
+        if not first_run:
+            recorded = {
+                o.name: await catalog.run(catalog.get_state, identity_key(o.name)) for o in pool
+            }
+            try:
+                _refuse_missing_origins(pool, recorded)
+            except StartupError:
+                catalog.close()
+                raise
         self.library = Library(s, catalog, pool)
         self.reader = CachingReader(
             ChunkStore.from_settings(s.cache_dir, s.cache),
@@ -443,11 +457,14 @@ class Daemon:
         self.notifier.stopping("stopping: draining requests")
         self.event("stopping")
         log.info("shutdown: stopping background work")
-        await self.supervisor.close(timeout=CLOSE_TIMEOUT)
-        self.event("background-stopped")
+        # The sync stops first; the cache's fetches and the health checks that reads in
+        # flight wait on keep running until those reads are answered.
+        await self.supervisor.stop("sync", timeout=CLOSE_TIMEOUT)
         if self.session is not None:
             await self.session.drain()
         self.event("drained")
+        await self.supervisor.close(timeout=CLOSE_TIMEOUT)
+        self.event("background-stopped")
         await self._close_stores()
         self.event("stores-closed")
         if self.session is not None:
@@ -456,8 +473,8 @@ class Daemon:
         self.state = DaemonState.STOPPED
 
     async def _close_stores(self) -> None:
-        if self._stores_closed:
-            return
+        if self._stores_closed or self.library is None:
+            return  # closed already, or start-up stopped before opening any store
         self._stores_closed = True
         steps: list[tuple[str, Closer]] = []
         if self.reader is not None:
@@ -478,6 +495,26 @@ class Daemon:
             if scope.cancelled_caught:
                 log.error("shutdown: closing %s took over %.0fs; moving on", name, CLOSE_TIMEOUT)
         log.info("shutdown: stores committed and closed")
+
+
+def _refuse_missing_origins(pool: OriginPool, recorded: dict[str, str | None]) -> None:
+    """A local origin folder that does not exist, or is a file, is a mistake in the
+    command line or config -- unless the catalog holds tracks from that very folder (then
+    it is a disk not mounted today: the offline case, served from the catalog and cache).
+    ``recorded``: where each origin pointed when last listed (empty on a first run)."""
+    for origin in pool:
+        if not isinstance(origin, LocalOrigin):
+            continue  # a server that does not answer yet is the offline case
+        if origin.name in recorded and recorded[origin.name] in (None, origin_identity(origin)):
+            continue  # catalogued from here (or before identities were recorded)
+        problem = origin.root_problem()
+        if problem is not None:
+            code = errno.errorcode.get(problem.errno or 0, "?")
+            raise StartupError(
+                f"origin {origin.name} ({origin.root}): {problem.strerror} ({code}); "
+                "nothing is catalogued from there, so this is a wrong --origin or "
+                "[[origin]] url"
+            )
 
 
 def _start_named(nursery: trio.Nursery, name: str, fn: Callable[[], Awaitable[object]]) -> None:

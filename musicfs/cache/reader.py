@@ -37,10 +37,11 @@ import trio
 from musicfs.cache.modes import CacheMode
 from musicfs.cache.settings import CacheSettings
 from musicfs.cache.space import HIGH_WATERMARK
-from musicfs.cache.store import ChunkStore, PutResult, Rejected
+from musicfs.cache.store import ChunkStore, PutResult, Rejected, StoreStatistics
 from musicfs.catalog.model import Track
 from musicfs.failpoints import async_fail_point
 from musicfs.resources import describe, shortage
+from musicfs.statistics import snapshot
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,14 @@ class ReaderCounters:
     passthrough_reads: int = 0
     store_timeouts: int = 0
     store_task_errors: int = 0
+
+
+@dataclass(frozen=True)
+class ReaderStatistics:
+    memory_bytes: int  # verified chunks held in RAM
+    disk_stalled: bool  # the cache disk is not answering in time: origins are asked
+    counters: ReaderCounters
+    store: StoreStatistics
 
 
 class _Flight:
@@ -225,12 +234,23 @@ class CachingReader:
 
     # -- status ----------------------------------------------------------------------
 
+    def statistics(self) -> ReaderStatistics:
+        return ReaderStatistics(
+            memory_bytes=self._memory_used,
+            disk_stalled=self._store_stalled,
+            counters=snapshot(self.counters),
+            store=self.store.statistics(),
+        )
+
     def status(self) -> dict[str, Any]:
-        out = self.store.status()
-        out["reader"] = asdict(self.counters)
-        out["memory_bytes"] = self._memory_used
-        out["disk_stalled"] = self._store_stalled
-        return out
+        """The store's report with the reader's beside it (``musicfs status``)."""
+        stats = self.statistics()
+        return {
+            **self.store.status(),
+            "reader": asdict(stats.counters),
+            "memory_bytes": stats.memory_bytes,
+            "disk_stalled": stats.disk_stalled,
+        }
 
     # -- reads -----------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from musicfs.cache.settings import CacheSettings
 from musicfs.cache.space import HIGH_WATERMARK, LOW_WATERMARK, budget, evict
 from musicfs.failpoints import fail_point
 from musicfs.resources import describe
+from musicfs.statistics import report, snapshot
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,21 @@ class StoreCounters:
     # Where a cache hit's time goes (the bench reports verification's share).
     read_seconds: float = 0.0
     verify_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class StoreStatistics:
+    mode: CacheMode
+    reason: str | None  # why the mode is not normal
+    serves_cached: bool  # passthrough that still serves the chunks stored before
+    chunks: int
+    used_bytes: int
+    max_size: int
+    min_free: int
+    chunk_size: int
+    pinned: int  # tracks pinned
+    protected_bytes: int  # held by pins and played tracks, evicted last
+    counters: StoreCounters
 
 
 class ChunkStore:
@@ -669,19 +685,20 @@ class ChunkStore:
     def used(self) -> int:
         return self.ledger.used
 
+    def statistics(self) -> StoreStatistics:
+        return StoreStatistics(
+            mode=self.mode,
+            reason=self.reason,
+            serves_cached=self._read_only,
+            chunks=len(self.ledger),
+            used_bytes=self.used,
+            max_size=self.max_size,
+            min_free=self.min_free,
+            chunk_size=self.chunk_size,
+            pinned=len(self.ledger.pins),
+            protected_bytes=self.ledger.protected_used,
+            counters=snapshot(self.counters),
+        )
+
     def status(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode.value,
-            "reason": self.reason,
-            "serves_cached": self._read_only,
-            "dir": str(self.root),
-            "chunks": len(self.ledger),
-            "size": self.used,
-            "used_bytes": self.used,  # the daemon's status line reads this name
-            "max_size": self.max_size,
-            "min_free": self.min_free,
-            "chunk_size": self.chunk_size,
-            "pinned": len(self.ledger.pins),
-            "protected_bytes": self.ledger.protected_used,
-            "counters": asdict(self.counters),
-        }
+        return {"dir": str(self.root), **report(self.statistics())}

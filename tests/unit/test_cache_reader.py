@@ -574,7 +574,7 @@ def test_status_reports_mode_size_and_counters(tmp_path: Path, origin: TrackOrig
         await read_all(reader, origin, "t1.flac", PIECE)
         status = reader.status()
         assert status["mode"] == CacheMode.NORMAL and status["reason"] is None
-        assert status["size"] == 3 * CS and status["chunks"] == 3
+        assert status["used_bytes"] == 3 * CS and status["chunks"] == 3
         assert status["max_size"] == 64 * CS
         assert status["counters"]["stored"] == 3
         assert status["reader"]["origin_fetches"] == 3

@@ -75,7 +75,7 @@ def test_put_then_get_returns_the_bytes_from_a_hash_named_file(store: FaultyStor
     assert path.stat().st_size == HEADER_SIZE + len(data)
     assert files(store.root, "tmp") == []
     assert store.get(V1, 1, CS) is None
-    assert store.status()["size"] == len(data) and store.status()["mode"] == CacheMode.NORMAL
+    assert store.status()["used_bytes"] == len(data) and store.status()["mode"] == CacheMode.NORMAL
 
 
 def test_same_bytes_in_two_versions_are_stored_once(store: FaultyStore) -> None:
