@@ -142,10 +142,10 @@ class _ProgressBar:
 
 async def _scan(settings: Settings, prune: bool = False) -> int:
     from musicfs.catalog.integrity import open_catalog
-    from musicfs.library import Library, open_pool
+    from musicfs.library import SyncCoordinator, open_pool
 
     catalog, _ = await trio.to_thread.run_sync(open_catalog, settings.catalog_path)
-    library = Library(settings, catalog, open_pool(settings))
+    library = SyncCoordinator(settings, catalog, open_pool(settings))
     try:
         ok = await library.sync(progress=_ProgressBar(), prune=prune)
         count = await catalog.run(catalog.track_count)

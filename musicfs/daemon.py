@@ -42,7 +42,7 @@ from musicfs.catalog.model import Track
 from musicfs.config import Settings
 from musicfs.fuse_ops import MusicOperations
 from musicfs.fuse_search import SearchFolder
-from musicfs.library import Library, TreePublisher, open_pool
+from musicfs.library import SyncCoordinator, TreePublisher, open_pool
 from musicfs.locks import FileLock, LockHeld
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.pool import OriginPool
@@ -132,7 +132,7 @@ class Daemon:
         self.supervisor = Supervisor(on_escalate=self._escalate)
         self.ops: MusicOperations | None = None
         self.session: FuseSession | None = None
-        self.library: Library | None = None
+        self.library: SyncCoordinator | None = None
         self.reader: CachingReader | None = None
         self.watchdog: Watchdog | None = None
         self.pins: PinManager | None = None
@@ -185,7 +185,7 @@ class Daemon:
             except StartupError:
                 catalog.close()
                 raise
-        self.library = Library(s, catalog, pool)
+        self.library = SyncCoordinator(s, catalog, pool)
         self.reader = CachingReader(
             ChunkStore.from_settings(s.cache_dir, s.cache),
             self._fetch,
@@ -353,7 +353,7 @@ class Daemon:
         while True:
             line = self.status_line()
             if line != last:
-                self.notifier.status(line)
+                self.notifier.send_status(line)
                 last = line
             await trio.sleep(STATUS_INTERVAL)
 

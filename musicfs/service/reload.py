@@ -13,7 +13,7 @@ import trio
 from musicfs.cache.reader import CachingReader
 from musicfs.config import ConfigError, Settings
 from musicfs.fuse_ops import MusicOperations
-from musicfs.library import Library, open_pool
+from musicfs.library import SyncCoordinator, open_pool
 from musicfs.pin_manager import PinManager
 from musicfs.service.notify import Notifier
 from musicfs.service.supervisor import Policy, Supervisor
@@ -94,7 +94,7 @@ class Reloadable(Protocol):
     """The parts of a running daemon a reload changes."""
 
     settings: Settings
-    library: Library | None
+    library: SyncCoordinator | None
     ops: MusicOperations | None
     reader: CachingReader | None
     pins: PinManager | None

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from musicfs.cache.reader import CachingReader
 from musicfs.fuse_ops import MusicOperations
-from musicfs.library import Library
+from musicfs.library import SyncCoordinator
 from musicfs.pin_manager import PinManager
 from musicfs.service.fuse_session import FuseSession
 from musicfs.service.supervisor import Supervisor
@@ -36,7 +36,7 @@ class Running(Protocol):
     mountpoint: Path
     started_at: float
     supervisor: Supervisor
-    library: Library | None
+    library: SyncCoordinator | None
     reader: CachingReader | None
     ops: MusicOperations | None
     session: FuseSession | None
