@@ -54,7 +54,7 @@ from musicfs.service import reload as config_reload
 from musicfs.service.allocator import limit_malloc_arenas
 from musicfs.service.crashlog import install_hooks, named_task
 from musicfs.service.fuse_session import FuseSession, MountFailed
-from musicfs.service.metrics import MetricsServer
+from musicfs.service.metrics import MetricsServer, Snapshot
 from musicfs.service.mounts import MountpointError, prepare_mountpoint
 from musicfs.service.notify import Notifier, watchdog_interval
 from musicfs.service.status import DaemonState
@@ -373,14 +373,25 @@ class Daemon:
 
     # -- metrics endpoint --------------------------------------------------------------
 
+    def metrics_snapshot(self) -> Snapshot:
+        library = self.library
+        return Snapshot(
+            statistics={
+                "musicfs_fuse": self.session.statistics() if self.session else None,
+                "musicfs_reader": self.reader.statistics() if self.reader else None,
+                "musicfs_pool": library.pool.statistics() if library else None,
+            },
+            status=self.status(),
+        )
+
     def _start_metrics(self) -> None:
         """The opt-in Prometheus endpoint; its scrapes take status snapshots on our loop."""
         if self.settings.metrics.address is None:
             return
         token = trio.lowlevel.current_trio_token()
 
-        def snapshot() -> dict[str, Any]:
-            return trio.from_thread.run_sync(self.status, trio_token=token)
+        def snapshot() -> Snapshot:
+            return trio.from_thread.run_sync(self.metrics_snapshot, trio_token=token)
 
         self.metrics = MetricsServer(self.settings.metrics, snapshot)
         self.metrics.start()

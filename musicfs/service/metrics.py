@@ -2,16 +2,18 @@
 
 Off unless ``[metrics] listen`` is set; a bare port binds to loopback only, so nothing is
 exposed beyond the machine unless the operator names an address. A scrape asks the
-daemon's event loop for a status snapshot (``snapshot``) and turns it into metric
-families; the HTTP server (prometheus-client's) runs in its own thread.
+daemon's event loop for a ``Snapshot`` -- the components' ``statistics()`` objects (see
+``musicfs.statistics``) and, for what has none, the status report -- and turns it into
+metric families; the HTTP server (prometheus-client's) runs in its own thread.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -20,8 +22,6 @@ from prometheus_client.registry import Collector, CollectorRegistry
 log = logging.getLogger("musicfs.metrics")
 
 LOOPBACK = "127.0.0.1"
-# fuse status keys that are levels, not running totals
-_FUSE_GAUGES = ("inflight", "max_background")
 
 
 @dataclass(frozen=True)
@@ -48,22 +48,29 @@ def parse_listen(value: Any) -> str:
     return value
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """What one scrape reports: the components' ``statistics()`` objects by metric
+    prefix (``musicfs_fuse``: the FUSE session's, ...), and the status report for what
+    has no statistics object (state, each origin's health, syncs, background tasks)."""
+
+    statistics: dict[str, Any]
+    status: dict[str, Any]
+
+
+# Fields of a ``counters`` dataclass that are levels, not running totals.
+_LEVELS = frozenset({"inflight", "max_read_seconds"})
+# Top-level statistics fields that only grow.
+_TOTALS = frozenset({"worker_restarts"})
+# A nested statistics object reported under its own prefix.
+_NESTED = {"store": "musicfs_cache"}
+_DOC = "see musicfs status"
+
+
 def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, int | float):
+    if isinstance(value, bool | int | float):
         return float(value)
     return None
-
-
-def _counters(name: str, doc: str, values: dict[str, Any]) -> Iterator[Metric]:
-    """One counter family per numeric entry: ``<name>_<key>_total``."""
-    for key, value in sorted(values.items()):
-        number = _number(value)
-        if number is not None:
-            family = CounterMetricFamily(f"{name}_{key}", f"{doc}: {key}")
-            family.add_metric([], number)
-            yield family
 
 
 def _gauge(name: str, doc: str, value: float, labels: dict[str, str] | None = None) -> Metric:
@@ -72,8 +79,48 @@ def _gauge(name: str, doc: str, value: float, labels: dict[str, str] | None = No
     return family
 
 
-def families(status: dict[str, Any]) -> Iterator[Metric]:
-    """The status snapshot as Prometheus metric families (names prefixed ``musicfs_``)."""
+def _counter(name: str, doc: str, value: float) -> Metric:
+    family = CounterMetricFamily(name, doc)
+    family.add_metric([], value)
+    return family
+
+
+def from_statistics(prefix: str, stats: Any) -> Iterator[Metric]:
+    """A statistics dataclass as metric families: its ``counters`` as ``_total`` counters
+    (a dict of them labelled by ``op``), other numbers as gauges, an enum as a gauge
+    labelled with its value, a nested statistics object under its own prefix."""
+    for f in fields(stats):
+        value = getattr(stats, f.name)
+        name = f"{prefix}_{f.name}"
+        if f.name == "counters" and is_dataclass(value):
+            yield from _counters(prefix, value)
+        elif is_dataclass(value):
+            yield from from_statistics(_NESTED.get(f.name, name), value)
+        elif isinstance(value, enum.Enum):
+            yield _gauge(name, f"1 for the current {f.name}", 1.0, {f.name: str(value.value)})
+        elif (number := _number(value)) is not None:
+            if f.name in _TOTALS:
+                yield _counter(name, _DOC, number)
+            else:
+                yield _gauge(name, _DOC, number)
+
+
+def _counters(prefix: str, counters: Any) -> Iterator[Metric]:
+    for f in fields(counters):
+        value = getattr(counters, f.name)
+        if isinstance(value, dict):
+            family = CounterMetricFamily(f"{prefix}_requests", "requests by op", labels=["op"])
+            for op, count in sorted(value.items()):
+                family.add_metric([str(op)], float(count))
+            yield family
+        elif (number := _number(value)) is not None:
+            name = f"{prefix}_{f.name}"
+            yield _gauge(name, _DOC, number) if f.name in _LEVELS else _counter(name, _DOC, number)
+
+
+def families(snapshot: Snapshot) -> Iterator[Metric]:
+    """A scrape's metric families (names prefixed ``musicfs_``)."""
+    status = snapshot.status
     yield _gauge("musicfs_up", "1 while the daemon answers", 1.0)
     yield _gauge(
         "musicfs_state",
@@ -81,29 +128,16 @@ def families(status: dict[str, Any]) -> Iterator[Metric]:
         1.0,
         {"state": str(status.get("state")), "mode": str(status.get("mode"))},
     )
-    for key, doc in (("uptime", "seconds since start"), ("tracks", "tracks in the tree")):
-        number = _number(status.get(key))
-        if number is not None:
-            yield _gauge(f"musicfs_{key}" + ("_seconds" if key == "uptime" else ""), doc, number)
-    yield from _fuse(status.get("fuse") or {})
+    if (uptime := _number(status.get("uptime"))) is not None:
+        yield _gauge("musicfs_uptime_seconds", "seconds since start", uptime)
+    if (tracks := _number(status.get("tracks"))) is not None:
+        yield _gauge("musicfs_tracks", "tracks in the tree", tracks)
+    for prefix, stats in sorted(snapshot.statistics.items()):
+        if stats is not None:
+            yield from from_statistics(prefix, stats)
     yield from _origins(status.get("origins") or {})
-    yield from _cache(status.get("cache") or {})
     yield from _sync(status.get("sync") or {})
     yield from _tasks(status.get("tasks") or {})
-
-
-def _fuse(fuse: dict[str, Any]) -> Iterator[Metric]:
-    levels = {k: fuse.get(k) for k in _FUSE_GAUGES}
-    totals = {k: v for k, v in fuse.items() if k not in _FUSE_GAUGES and k != "requests"}
-    yield from _counters("musicfs_fuse", "FUSE requests", totals)
-    for key, value in levels.items():
-        number = _number(value)
-        if number is not None:
-            yield _gauge(f"musicfs_fuse_{key}", f"FUSE {key}", number)
-    requests = CounterMetricFamily("musicfs_fuse_requests", "FUSE requests by op", labels=["op"])
-    for op, count in sorted((fuse.get("requests") or {}).items()):
-        requests.add_metric([op], float(count))
-    yield requests
 
 
 def _origins(origins: dict[str, Any]) -> Iterator[Metric]:
@@ -121,35 +155,18 @@ def _origins(origins: dict[str, Any]) -> Iterator[Metric]:
         state.add_metric([name, str(health.get("state"))], 1.0)
         checks.add_metric([name], float(health.get("checks") or 0))
         failures.add_metric([name], float(health.get("consecutive_failures") or 0))
-        if _number(health.get("latency_ms")) is not None:
-            latency.add_metric([name], float(health["latency_ms"]) / 1000)
+        if (ms := _number(health.get("latency_ms"))) is not None:
+            latency.add_metric([name], ms / 1000)
     yield from (state, checks, failures, latency)
-    yield from _counters("musicfs_origin_reads", "origin reads", origins.get("reads") or {})
-
-
-def _cache(cache: dict[str, Any]) -> Iterator[Metric]:
-    nested = ("counters", "reader")
-    for key, value in sorted(cache.items()):
-        number = _number(value)
-        if key not in nested and number is not None:
-            yield _gauge(f"musicfs_cache_{key}", f"chunk cache {key}", number)
-    yield _gauge(
-        "musicfs_cache_mode", "1 for the cache's mode", 1.0, {"mode": str(cache.get("mode"))}
-    )
-    yield from _counters("musicfs_cache", "chunk cache", cache.get("counters") or {})
-    yield from _counters("musicfs_reader", "reads through the cache", cache.get("reader") or {})
 
 
 def _sync(sync: dict[str, Any]) -> Iterator[Metric]:
     yield _gauge("musicfs_sync_running", "1 while a sync runs", float(bool(sync.get("running"))))
-    finished = CounterMetricFamily("musicfs_sync_finished", "syncs finished")
-    finished.add_metric([], float(sync.get("finished") or 0))
-    yield finished
+    yield _counter("musicfs_sync_finished", "syncs finished", float(sync.get("finished") or 0))
     last: dict[str, GaugeMetricFamily] = {}
     for origin, figures in sorted((sync.get("last") or {}).items()):
         for key, value in sorted(figures.items()):
-            number = _number(value)
-            if number is None:
+            if (number := _number(value)) is None:
                 continue
             family = last.setdefault(
                 key,
@@ -175,23 +192,23 @@ def _tasks(tasks: dict[str, Any]) -> Iterator[Metric]:
 
 
 class StatusCollector(Collector):
-    def __init__(self, snapshot: Callable[[], dict[str, Any]]):
+    def __init__(self, snapshot: Callable[[], Snapshot]):
         self.snapshot = snapshot
 
     def collect(self) -> Iterator[Metric]:
         try:
-            status = self.snapshot()
+            taken = self.snapshot()
         except Exception as exc:  # the loop is gone or wedged: say so, don't 500
             log.warning("metrics: no status snapshot (%s)", exc)
             yield _gauge("musicfs_up", "1 while the daemon answers", 0.0)
             return
-        yield from families(status)
+        yield from families(taken)
 
 
 class MetricsServer:
     """prometheus-client's HTTP server on ``settings.address``, in a daemon thread."""
 
-    def __init__(self, settings: MetricsSettings, snapshot: Callable[[], dict[str, Any]]):
+    def __init__(self, settings: MetricsSettings, snapshot: Callable[[], Snapshot]):
         self.settings = settings
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(StatusCollector(snapshot))
