@@ -47,9 +47,10 @@ from musicfs.locks import FileLock, LockHeld
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.pool import OriginPool
 from musicfs.pin_manager import PinManager, control_handlers
+from musicfs.private import tighten
 from musicfs.resources import leaves
 from musicfs.search import SearchIndex
-from musicfs.service import control, signals, status
+from musicfs.service import control, registry, signals, status
 from musicfs.service import reload as config_reload
 from musicfs.service.allocator import limit_malloc_arenas
 from musicfs.service.crashlog import install_hooks, named_task
@@ -169,6 +170,8 @@ class Daemon:
         first_run = not s.catalog_path.exists()
         if first_run:
             _refuse_missing_origins(pool, {})
+        tighten(s.state_dir)
+        tighten(s.cache_dir)
         self.lock.acquire()
         try:
             catalog, self.catalog_moved_aside = await trio.to_thread.run_sync(
@@ -194,7 +197,7 @@ class Daemon:
         )
         await self.reader.open()  # start-up repair; a bad cache means passthrough, not exit
         self.library.tag_reader = self.reader.read  # remote tag reads fill the cache
-        tree = await self.library.build_tree()
+        tree = await self.library.open_tree()
         self.ops = MusicOperations(tree, self.reader, s.fuse, free_space_of=s.cache_dir)
         self.ops.search_folder = SearchFolder(self._search_paths)
         ops = self.ops
@@ -425,7 +428,17 @@ class Daemon:
         except OSError as exc:
             log.error("control socket %s: %s; `musicfs status` cannot reach this daemon", path, exc)
             return
-        _start_named(nursery, "control", server.serve)
+        # So that the mount point alone finds this socket, whatever our --state-dir.
+        entry = await trio.to_thread.run_sync(registry.register, self.mountpoint, path)
+
+        async def serve() -> None:
+            try:
+                await server.serve()
+            finally:
+                if entry is not None:
+                    registry.unregister(entry, path)
+
+        _start_named(nursery, "control", serve)
 
     # -- signals ---------------------------------------------------------------------
 
@@ -480,6 +493,9 @@ class Daemon:
         self.event("stores-closed")
         if self.session is not None:
             await self.session.unmount()
+        if self.library is not None:
+            # The mount answered metadata until now; nothing reads the tree any more.
+            self.library.catalog.close_reader()
         self.event("unmounted")
         self.state = DaemonState.STOPPED
 
@@ -496,7 +512,9 @@ class Daemon:
         if self.library is not None:
             steps.append(("origins", self.library.pool.aclose))
             catalog: Catalog = self.library.catalog
-            steps.append(("catalog", lambda: trio.to_thread.run_sync(catalog.close)))
+            steps.append(
+                ("catalog", lambda: trio.to_thread.run_sync(catalog.close, True))  # keep_reader
+            )
         for name, close in steps:
             with trio.move_on_after(CLOSE_TIMEOUT) as scope:
                 try:
