@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-test demo test unit process network e2e lint typecheck nix-check service-check bench clean
+.PHONY: setup setup-test demo test unit process network e2e lint typecheck nix-check nix-sandbox service-check bench clean
 
 $(BIN)/musicfs: pyproject.toml scripts/setup-debian.sh
 	scripts/setup-debian.sh run
@@ -24,7 +24,7 @@ demo: setup
 	$(BIN)/musicfs demo
 
 # Everything CI holds a change to: style, types, all three test layers, packaging checks.
-test: setup-test lint typecheck nix-check service-check
+test: setup-test lint typecheck nix-check service-check nix-sandbox
 	MUSICFS_REQUIRE_ALL_LAYERS=1 $(BIN)/pytest $(PYTEST_ARGS)
 
 unit: setup
@@ -57,6 +57,12 @@ nix-check:
 
 service-check:
 	scripts/check-service.sh
+
+# nix/package.nix's build and checkPhase imitated in a bubblewrap sandbox (uid 1000, no
+# network, no /sys, only /bin/sh), in pytest's default and importlib import modes.
+NIX_SANDBOX_MODES ?= prepend importlib
+nix-sandbox: setup-test
+	scripts/nix-sandbox-check.sh $(NIX_SANDBOX_MODES)
 
 bench: setup
 	scripts/setup-debian.sh bench

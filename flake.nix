@@ -25,19 +25,27 @@
         default = musicfs;
       });
 
-      # `nix run .#musicfs -- demo` mounts the demo library; `nix run` alone prints the help.
+      # `nix run .#musicfs -- demo` mounts the demo library. Bare `nix run` prints the help
+      # (the program alone would exit 2 with argparse's "arguments are required").
       apps = forAllSystems (
         pkgs:
         let
           program = lib.getExe self.packages.${systemOf pkgs}.musicfs;
+          meta.description = "Mount a music library as a tagged, read-only FUSE tree";
         in
-        rec {
+        {
           musicfs = {
             type = "app";
-            inherit program;
-            meta.description = "Mount a music library as a tagged, read-only FUSE tree";
+            inherit program meta;
           };
-          default = musicfs;
+          default = {
+            type = "app";
+            program = "${pkgs.writeShellScript "musicfs-or-help" ''
+              if [ "$#" -eq 0 ]; then set -- --help; fi
+              exec ${program} "$@"
+            ''}";
+            inherit meta;
+          };
         }
       );
 
@@ -80,7 +88,9 @@
                 hypothesis
                 mypy
                 moto
-              ])
+              ]
+              # Layer 3 runs moto's S3 server (moto[server] in pyproject.toml's dev extras).
+              ++ ps.moto.optional-dependencies.server)
             ))
             pkgs.ruff
             pkgs.fuse3

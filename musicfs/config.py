@@ -1,5 +1,9 @@
 """Settings: TOML file + command-line overrides -> one validated, typed ``Settings``.
 
+The components own their settings types (``origins.settings``, ``cache.settings``,
+``fuse_settings``); this module parses the file and assembles them. Imports flow one way:
+no component imports this module (tests/unit/test_layering.py holds that).
+
 Every mistake in a config file is reported once, naming the file, the line and the key,
 and the command exits with status 2.
 """
@@ -14,7 +18,30 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from musicfs.cache.settings import CacheSettings
 from musicfs.catalog.naming import DEFAULT_TEMPLATE, Template, TemplateError
+from musicfs.fuse_settings import FUSE_KERNEL_BACKGROUND, FUSE_SPARE_WORKERS, FuseSettings
+from musicfs.origins.settings import OriginSettings, OriginTimeouts
+from musicfs.origins.urls import OriginURLError, default_name, validate_url
+
+__all__ = [
+    "EXIT_CONFIG",
+    "FUSE_KERNEL_BACKGROUND",
+    "FUSE_SPARE_WORKERS",
+    "CacheSettings",
+    "ConfigError",
+    "FuseSettings",
+    "LibrarySettings",
+    "OriginSettings",
+    "OriginTimeouts",
+    "Settings",
+    "finish",
+    "load_config",
+    "parse_duration",
+    "parse_size",
+    "settings_from_dict",
+    "with_overrides",
+]
 
 EXIT_CONFIG = 2
 
@@ -125,88 +152,12 @@ def _template(value: Any) -> str:
 
 
 @dataclass(frozen=True)
-class OriginSettings:
-    url: str
-    name: str = ""
-    # Lower is preferred; origins with equal priority keep their order in the file.
-    priority: int = 0
-    # SFTP
-    key_file: Path | None = None
-    known_hosts: Path | None = None  # default ~/.ssh/known_hosts
-    trust_on_first_use: bool = False
-    connections: int = 2  # SSH connections kept open to the server
-    # S3
-    endpoint: str | None = None  # host[:port] or http(s)://host[:port]; default AWS
-    region: str | None = None
-    secure: bool | None = None  # TLS; on unless turned off or the endpoint says http://
-    credentials_file: Path | None = None  # AWS-style INI; default: environment variables
-    profile: str = "default"
-    ca_file: Path | None = None  # PEM bundle to trust for TLS; default: the system's CAs
-
-
-@dataclass(frozen=True)
 class LibrarySettings:
     template: str = DEFAULT_TEMPLATE
     scan_interval: float = 3600.0  # seconds between background syncs; 0 turns them off
     scan_parallel: int = 4
     # Files per catalog commit: a crash mid-sync loses at most one batch of work.
     scan_batch: int = 200
-
-
-# Workers that background reads can never occupy: lookups, stat, open and readdir (which
-# the kernel does not count as background) always find one free.
-FUSE_SPARE_WORKERS = 32
-FUSE_KERNEL_BACKGROUND = 12  # the kernel's max_background when the daemon names none
-
-
-@dataclass(frozen=True)
-class FuseSettings:
-    allow_other: bool = False
-    # A FUSE read returns data or EIO within this bound, whatever the origins do.
-    read_deadline: float = 8.0
-    # How long the kernel may trust names and attributes before asking again.
-    attr_timeout: float = 60.0
-    # Requests the daemon works on at once (workers start on demand and end when idle).
-    max_tasks: int = 320
-    # Page-cache reads the kernel hands the daemon at once (its default is 12), raised
-    # after mounting through fusectl: reads stuck on a hung origin must not hold every
-    # slot while reads of cached tracks wait behind them. 0 leaves the kernel's value.
-    # Held to max_tasks - FUSE_SPARE_WORKERS (``background_slots``), so that hung reads
-    # never take every worker.
-    max_background: int = 256
-    # On shutdown, in-flight requests get this long to finish before they answer EIO.
-    drain_timeout: float = 5.0
-
-    @property
-    def background_slots(self) -> int:
-        """The ``max_background`` to ask the kernel for (0: leave its value alone)."""
-        slots = min(self.max_background, self.max_tasks - FUSE_SPARE_WORKERS)
-        return slots if slots > FUSE_KERNEL_BACKGROUND else 0
-
-
-@dataclass(frozen=True)
-class CacheSettings:
-    max_size: int = 10 * 1024**3
-    min_free: int = 1024**3
-    chunk_size: int = 1024 * 1024
-    # Recently verified chunks kept in RAM: FUSE reads a 1 MiB chunk in 8 pieces.
-    memory: int = 16 * 1024 * 1024
-    # How often an unusable cache (passthrough) is tried again: re-opened and repaired.
-    retry_interval: float = 30.0
-
-
-@dataclass(frozen=True)
-class OriginTimeouts:
-    # One origin call (a read attempt, a stat, a listing page, a health check, a connect).
-    operation: float = 5.0
-    # Between health checks of a healthy origin; a failing one is re-checked with
-    # exponential backoff from this up to health_max_backoff.
-    health_interval: float = 10.0
-    health_max_backoff: float = 60.0
-    # A read an origin has not answered within this is also asked of the next origin
-    # holding the track (a hedged read), and reads waiting on an origin just declared
-    # unhealthy get this much longer before failing over.
-    hedge_after: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -218,9 +169,9 @@ class Settings:
     log_level: str = "info"
     origins: tuple[OriginSettings, ...] = ()
     library: LibrarySettings = LibrarySettings()
-    fuse: FuseSettings = FuseSettings()
-    cache: CacheSettings = CacheSettings()
-    timeouts: OriginTimeouts = OriginTimeouts()
+    fuse: FuseSettings = field(default_factory=FuseSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    timeouts: OriginTimeouts = field(default_factory=OriginTimeouts)
     source: Path | None = None  # the config file, for messages
 
     @property
@@ -456,7 +407,6 @@ def settings_from_dict(
 
 def finish(settings: Settings) -> Settings:
     """Fill derived defaults and check cross-field rules."""
-    from musicfs.origins.open import OriginURLError, validate_url
 
     origins = []
     names: set[str] = set()
@@ -504,7 +454,6 @@ def finish(settings: Settings) -> Settings:
 
 
 def _default_origin_name(url: str, index: int) -> str:
-    from musicfs.origins.open import default_name
 
     return default_name(url, index)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +19,31 @@ from musicfs.catalog.tags import Tags
 
 FORMATS = ("flac", "mp3", "ogg", "opus", "m4a", "wav", "aiff")
 
+# This package's folder (site-packages/musicfs when installed).
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
 
 def fixtures_dir() -> Path:
+    """Where the demo's audio fixtures are: ``MUSICFS_FIXTURES``, else next to a source
+    checkout (``tests/fixtures``), else where an installation put them (the wheel's data
+    files, ``<prefix>/share/musicfs/fixtures``)."""
     env = os.environ.get("MUSICFS_FIXTURES")
     if env:
         return Path(env)
-    here = Path(__file__).resolve().parent
-    for candidate in (
-        here.parent / "tests" / "fixtures",
-        here.parent / "share" / "musicfs" / "fixtures",
-    ):
+    candidates = [_PACKAGE_DIR.parent / "tests" / "fixtures"]
+    # <prefix>/lib/pythonX.Y/site-packages/musicfs: pip's prefix is sys.prefix, but Nix
+    # installs into the package's own $out while sys.prefix is the interpreter's.
+    site_packages = _PACKAGE_DIR.parent
+    if len(site_packages.parents) > 2 and site_packages.parents[1].name == "lib":
+        candidates.append(site_packages.parents[2] / "share" / "musicfs" / "fixtures")
+    candidates.append(Path(sys.prefix) / "share" / "musicfs" / "fixtures")
+    for candidate in candidates:
         if (candidate / "tone.flac").exists():
             return candidate
     raise FileNotFoundError(
-        "demo audio fixtures not found (looked in tests/fixtures next to the package); "
-        "set MUSICFS_FIXTURES to the folder holding tone.flac, tone.mp3, ..."
+        "demo audio fixtures not found (looked in "
+        + ", ".join(str(c) for c in candidates)
+        + "); set MUSICFS_FIXTURES to the folder holding tone.flac, tone.mp3, ..."
     )
 
 

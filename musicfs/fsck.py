@@ -14,8 +14,6 @@ Exit status 0 when nothing is wrong or everything found was repaired, 1 otherwis
 
 from __future__ import annotations
 
-import fcntl
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ from musicfs.cache.modes import describe
 from musicfs.cache.store import ChunkStore
 from musicfs.catalog.integrity import check_catalog
 from musicfs.config import Settings
+from musicfs.locks import is_held
 
 MAX_LINES = 50
 
@@ -54,21 +53,6 @@ class CacheCheck:
 
 def fsck_catalog(settings: Settings) -> list[str]:
     return [f"catalog {settings.catalog_path}: {p}" for p in check_catalog(settings.catalog_path)]
-
-
-def _in_use(root: Path) -> bool:
-    """Is a daemon holding the cache lock?"""
-    try:
-        fd = os.open(root / "lock", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def check_cache(settings: Settings, *, repair: bool = False) -> CacheCheck:
@@ -113,7 +97,7 @@ def _repair(store: ChunkStore, result: CacheCheck) -> None:
 
 def _check(disk: CacheDisk, result: CacheCheck) -> None:
     """Read-only: no lock, nothing created or changed."""
-    in_use = _in_use(disk.root)
+    in_use = is_held(disk.root / "lock")
     if in_use:
         result.notes.append(
             f"cache {disk.root}: a running MusicFS uses it; checking read-only "

@@ -28,9 +28,9 @@ import trio
 
 from musicfs.cache.reader import Reader
 from musicfs.catalog.tree import Node, Tree
-from musicfs.config import FuseSettings
 from musicfs.failpoints import async_fail_point
 from musicfs.fuse_search import SearchFolder
+from musicfs.fuse_settings import FuseSettings
 from musicfs.origins.base import OriginError
 from musicfs.resources import shortage
 

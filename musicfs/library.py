@@ -17,8 +17,9 @@ from musicfs.config import ConfigError, Settings
 from musicfs.failpoints import fail_point
 from musicfs.origins.base import OriginError
 from musicfs.origins.health import HealthPolicy
-from musicfs.origins.open import OriginConfigError, OriginURLError, open_origin
+from musicfs.origins.open import open_origin
 from musicfs.origins.pool import OriginPool, RetryPolicy
+from musicfs.origins.urls import OriginConfigError, OriginURLError
 from musicfs.sync import Progress, ReadTrack, SyncResult, sync_origin
 
 log = logging.getLogger(__name__)

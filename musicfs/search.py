@@ -23,7 +23,6 @@ All methods block (tantivy, file I/O); call them from worker threads (``update_a
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -43,6 +42,7 @@ from musicfs.catalog.inodes import scratch_inodes
 from musicfs.catalog.naming import Template
 from musicfs.catalog.tree import Tree, build_tree, track_values
 from musicfs.failpoints import fail_point
+from musicfs.locks import FileLock
 
 log = logging.getLogger(__name__)
 
@@ -142,44 +142,14 @@ def tree_from_catalog(catalog: Catalog, template: str) -> Tree:
     return build_tree(catalog.tracks(), Template(template), scratch_inodes)
 
 
-class _Lock:
-    """An flock on a file next to the index: at most one process writes the index."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.fd: int | None = None
-
-    def try_acquire(self, timeout: float = 0.0) -> bool:
-        if self.fd is not None:
-            return True
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    os.close(fd)
-                    return False
-                time.sleep(0.05)
-                continue
-            self.fd = fd
-            return True
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
 class SearchIndex:
     """The on-disk index in ``directory``. Thread-safe; every method blocks."""
 
     def __init__(self, directory: Path, *, lock_timeout: float = 5.0):
         self.directory = directory
         self.lock_timeout = lock_timeout
-        self._lock = _Lock(directory.with_name(directory.name + ".lock"))
+        # At most one process writes the index.
+        self._lock = FileLock(directory.with_name(directory.name + ".lock"), make_parents=True)
         self._mutex = threading.Lock()
         self._limiter = trio.CapacityLimiter(1)
         self._index: tantivy.Index | None = None

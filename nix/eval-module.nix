@@ -121,6 +121,8 @@ in
           stdenv.hostPlatform.system = system;
           callPackage =
             _path: _args: fakePackage "musicfs" // { outPath = fakeStorePath "musicfs-${system}"; };
+          # The script's text rides along in its path, for scripts/eval-nixos-module.sh to run.
+          writeShellScript = name: text: fakePackage name // { outPath = "${fakeStorePath name}\n${text}"; };
           testers.runNixOSTest = test: fakePackage "vm-test" // { inherit test; };
         });
       };
@@ -157,10 +159,11 @@ in
   typical = report (evalWith { } typical);
   # The same on a nixpkgs whose programs.fuse has no `enable` switch.
   olderFuseModule = report (evalWith { withFuseEnable = false; } typical);
-  # Only the required bits; a different mount point with a space and a % in it.
+  # Only the required bits; a different mount point with a space, a % and a $ in it, in a
+  # folder whose name has them too (RequiresMountsFor=).
   minimal = report (evalWith { } {
     enable = true;
-    mountpoint = "/srv/My Music 100%";
+    mountpoint = "/srv/My Music 100% $HOME/library";
     allowOther = false;
     origins = [ { url = "/data/music"; } ];
   });

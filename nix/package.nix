@@ -9,16 +9,11 @@
 let
   pyproject = lib.importTOML ../pyproject.toml;
 
-  # Only what the build and the layer-1 tests read: editing the Nix files, the README's
-  # other sections or bench/ must not rebuild the package.
+  # The source and the check's exclusions, shared with CI's sandbox imitation.
+  spec = lib.importTOML ./package.toml;
   src = lib.fileset.toSource {
     root = ../.;
-    fileset = lib.fileset.unions [
-      ../pyproject.toml
-      ../README.md
-      ../musicfs
-      ../tests
-    ];
+    fileset = lib.fileset.unions (map (path: ../. + "/${path}") spec.source);
   };
 
   # The same list as [project.dependencies]; pythonRuntimeDepsCheckHook holds the two
@@ -48,36 +43,23 @@ python3Packages.buildPythonApplication {
   # --suffix, not --prefix: on NixOS the setuid wrapper /run/wrappers/bin/fusermount3 must
   # win over the plain store binary (a non-root daemon can only mount and unmount through
   # it). The store copy is the fallback for root and for non-NixOS hosts.
-  # MUSICFS_FIXTURES lets `musicfs demo` find its audio fixtures outside a source checkout.
+  # The demo's audio fixtures need nothing here: they are the wheel's data files, installed
+  # as $out/share/musicfs/fixtures, where musicfs.demo looks.
   makeWrapperArgs = [
     "--suffix"
     "PATH"
     ":"
     (lib.makeBinPath [ fuse3 ])
-    "--set-default"
-    "MUSICFS_FIXTURES"
-    "${placeholder "out"}/share/musicfs/fixtures"
   ];
 
-  postInstall = ''
-    install -Dm644 -t $out/share/musicfs/fixtures tests/fixtures/*
-  '';
-
-  # Layer 1 only: layer 2 needs /dev/fuse and layer 3 real servers in network namespaces,
-  # neither of which exists in the build sandbox (the NixOS VM tests in flake.nix cover
-  # those scenarios instead).
+  # Layer 1 only (see nix/package.toml). It runs as the sandbox leaves it: HOME is the
+  # nonexistent /homeless-shelter, TMPDIR the build folder, no network, only /bin/sh.
   nativeCheckInputs = with python3Packages; [
     pytestCheckHook
     pytest-timeout
     hypothesis
   ];
-  disabledTestPaths = [
-    "tests/process"
-    "tests/network"
-  ];
-  preCheck = ''
-    export HOME=$TMPDIR
-  '';
+  inherit (spec) disabledTestPaths;
 
   # For the dev shell: the same libraries in a python3.withPackages environment.
   passthru = { inherit pythonDependencies; };

@@ -73,6 +73,9 @@ let
 
   fusermount3 = "${lib.getBin pkgs.fuse3}/bin/fusermount3";
   mountpointArg = utils.escapeSystemdExecArg cfg.mountpoint;
+  # RequiresMountsFor= splits its value at spaces (honouring quotes) and expands %
+  # specifiers, but knows no $ variables: quoted, with % doubled -- not an Exec quoting.
+  requiresMountsForArg = lib.replaceStrings [ "%" ] [ "%%" ] (builtins.toJSON (dirOf cfg.mountpoint));
 
   inStore = path: lib.hasPrefix "${builtins.storeDir}/" path;
 in
@@ -269,7 +272,7 @@ in
           wants = [ "network-online.target" ];
           after = [ "network-online.target" ];
           # The folder holding the mount point may itself be a mount (a separate disk).
-          unitConfig.RequiresMountsFor = [ (dirOf cfg.mountpoint) ];
+          unitConfig.RequiresMountsFor = [ requiresMountsForArg ];
           # Only the configuration changed: reload (SIGHUP), players keep their mount.
           reloadTriggers = [ configFile ];
           # Crash loops stop after 10 starts in 5 minutes instead of spinning forever.

@@ -38,6 +38,7 @@ nix-instantiate --eval --strict --json nix/eval-test-scripts.nix \
 
 "$python" - "$tmp" <<'PY'
 import json
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -93,7 +94,11 @@ def check_service(name: str, r: dict, mountpoint: str) -> None:
     check(name, "/dev/fuse rw" in sc.get("DeviceAllow", []), "/dev/fuse not allowed")
     stop = sc.get("TimeoutStopSec", "")
     check(name, stop.endswith("s") and int(stop[:-1]) > 10, f"TimeoutStopSec {stop!r} not above the drain window")
-    quoted = json.dumps(mountpoint).replace("%", "%%")
+    quoted = json.dumps(mountpoint).replace("%", "%%").replace("$", "$$")
+    # RequiresMountsFor= expands % but not $ (systemd.unit), and splits at unquoted spaces.
+    parent = json.dumps(mountpoint.rsplit("/", 1)[0] or "/").replace("%", "%%")
+    requires = svc.get("unitConfig", {}).get("RequiresMountsFor")
+    check(name, requires == [parent], f"RequiresMountsFor {requires!r}, expected [{parent!r}]")
     unmount = f"/bin/fusermount3 -u -z {quoted}"
     pre = sc.get("ExecStartPre", [])
     post = sc.get("ExecStopPost", [])
@@ -168,7 +173,7 @@ check_service("olderFuseModule", older, "/mnt/music")
 check("olderFuseModule", "enable" not in older["fuse"], "programs.fuse.enable invented")
 
 minimal = results["minimal"]
-check_service("minimal", minimal, "/srv/My Music 100%")
+check_service("minimal", minimal, "/srv/My Music 100% $HOME/library")
 check_settings("minimal", minimal)
 check("minimal", minimal["settings"]["fuse"] == {"allow_other": False}, "allow_other not false")
 check("minimal", minimal["fuse"]["userAllowOther"] is False, "userAllowOther set without allowOther")
@@ -194,15 +199,32 @@ check("package", package["mainProgram"] == "musicfs" and "musicfs" in pyproject[
 wrap = package["makeWrapperArgs"]
 check("package", wrap[:3] == ["--suffix", "PATH", ":"] and wrap[3].endswith("-fuse3/bin"),
       f"fuse3 must be appended to PATH (the setuid wrapper wins): {wrap}")
-check("package", "MUSICFS_FIXTURES" in wrap, "demo fixtures not wired")
-check("package", set(package["disabledTestPaths"]) == {"tests/process", "tests/network"}, "checkPhase layers")
+spec = tomllib.loads(Path("nix/package.toml").read_text())
+check("package", package["disabledTestPaths"] == spec["disabledTestPaths"]
+      and set(spec["disabledTestPaths"]) == {"tests/process", "tests/network"}, "checkPhase layers")
+missing = [p for p in spec["source"] if not Path(p).exists()]
+check("package", not missing, f"nix/package.toml names source paths that do not exist: {missing}")
 
 flake = results["flake"]
 check("flake", flake["systems"] == ["aarch64-linux", "x86_64-linux"], f"systems {flake['systems']}")
 check("flake", flake["packages"] == ["default", "musicfs"], f"packages {flake['packages']}")
 check("flake", set(flake["apps"]) == {"default", "musicfs"}
-      and all(p.endswith("-musicfs-x86_64-linux/bin/musicfs") for p in flake["apps"].values()),
+      and flake["apps"]["musicfs"].endswith("-musicfs-x86_64-linux/bin/musicfs"),
       f"apps {flake['apps']}")
+# The default app is a script (its text follows its path, see nix/eval-module.nix): run it
+# with a stand-in for the program, bare and with arguments.
+script_path, _, script = flake["apps"].get("default", "").partition("\n")
+program = flake["apps"].get("musicfs", "")
+check("flake", script_path.endswith("-musicfs-or-help") and program in script,
+      f"default app {script_path!r} does not run {program!r}")
+echo = tmp / "echo-args"
+echo.write_text("#!/bin/sh\necho \"$@\"\n")
+echo.chmod(0o755)
+runnable = tmp / "default-app"
+runnable.write_text("#!/bin/sh\n" + script.replace(program, str(echo)))
+for args, wanted in (([], "--help"), (["demo", "--x"], "demo --x")):
+    got = subprocess.run(["sh", str(runnable), *args], capture_output=True, text=True).stdout.strip()
+    check("flake", got == wanted, f"`nix run . -- {' '.join(args)}` runs musicfs {got!r}, expected {wanted!r}")
 test_files = sorted(p.stem for p in Path("nixos/tests").glob("*.nix") if p.stem not in ("all", "common"))
 check("flake", flake["checks"] == sorted(["package", *(f"vm-{t}" for t in test_files)]),
       f"checks {flake['checks']} do not cover nixos/tests {test_files}")

@@ -3,7 +3,8 @@
 #   run   - what the daemon and the demo need (FUSE 3, a compiler for pyfuse3, Python venv)
 #   test  - plus what the process, network and end-to-end test layers run against (sshd,
 #           nftables, iproute2, systemd-analyze, nix-instantiate for parse checks; the
-#           players and scanners: ffmpeg/ffprobe, mpv, mpd, mpc)
+#           players and scanners: ffmpeg/ffprobe, mpv, mpd, mpc; bubblewrap for the Nix
+#           build sandbox imitation)
 #   bench - plus the baselines the benchmarks compare with (sshfs, rclone), ffprobe as the
 #           library scanner, tc (iproute2) for the shaped link
 set -euo pipefail
@@ -18,7 +19,7 @@ fi
 case "$level" in
   run) ;;
   test) pkgs+=(openssh-server openssh-client nftables iproute2 systemd procps psmisc nix-bin
-               ffmpeg mpv mpd mpc) ;;
+               ffmpeg mpv mpd mpc bubblewrap) ;;
   bench) pkgs+=(openssh-server openssh-client nftables iproute2 procps sshfs rclone ffmpeg) ;;
   *) echo "usage: $0 [run|test|bench]" >&2; exit 2 ;;
 esac
@@ -28,7 +29,16 @@ for p in "${pkgs[@]}"; do
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 sudo=""
-[ "$(id -u)" -eq 0 ] || sudo="sudo"
+if [ "$(id -u)" -ne 0 ]; then
+  if ! command -v sudo >/dev/null; then
+    # A minimal Debian has no sudo: say what root has to run instead of failing on it.
+    echo "setup-debian.sh: not root and sudo is not installed; run this as root:" >&2
+    echo "  apt-get update && apt-get install -y --no-install-recommends ${missing[*]}" >&2
+    echo "(or install sudo, or run: su -c '$0 $level')" >&2
+    exit 1
+  fi
+  sudo="sudo"
+fi
 echo "installing: ${missing[*]}"
 $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
 $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import functools
 import os
 import shutil
@@ -39,6 +38,7 @@ import trio
 from musicfs.cache.chunkfile import HEADER_SIZE, verify
 from musicfs.cache.modes import UNUSABLE, describe
 from musicfs.failpoints import fail_point
+from musicfs.locks import FileLock, LockHeld
 
 T = TypeVar("T")
 # How many fsyncs of a batch of chunk writes are in flight at once (see ``write_chunks``).
@@ -55,7 +55,7 @@ class CacheDisk:
         self.tmp_dir = self.root / "tmp"
         self.quarantine_dir = self.root / "quarantine"
         self.index_path = self.root / "index"
-        self._lock_fd: int | None = None
+        self._dir_lock: FileLock | None = None
         self._temp_seq = 0
 
     def chunk_path(self, digest: bytes) -> Path:
@@ -131,35 +131,24 @@ class CacheDisk:
         """One process per cache directory; EBUSY names the holder's pid.
 
         ``writable=False`` locks an existing lock file without writing to it (a read-only
-        cache): flock works on a read-only descriptor and on a read-only filesystem."""
-        path = self.root / "lock"
-        if writable:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        else:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        cache)."""
+        lock = FileLock(self.root / "lock", writable=writable)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise OSError(
-                    errno.EBUSY, f"in use by another MusicFS process (pid {holder})"
-                ) from None
-            raise
-        if writable:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
+            lock.acquire()
+        except LockHeld as held:
+            raise OSError(
+                errno.EBUSY, f"in use by another MusicFS process (pid {held.holder or '?'})"
+            ) from None
+        self._dir_lock = lock
 
     @property
     def locked(self) -> bool:
-        return self._lock_fd is not None
+        return self._dir_lock is not None
 
     def release_lock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._dir_lock is not None:
+            self._dir_lock.release()
+            self._dir_lock = None
 
     def probe_write(self) -> None:
         """Prove the directory takes writes (the store then proves the index does)."""

@@ -37,10 +37,10 @@ import trio
 from musicfs.cache.modes import PASSTHROUGH
 from musicfs.cache.planner import PIECE_BIT, Cursor, Planner, is_piece, piece_key
 from musicfs.cache.prefetch import NextTrack, Prefetcher
+from musicfs.cache.settings import CacheSettings
 from musicfs.cache.space import HIGH_WATERMARK
 from musicfs.cache.store import ChunkStore, PutResult, Rejected
 from musicfs.catalog.model import Track
-from musicfs.config import Settings
 from musicfs.failpoints import async_fail_point
 from musicfs.resources import describe, shortage
 
@@ -245,13 +245,13 @@ class CachingReader:
     async def aclose(self) -> None:
         await trio.to_thread.run_sync(self.store.close)
 
-    async def reconfigure(self, settings: Settings) -> None:
+    async def reconfigure(self, settings: CacheSettings) -> None:
         """A reload: new size limits apply at once, eviction catches up in the background
         (``cache.chunk_size`` is restart-only, see ``service/reload.py``)."""
-        self.store.max_size = settings.cache.max_size
-        self.store.min_free = settings.cache.min_free
-        self.memory_bytes = settings.cache.memory
-        self.retry_interval = settings.cache.retry_interval
+        self.store.max_size = settings.max_size
+        self.store.min_free = settings.min_free
+        self.memory_bytes = settings.memory
+        self.retry_interval = settings.retry_interval
         self._wake.set()
 
     async def _housekeeping(self) -> None:

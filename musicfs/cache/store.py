@@ -39,8 +39,8 @@ from musicfs.cache.modes import DEGRADED, FULL, NORMAL, PASSTHROUGH, UNUSABLE, S
 from musicfs.cache.planner import PIECE_BIT, is_piece, piece_size
 from musicfs.cache.policy import PROTECTED_SHARE, ChunkLedger
 from musicfs.cache.repair import StartupReport
+from musicfs.cache.settings import CacheSettings
 from musicfs.cache.space import HIGH_WATERMARK, LOW_WATERMARK, budget, evict
-from musicfs.config import CacheSettings
 from musicfs.failpoints import fail_point
 
 log = logging.getLogger(__name__)

@@ -8,13 +8,16 @@ is appended). Segments use ``$field`` / ``${field}`` and the functions ``%if{con
 
 from __future__ import annotations
 
+import codecs
 import re
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 MAX_NAME_BYTES = 255
-DEFAULT_TEMPLATE = "$albumartist/$album%if{$year, ($year)}%aunique{}/$disc_track - $title"
+DEFAULT_TEMPLATE = (
+    "$albumartist/$album%if{$year, ($year)}%aunique{}/%if{$disc_track,$disc_track - }$title"
+)
 TEMPLATE_FIELDS = frozenset(
     {
         "albumartist",
@@ -42,6 +45,33 @@ class TemplateError(ValueError):
 # -- sanitising --------------------------------------------------------------------------
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _legacy_bytes(exc: UnicodeError) -> tuple[str, int]:
+    """Decode error handler: bytes that are not UTF-8 are read as Windows-1252 (Latin-1
+    where it leaves a byte undefined), the encoding such names were almost always written
+    in -- 'café' stays 'café' rather than becoming U+FFFD."""
+    assert isinstance(exc, UnicodeDecodeError)
+    bad = exc.object[exc.start : exc.end]
+    text = "".join(
+        bytes([b]).decode("cp1252", errors="strict") if b not in _CP1252_UNDEFINED else chr(b)
+        for b in bad
+    )
+    return text, exc.end
+
+
+_CP1252_UNDEFINED = frozenset({0x81, 0x8D, 0x8F, 0x90, 0x9D})
+codecs.register_error("musicfs-legacy", _legacy_bytes)
+
+
+def display_text(text: str) -> str:
+    """An origin path component (surrogateescape-decoded bytes) as the text it was meant
+    to be: UTF-8 where it is UTF-8, Windows-1252 for the bytes that are not."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that did not come from a byte
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return raw.decode("utf-8", "musicfs-legacy")
 
 
 def truncate_utf8(text: str, limit: int) -> str:
@@ -206,8 +236,11 @@ class Template:
                 raise TemplateError(f"template {source!r}: empty path segment")
 
     def render(self, values: Mapping[str, str]) -> list[str]:
-        """Raw (unsanitised) segments. Values must already be free of '/'."""
-        return [_render(seg, values) for seg in self.segments]
+        """Raw (unsanitised) segments. Values must already be free of '/'. A folder that
+        renders empty (``%upper{$genre}`` of a track without a genre) is left out rather
+        than becoming a folder named ``_``."""
+        *folders, name = [_render(seg, values) for seg in self.segments]
+        return [f for f in folders if f.replace(AUNIQUE_MARKER, "").strip()] + [name]
 
 
 def _render(nodes: tuple[_Node, ...], values: Mapping[str, str]) -> str:

@@ -16,6 +16,9 @@ import mutagen
 from mutagen.id3 import ID3
 from mutagen.mp4 import MP4Tags
 
+from musicfs.catalog.chunk_tags import read_chunk_tags
+from musicfs.catalog.naming import display_text
+
 # mutagen.File imports each format's module on first use. Import them all now: a first use
 # under pressure (no file descriptor or memory left, two threads importing at once) would
 # otherwise fail inside the parser and pass for a fact about the file.
@@ -242,5 +245,53 @@ def read_tags(fileobj: IO[bytes], filename: str) -> Tags:
         values = _from_mp4(tags)
     else:
         values = _from_vorbis(tags)
+    if _wants_chunk_tags(audio, values):
+        chunk_values = _from_vorbis(read_chunk_tags(fileobj))
+        values = {
+            k: v if v not in (None, False) else chunk_values.get(k) for k, v in values.items()
+        }
+        for key, value in chunk_values.items():
+            values.setdefault(key, value)
+    if not any(values.get(key) for key in ("title", "artist", "albumartist", "album")):
+        # No tags at all: the folders usually say it (Artist/Album/NN Title.ext).
+        values.update(tags_from_path(filename))
     values["duration"] = float(duration) if duration else None
     return Tags(**values)
+
+
+def _wants_chunk_tags(audio: Any, values: dict[str, Any]) -> bool:
+    """WAV and AIFF keep text in their own chunks too; ID3 (if any) wins, they fill in."""
+    name = type(audio).__name__
+    return name in ("WAVE", "AIFF") and not all(
+        values.get(key) for key in ("title", "artist", "album")
+    )
+
+
+# "01 Title", "01 - Title", "01. Title", "1-01 Title" (disc-track), "01_Title".
+_NUMBERED = re.compile(
+    r"^(?:(?P<disc>\d{1,2})-)?(?P<track>\d{1,3})(?:\s*[-.]\s*|\s+|_)(?P<title>\S.*)$"
+)
+_ALBUM_YEAR = re.compile(r"^(?P<album>.+?)\s*[(\[](?P<year>\d{4})[)\]]$")
+
+
+def tags_from_path(path: str) -> dict[str, Any]:
+    """What a library laid out as ``Artist/Album (Year)/NN Title.ext`` says about a file."""
+    parts = [display_text(part) for part in path.strip("/").split("/")]
+    stem = parts[-1].rsplit(".", 1)[0] if "." in parts[-1] else parts[-1]
+    values: dict[str, Any] = {}
+    m = _NUMBERED.match(stem)
+    if m:
+        values["track"] = int(m.group("track"))
+        if m.group("disc"):
+            values["disc"] = int(m.group("disc"))
+        stem = m.group("title")
+    values["title"] = stem.strip() or None
+    if len(parts) >= 2:
+        album = parts[-2]
+        y = _ALBUM_YEAR.match(album)
+        if y:
+            album, values["year"] = y.group("album"), int(y.group("year"))
+        values["album"] = album
+    if len(parts) >= 3:
+        values["artist"] = parts[-3]
+    return values

@@ -17,6 +17,7 @@ from musicfs.catalog.model import Track
 from musicfs.catalog.naming import (
     AUNIQUE_MARKER,
     Template,
+    display_text,
     sanitize_component,
     with_counter,
 )
@@ -98,22 +99,18 @@ def _stem_and_ext(path: str) -> tuple[str, str]:
     return stem, "." + ext.lower()
 
 
-def _display(text: str) -> str:
-    """Origin paths may carry undecodable bytes (surrogates); names shown must be UTF-8."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
 def track_values(track: Track, multi_disc: bool) -> dict[str, str]:
     t = track.tags
     stem, ext = _stem_and_ext(track.path)
-    stem = _display(stem)
+    stem = display_text(stem)
     albumartist = (
         VARIOUS_ARTISTS
         if t.compilation and not t.albumartist
         else (t.albumartist or t.artist or UNKNOWN_ARTIST)
     )
-    number = f"{t.track:02d}" if t.track is not None else "00"
-    disc_track = f"{t.disc or 1}-{number}" if multi_disc else number
+    # No number: empty, so that the template leaves out its "NN - " prefix.
+    number = f"{t.track:02d}" if t.track is not None else ""
+    disc_track = f"{t.disc or 1}-{number}" if multi_disc and number else number
     return {
         "albumartist": albumartist,
         "artist": t.artist or t.albumartist or UNKNOWN_ARTIST,

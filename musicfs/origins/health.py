@@ -22,12 +22,12 @@ from typing import Any
 
 import trio
 
+from musicfs.backoff import backoff_delay
 from musicfs.failpoints import async_fail_point
 from musicfs.origins.base import Origin, OriginError
 from musicfs.resources import SHORTAGE_ERRNOS
 
 log = logging.getLogger(__name__)
-_RNG = random.Random()
 
 
 class State(enum.Enum):
@@ -84,17 +84,6 @@ class OriginHealth:
     next_check: float = 0.0  # trio clock
     checks: int = 0
     in_check: bool = False
-
-
-def backoff_delay(
-    failures: int, base: float, cap: float, rng: random.Random | None = None
-) -> float:
-    """Exponential backoff with jitter: ``base * 2**(failures-1)`` capped at ``cap``, then
-    scaled by a random factor in [0.5, 1] so that many waiters do not retry in lockstep."""
-    if failures <= 0:
-        return 0.0
-    raw = min(cap, base * 2.0 ** min(failures - 1, 30))
-    return raw * (rng or _RNG).uniform(0.5, 1.0)
 
 
 class HealthMonitor:

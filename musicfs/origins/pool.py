@@ -29,6 +29,7 @@ from typing import Any
 
 import trio
 
+from musicfs.backoff import backoff_delay
 from musicfs.catalog.model import Track
 from musicfs.origins.base import Origin, OriginError
 from musicfs.origins.health import (
@@ -36,7 +37,6 @@ from musicfs.origins.health import (
     HealthPolicy,
     Mode,
     State,
-    backoff_delay,
     is_origin_failure,
 )
 

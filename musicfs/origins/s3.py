@@ -29,10 +29,10 @@ import urllib3
 from minio import Minio
 from minio.error import InvalidResponseError, S3Error, ServerError
 
-from musicfs.config import OriginSettings, OriginTimeouts
 from musicfs.failpoints import fail_point
 from musicfs.origins.base import Listing, OriginEntry, OriginError
-from musicfs.origins.open import OriginConfigError, S3Address
+from musicfs.origins.settings import OriginSettings, OriginTimeouts
+from musicfs.origins.urls import OriginConfigError, S3Address
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

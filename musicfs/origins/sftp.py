@@ -33,12 +33,12 @@ from typing import Any, TypeVar
 import asyncssh
 import trio
 
-from musicfs.config import OriginSettings, OriginTimeouts
+from musicfs.backoff import backoff_delay
 from musicfs.failpoints import asyncio_fail_point, fail_point
 from musicfs.origins.aio_bridge import AsyncioThread, BridgeCancelled
 from musicfs.origins.base import Listing, OriginEntry, OriginError
-from musicfs.origins.health import backoff_delay
-from musicfs.origins.open import SFTPAddress
+from musicfs.origins.settings import OriginSettings, OriginTimeouts
+from musicfs.origins.urls import SFTPAddress
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

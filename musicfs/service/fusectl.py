@@ -37,7 +37,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from musicfs.config import FUSE_KERNEL_BACKGROUND
+from musicfs.fuse_settings import FUSE_KERNEL_BACKGROUND
 from musicfs.service.mounts import parse_mountinfo
 
 log = logging.getLogger(__name__)

@@ -1,11 +1,23 @@
-"""What a config reload (SIGHUP) may change while mounted, and what needs a restart."""
+"""A config reload (SIGHUP, ``musicfs reload``): what may change while mounted, what needs
+a restart, and applying the change to the running components."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, fields, is_dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
-from musicfs.config import Settings
+import trio
+
+from musicfs.cache.reader import CachingReader
+from musicfs.config import ConfigError, Settings
+from musicfs.fuse_ops import MusicOperations
+from musicfs.library import Library, open_pool
+from musicfs.service.notify import Notifier
+from musicfs.service.supervisor import Policy, Supervisor
+
+log = logging.getLogger(__name__)
 
 # Settings bound to the mount, its kernel options or the on-disk layout: changing them
 # needs a remount, so a reload keeps the running value and says so.
@@ -74,3 +86,70 @@ def plan_reload(running: Settings, loaded: Settings) -> ReloadPlan:
         origins_changed=origins_changed,
         resync=origins_changed or "library.template" in applied,
     )
+
+
+class Reloadable(Protocol):
+    """The parts of a running daemon a reload changes."""
+
+    settings: Settings
+    library: Library | None
+    ops: MusicOperations | None
+    reader: CachingReader | None
+    supervisor: Supervisor
+    notifier: Notifier
+
+    def status_line(self) -> str: ...
+
+    def resync(self) -> None: ...
+
+
+async def reload(daemon: Reloadable, load: Callable[[], Settings] | None) -> str:
+    """Re-read the config with ``load``: apply what can change while mounted, log the rest."""
+    if load is None or daemon.settings.source is None:
+        message = "reload: started without --config, nothing to re-read"
+        log.warning(message)
+        return message
+    daemon.notifier.reloading()
+    try:
+        try:
+            new = await trio.to_thread.run_sync(load)
+        except ConfigError as exc:
+            message = f"reload: {exc}; keeping the running configuration"
+            log.error(message)
+            return message
+        return await apply_settings(daemon, new)
+    finally:
+        daemon.notifier.send("READY=1", f"STATUS={daemon.status_line()}")
+
+
+async def apply_settings(daemon: Reloadable, new: Settings) -> str:
+    """Apply ``new`` to the running components; returns what was applied."""
+    plan = plan_reload(daemon.settings, new)
+    for name in plan.needs_restart:
+        log.warning("reload: %s changed; it takes effect after a restart", name)
+    old, daemon.settings = daemon.settings, plan.settings
+    library = daemon.library
+    if library is not None:
+        library.settings = plan.settings
+        if "library.template" in plan.changed:
+            library.set_template(plan.settings.library.template)
+        if plan.origins_changed:
+            old_pool = library.pool
+            library.pool = open_pool(plan.settings)
+            log.info("reload: origins now %s", ", ".join(o.display_url for o in library.pool))
+            # The health monitor watches the pool it was started on: move it over.
+            await daemon.supervisor.stop("health")
+            if not daemon.supervisor.closed:
+                daemon.supervisor.start("health", library.pool.health.run, Policy.CRITICAL)
+            await old_pool.aclose()
+    if daemon.ops is not None:
+        daemon.ops.settings = plan.settings.fuse
+    if daemon.reader is not None:
+        await daemon.reader.reconfigure(plan.settings.cache)
+    if plan.settings.log_level != old.log_level:
+        logging.getLogger().setLevel(plan.settings.log_level.upper())
+    if plan.resync:
+        daemon.resync()
+    applied = ", ".join(plan.changed) or "nothing changed"
+    log.info("reload: applied %s", applied)
+    return applied

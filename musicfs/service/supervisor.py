@@ -25,6 +25,7 @@ from typing import Any
 
 import trio
 
+from musicfs.backoff import RestartBackoff
 from musicfs.service.crashlog import only_cancelled
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,20 @@ class Policy(enum.Enum):
     BEST_EFFORT = "best-effort"
 
 
+class TaskState(enum.StrEnum):
+    PENDING = "pending"  # registered before the supervisor runs
+    RUNNING = "running"
+    BACKOFF = "backoff"  # crashed, waiting to restart
+    FAILED = "failed"
+    DONE = "done"
+    CANCELLED = "cancelled"
+
+    @property
+    def active(self) -> bool:
+        """Still holds (or will hold) a running task."""
+        return self in (TaskState.PENDING, TaskState.RUNNING, TaskState.BACKOFF)
+
+
 class SupervisorClosed(RuntimeError):
     """``start()`` after shutdown began."""
 
@@ -45,8 +60,7 @@ class SupervisorClosed(RuntimeError):
 class TaskInfo:
     name: str
     policy: Policy
-    # pending | running | backoff | failed | done | cancelled
-    state: str = "pending"
+    state: TaskState = TaskState.PENDING
     restarts: int = 0
     failures: int = 0
     last_error: str | None = None
@@ -54,14 +68,14 @@ class TaskInfo:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope, repr=False)
     ended: trio.Event = field(default_factory=trio.Event, repr=False)
 
-    def set(self, state: str) -> None:
+    def set(self, state: TaskState) -> None:
         self.state = state
         self.since = time.time()
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "policy": self.policy.value,
-            "state": self.state,
+            "state": self.state.value,
             "restarts": self.restarts,
             "failures": self.failures,
             "last_error": self.last_error,
@@ -97,7 +111,7 @@ class Supervisor:
         if self._closed:
             raise SupervisorClosed(f"task {name}: not started, the daemon is shutting down")
         old = self.tasks.get(name)
-        if old is not None and old.state in ("pending", "running", "backoff"):
+        if old is not None and old.state.active:
             raise ValueError(f"task {name} is already running")
         info = TaskInfo(name, policy)
         self.tasks[name] = info
@@ -112,8 +126,8 @@ class Supervisor:
         if info is None:
             return
         info.scope.cancel()
-        if self._nursery is None or info.state not in ("pending", "running", "backoff"):
-            info.set("cancelled")
+        if self._nursery is None or not info.state.active:
+            info.set(TaskState.CANCELLED)
             self._queued = [(i, fn) for i, fn in self._queued if i is not info]
             return
         with trio.move_on_after(timeout):
@@ -147,7 +161,7 @@ class Supervisor:
         are gone. True if they all stopped in time."""
         self._closed = True
         for info, _ in self._queued:
-            info.set("cancelled")
+            info.set(TaskState.CANCELLED)
         self._queued = []
         if self._nursery is None:
             return True
@@ -155,7 +169,9 @@ class Supervisor:
         with trio.move_on_after(timeout):
             await self._stopped.wait()
             return True
-        busy = [n for n, i in self.tasks.items() if i.state in ("running", "backoff")]
+        busy = [
+            n for n, i in self.tasks.items() if i.state in (TaskState.RUNNING, TaskState.BACKOFF)
+        ]
         log.warning(
             "shutdown: background tasks %s did not stop within %.1fs", ", ".join(busy), timeout
         )
@@ -166,35 +182,35 @@ class Supervisor:
             with info.scope:
                 await self._restart_loop(info, fn)
             if info.scope.cancelled_caught:
-                info.set("cancelled")
+                info.set(TaskState.CANCELLED)
         finally:
             info.ended.set()
 
     async def _restart_loop(self, info: TaskInfo, fn: TaskFn) -> None:
-        backoff = self.backoff_initial
+        backoff = RestartBackoff(self.backoff_initial, self.backoff_max, calm=self.backoff_max)
         recent: deque[float] = deque()
         while True:
-            info.set("running")
+            info.set(TaskState.RUNNING)
             started = trio.current_time()
             try:
                 await fn()
             except BaseException as exc:
                 if only_cancelled(exc) or isinstance(exc, KeyboardInterrupt | SystemExit):
                     # Cancelled (also from inside the task's own nurseries).
-                    info.set("cancelled")
+                    info.set(TaskState.CANCELLED)
                     raise
                 if not isinstance(exc, Exception):
                     # A real error mixed with our own cancellation: report it, end quietly.
                     info.failures += 1
                     info.last_error = f"{type(exc).__name__}: {exc}"
                     log.error("task %s crashed while being cancelled", info.name, exc_info=exc)
-                    info.set("failed")
+                    info.set(TaskState.FAILED)
                     return
                 info.failures += 1
                 info.last_error = f"{type(exc).__name__}: {exc}"
                 now = trio.current_time()
-                if now - started > self.backoff_max:
-                    backoff = self.backoff_initial  # it ran well for a while: start over
+                # A task that ran well for a while starts the backoff over.
+                pause = backoff.pause_after(now - started)
                 recent.append(now)
                 while recent and now - recent[0] > self.failure_window:
                     recent.popleft()
@@ -204,7 +220,7 @@ class Supervisor:
                         info.name,
                         exc_info=exc,
                     )
-                    info.set("failed")
+                    info.set(TaskState.FAILED)
                     return
                 if len(recent) >= self.max_failures:
                     log.critical(
@@ -215,21 +231,20 @@ class Supervisor:
                         self.failure_window,
                         exc_info=exc,
                     )
-                    info.set("failed")
+                    info.set(TaskState.FAILED)
                     if self.on_escalate is not None:
                         self.on_escalate(info.name, exc)
                     return
                 log.error(
                     "task %s (critical) crashed; restarting in %.1fs",
                     info.name,
-                    backoff,
+                    pause,
                     exc_info=exc,
                 )
-                info.set("backoff")
-                await trio.sleep(backoff)
-                backoff = min(backoff * 2, self.backoff_max)
+                info.set(TaskState.BACKOFF)
+                await trio.sleep(pause)
                 info.restarts += 1
                 continue
-            info.set("done")
+            info.set(TaskState.DONE)
             log.info("task %s finished", info.name)
             return

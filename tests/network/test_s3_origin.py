@@ -20,9 +20,10 @@ from musicfs.catalog.model import Source, Track
 from musicfs.catalog.tags import Tags
 from musicfs.config import ConfigError, OriginSettings, OriginTimeouts, settings_from_dict
 from musicfs.origins.base import OriginError
-from musicfs.origins.open import OriginConfigError, open_origin
+from musicfs.origins.open import open_origin
 from musicfs.origins.pool import OriginPool
 from musicfs.origins.s3 import S3Origin
+from musicfs.origins.urls import OriginConfigError
 from tests.support.netns import NetNS, S3Server
 from tests.support.tls import make_server_cert
 

@@ -7,9 +7,11 @@ import shutil
 from pathlib import Path
 
 from musicfs.catalog.tags import Tags
-from musicfs.demo import FORMATS, fixtures_dir, write_tags
+from musicfs.demo import FORMATS, write_tags
 
-FIXTURES = fixtures_dir()
+# The tests' own copy, not musicfs.demo.fixtures_dir(): under pytest's importlib mode the
+# musicfs being tested is an installed one, whose fixtures may live elsewhere or nowhere.
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def tagged_file(dest: Path, fmt: str, tags: Tags) -> Path:

@@ -6,8 +6,8 @@ can break the link the ways networks break: an nftables rule that silently drops
 carry the test process id and a counter, and everything is removed on exit -- deleting the
 namespace takes its veth pair and nftables table with it.
 
-``SSHServer`` runs Debian's OpenSSH ``sshd`` inside one; ``S3Server`` runs moto's S3 API
-server. Neither touches the host's own sshd or firewall.
+``SSHServer`` runs OpenSSH's ``sshd`` (from PATH, else Debian's) inside one; ``S3Server``
+runs moto's S3 API server. Neither touches the host's own sshd or firewall.
 """
 
 from __future__ import annotations
@@ -167,6 +167,12 @@ class NetNS:
         # The kernel drops the address's route while the link is down; it comes back with it.
 
 
+def sshd_binary() -> str:
+    """sshd from PATH (NixOS, `nix develop`), else Debian's; absolute, as sshd insists."""
+    found = shutil.which("sshd")
+    return os.path.abspath(found) if found else "/usr/sbin/sshd"
+
+
 class SSHServer:
     """OpenSSH sshd inside ``ns``, serving ``root_dir`` over SFTP to a generated key."""
 
@@ -214,9 +220,7 @@ class SSHServer:
 
     def start(self) -> SSHServer:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
-        self.proc = self.ns.popen(
-            "/usr/sbin/sshd", "-D", "-e", "-f", str(self.config), log=self.log
-        )
+        self.proc = self.ns.popen(sshd_binary(), "-D", "-e", "-f", str(self.config), log=self.log)
         wait_for_port(self.ns.ip, self.port, proc=self.proc)
         return self
 

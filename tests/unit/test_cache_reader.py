@@ -680,7 +680,7 @@ def test_write_behind_holds_at_most_max_pending_bytes(tmp_path: Path, origin: Tr
 
 
 def test_a_reload_shrinks_the_cache_in_the_background(tmp_path: Path, origin: TrackOrigin) -> None:
-    from musicfs.config import CacheSettings, Settings
+    from musicfs.cache.settings import CacheSettings
 
     store = new_store(tmp_path)
 
@@ -689,9 +689,7 @@ def test_a_reload_shrinks_the_cache_in_the_background(tmp_path: Path, origin: Tr
         with trio.fail_after(10):
             while store.counters.stored < 11:  # write-behind catches up
                 await trio.sleep(0.02)
-        await reader.reconfigure(
-            Settings(cache=CacheSettings(max_size=4 * CS, min_free=0, retry_interval=5))
-        )
+        await reader.reconfigure(CacheSettings(max_size=4 * CS, min_free=0, retry_interval=5))
         assert reader.retry_interval == 5
         with trio.fail_after(10):
             while store.used > 4 * CS:

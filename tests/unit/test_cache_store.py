@@ -7,6 +7,7 @@ import errno
 import hashlib
 import logging
 import os
+import sys
 from pathlib import Path
 
 import lmdb
@@ -828,18 +829,27 @@ def test_a_full_index_map_means_passthrough_then_a_larger_map(root: Path) -> Non
 
 
 def test_an_index_check_that_cannot_run_keeps_the_index(
-    store: FaultyStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    store: FaultyStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     store.put(V1, 0, chunk(0))
     store.close()
-    # The child interpreter cannot import musicfs (as a badly wrapped install would).
-    monkeypatch.setattr("sys.executable", "/bin/false")
+    # The child interpreter cannot import musicfs (as a badly wrapped install would). A
+    # script run by our own interpreter, not /bin/false: Nix's sandbox has only /bin/sh.
+    broken = tmp_path / "python-without-musicfs"
+    broken.write_text(
+        f"#!{sys.executable} -I\nimport sys\nsys.exit(\"No module named 'musicfs'\")\n"
+    )
+    broken.chmod(0o755)
+    monkeypatch.setattr("sys.executable", str(broken))
     again = FaultyStore(store.root, chunk_size=CS, max_size=64 * CS, min_free=0)
     with caplog.at_level(logging.WARNING):
         report = again.open()
     try:
         assert report is not None and not report.index_rebuilt
-        assert "could not run" in caplog.text
+        assert "could not run (No module named 'musicfs')" in caplog.text
         assert again.get(V1, 0, CS) == chunk(0)
     finally:
         again.close()

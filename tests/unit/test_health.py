@@ -6,11 +6,13 @@ import errno
 import random
 import time
 
+import pytest
 import trio
 import trio.testing
 
 from musicfs import failpoints
-from musicfs.origins.health import HealthMonitor, HealthPolicy, Mode, State, backoff_delay
+from musicfs.backoff import RestartBackoff, backoff_delay
+from musicfs.origins.health import HealthMonitor, HealthPolicy, Mode, State
 from tests.support.faulty_origin import (
     HEALTHY,
     FaultyOrigin,
@@ -232,3 +234,11 @@ def test_slow_check_within_timeout_is_healthy_and_reports_latency() -> None:
     assert virtual(lambda: monitor.check_one("o")) is True
     status = monitor.status()["origins"]["o"]
     assert status["state"] == "healthy" and 190 <= status["latency_ms"] <= 250
+
+
+def test_restart_backoff_doubles_to_its_cap_and_starts_over_after_a_calm_run() -> None:
+    backoff = RestartBackoff(0.1, 1.0, calm=60.0)
+    pauses = [backoff.pause_after(ran_for=1.0) for _ in range(6)]
+    assert pauses == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0, 1.0])
+    assert backoff.pause_after(ran_for=61.0) == pytest.approx(0.1)
+    assert backoff.pause_after(ran_for=1.0) == pytest.approx(0.2)

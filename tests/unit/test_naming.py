@@ -121,7 +121,7 @@ def test_default_layout_fallbacks_and_compilations() -> None:
         "/X/Alb (2001)/01 - One.flac",
         "/Band/Alb (2001)/02 - Two.mp3",
         "/Various Artists/Hits/03 - Comp.ogg",
-        "/Unknown Artist/Unknown Album/00 - no tags.opus",
+        "/Unknown Artist/Unknown Album/no tags.opus",  # no number: no "00 - " prefix
         "/Z/Long/2-01 - Disc2.flac",
     }
 
@@ -178,13 +178,35 @@ def test_aunique_separates_albums_that_share_a_folder() -> None:
     }
 
 
-def test_non_utf8_file_names_get_displayable_names() -> None:
-    path = os.fsdecode(b"dir/caf\xe9.mp3")
+def test_latin1_file_names_are_decoded_as_meant() -> None:
+    path = os.fsdecode(b"dir/caf\xe9 \x93quoted\x94.mp3")  # Windows-1252 bytes, not UTF-8
     allocate, _ = _inodes()
     tree = build_tree([track(1, path)], Template(), allocate)
     (node,) = tree.files()
-    assert node.name == "00 - caf\ufffd.mp3".encode()
+    assert node.name == "café “quoted”.mp3".encode()
     assert node.track.path == path
+
+
+def test_an_empty_folder_segment_makes_no_underscore_folder() -> None:
+    allocate, _ = _inodes()
+    tpl = Template("%upper{$genre}/$album/$title")
+    tracks = [
+        track(1, "a.flac", title="A", album="X", genre="jazz"),
+        track(2, "b.flac", title="B", album="X"),
+    ]
+    assert paths_of(build_tree(tracks, tpl, allocate)) == {"/JAZZ/X/A.flac", "/X/B.flac"}
+
+
+def test_numbered_and_unnumbered_tracks_on_a_multi_disc_album() -> None:
+    allocate, _ = _inodes()
+    tracks = [
+        track(1, "1.flac", title="One", album="L", disc=2, disctotal=2, track=1),
+        track(2, "2.flac", title="Bonus", album="L", disc=2, disctotal=2),
+    ]
+    assert paths_of(build_tree(tracks, Template(), allocate)) == {
+        "/Unknown Artist/L/2-01 - One.flac",
+        "/Unknown Artist/L/Bonus.flac",
+    }
 
 
 def test_long_titles_keep_their_extension() -> None:

@@ -158,18 +158,28 @@ def test_a_stuck_probe_stops_the_pings_without_piling_up_threads(capture: Captur
     run_watchdog(wd, 0, during)
 
 
+async def _until(condition, what: str, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    """Wait for ``condition`` (a loaded machine may delay any one tick), within a bound."""
+    with trio.fail_after(timeout):
+        while not condition():
+            await trio.sleep(0.01)
+
+
 def test_a_blocked_event_loop_skips_the_ping(capture: Capture) -> None:
     wd = Watchdog(Notifier(capture.address), 0.1, lambda: None)
 
     async def during() -> None:
-        await trio.sleep(0.35)
-        before = len(capture.messages())
-        assert before >= 2
+        await _until(lambda: wd.pings >= 2, "two pings")
+        pinged = wd.pings
+        await _until(lambda: wd.pings > pinged, "a ping")  # the watchdog now sleeps 0.1 s
+        capture.messages()
+        missed = wd.missed
         time.sleep(0.5)  # a synchronous call hogging the loop
-        await trio.sleep(0.05)
+        await _until(lambda: wd.missed > missed, "a missed ping")
         assert capture.messages() == []  # the late wake-up did not ping
         assert wd.last_problem is not None and "unresponsive" in wd.last_problem
-        await trio.sleep(0.35)
+        pings = wd.pings
+        await _until(lambda: wd.pings >= pings + 2, "pings again")
         assert len(capture.messages()) >= 2
 
     run_watchdog(wd, 0, during)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from musicfs.config import OriginSettings
-from musicfs.origins.open import (
+from musicfs.origins.s3 import _endpoint, load_credentials
+from musicfs.origins.urls import (
     OriginConfigError,
     OriginURLError,
     parse_s3,
@@ -15,7 +16,6 @@ from musicfs.origins.open import (
     safe_url,
     validate_url,
 )
-from musicfs.origins.s3 import _endpoint, load_credentials
 
 
 def test_sftp_urls() -> None:

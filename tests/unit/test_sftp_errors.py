@@ -8,8 +8,8 @@ import errno
 import pytest
 
 from musicfs.config import OriginSettings, OriginTimeouts
-from musicfs.origins.open import parse_sftp
 from musicfs.origins.sftp import SFTPOrigin
+from musicfs.origins.urls import parse_sftp
 
 
 @pytest.mark.parametrize(

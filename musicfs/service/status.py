@@ -1,0 +1,121 @@
+"""What ``musicfs status`` and the sd_notify STATUS line report: assembled from the
+components' own reports, so each component stays the one source of its numbers."""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from musicfs.cache.reader import CachingReader
+from musicfs.fuse_ops import MusicOperations
+from musicfs.library import Library
+from musicfs.service.fuse_session import FuseSession
+from musicfs.service.supervisor import Supervisor
+from musicfs.service.watchdog import Watchdog
+
+
+class DaemonState(enum.StrEnum):
+    STARTING = "starting"
+    SERVING = "serving"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+    @property
+    def shutting_down(self) -> bool:
+        return self in (DaemonState.STOPPING, DaemonState.STOPPED)
+
+
+class Running(Protocol):
+    """The parts of a running daemon a status report reads."""
+
+    state: DaemonState
+    mountpoint: Path
+    started_at: float
+    supervisor: Supervisor
+    library: Library | None
+    reader: CachingReader | None
+    ops: MusicOperations | None
+    session: FuseSession | None
+    watchdog: Watchdog | None
+    catalog_moved_aside: Path | None
+
+
+# Modes other than "online" that a component may report; the first one found wins.
+_NOT_ONLINE = ("offline", "degraded", "passthrough")
+
+
+def mode(daemon: Running) -> str:
+    """online | degraded | offline | passthrough, from the components that report one
+    (the cache's passthrough wins over the origins' mode)."""
+    for component in (daemon.reader, daemon.library.pool if daemon.library else None):
+        report = status_of(component)
+        if isinstance(report, dict) and report.get("mode") in _NOT_ONLINE:
+            return str(report["mode"])
+    return "online"
+
+
+def track_count(daemon: Running) -> int:
+    return daemon.ops.tree.file_count if daemon.ops else 0
+
+
+def status_line(daemon: Running) -> str:
+    """One line for sd_notify's STATUS= (and ``systemctl status``)."""
+    parts = [daemon.state.value, mode(daemon), f"{track_count(daemon)} tracks"]
+    cache = status_of(daemon.reader)
+    if isinstance(cache, dict) and "used_bytes" in cache:
+        parts.append(f"cache {int(cache['used_bytes']) // 1024**2} MiB")
+    if daemon.library is not None and daemon.library.progress:
+        p = daemon.library.progress
+        parts.append(f"syncing {p['origin']} {p['done']}/{p['total'] or '?'}")
+    return "; ".join(parts)
+
+
+def status_report(daemon: Running) -> dict[str, Any]:
+    """The whole report ``musicfs status`` prints (JSON-able)."""
+    ops, session, library = daemon.ops, daemon.session, daemon.library
+    report: dict[str, Any] = {
+        "pid": os.getpid(),
+        "mountpoint": str(daemon.mountpoint),
+        "state": daemon.state.value,
+        "mode": mode(daemon),
+        "uptime": round(time.time() - daemon.started_at, 1),
+        "tracks": track_count(daemon),
+        "tasks": daemon.supervisor.status(),
+        "sync": library.status() if library else None,
+        "origins": status_of(library.pool) if library else None,
+        "cache": status_of(daemon.reader),
+        "watchdog": daemon.watchdog.status() if daemon.watchdog else None,
+        "catalog_moved_aside": str(daemon.catalog_moved_aside)
+        if daemon.catalog_moved_aside
+        else None,
+    }
+    if ops is not None:
+        st = ops.stats
+        limits = session.limits if session else None
+        report["fuse"] = {
+            "reads": st.reads,
+            "read_bytes": st.read_bytes,
+            "read_errors": st.read_errors,
+            "deadline_misses": st.deadline_misses,
+            "inflight": st.inflight,
+            "unexpected": st.unexpected,
+            "cancelled": st.cancelled,
+            "worker_restarts": session.worker_restarts if session else 0,
+            "max_background": limits.after.max_background if limits else None,
+            "requests": dict(st.by_op),
+        }
+    return report
+
+
+def status_of(component: object) -> object:
+    """A component's own ``status()``, or what went wrong asking for it."""
+    status = getattr(component, "status", None)
+    if not callable(status):
+        return None
+    try:
+        return status()
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
