@@ -243,7 +243,9 @@ class CachingReader:
             self._nursery = None
 
     async def aclose(self) -> None:
-        await trio.to_thread.run_sync(self.store.close)
+        # Abandonable: a write stuck on a hung cache disk holds the store's lock, and the
+        # process must still get to exit (the store is crash-consistent without a close).
+        await trio.to_thread.run_sync(self.store.close, abandon_on_cancel=True)
 
     async def reconfigure(self, settings: CacheSettings) -> None:
         """A reload: new size limits apply at once, eviction catches up in the background
@@ -294,6 +296,7 @@ class CachingReader:
         cursor = self.planner.cursor(track.version_key, handle)
         if not self.planner.advance(cursor, offset, end) and self.prefetch is not None:
             self.prefetch.moved(track, handle)  # a seek: what was fetched ahead is moot
+        streak = cursor.streak  # as of this read: concurrent reads move the cursor on
         playing = self.planner.streaming(cursor) and handle is not _METADATA
         streaming = playing
         if streaming:
@@ -311,15 +314,15 @@ class CachingReader:
             if len(data) < hi - lo:
                 break  # the origin returned less than the catalog promised
         if playing:
-            run_start = (end - cursor.streak) // cs
-            if cursor.streak - (end - offset) < self.readahead_after and run_start < first:
+            run_start = (end - streak) // cs
+            if streak - (end - offset) < self.readahead_after and run_start < first:
                 # Streaming began past the chunks this run started in, which were read
                 # in pieces: complete them, so what was played is stored whole.
                 for n in range(run_start, first):
                     key = (track.version_key, n)
                     if key not in self._flights and key not in self._memory and self._nursery:
                         self._nursery.start_soon(self._start_chunk, track, n)
-            self._note_played(track.version_key, (end - cursor.streak) // cs, last)
+            self._note_played(track.version_key, run_start, last)
             if streaming:
                 if waited:
                     self.planner.stalled(cursor)
@@ -787,7 +790,9 @@ class CachingReader:
         scope = self._drain_scope()
         try:
             with scope:
-                await trio.to_thread.run_sync(self.store.promote, keys, limiter=self._put_limiter)
+                await trio.to_thread.run_sync(
+                    self.store.promote, keys, limiter=self._put_limiter, abandon_on_cancel=True
+                )
         except Exception as exc:  # protection is advisory: the bytes are all still there
             log.warning("cache: cannot mark %d played chunks protected: %s", len(keys), exc)
         finally:
@@ -828,7 +833,10 @@ class CachingReader:
         try:
             with scope:
                 results = await trio.to_thread.run_sync(
-                    self.store.put_many, batch, limiter=self._put_limiter
+                    self.store.put_many,
+                    batch,
+                    limiter=self._put_limiter,
+                    abandon_on_cancel=True,  # when the drain time is up, on a hung disk
                 )
             if scope.cancelled_caught:
                 return
