@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="repair the cache: rebuild its index, quarantine bad chunks (daemon stopped)",
     )
 
+    from musicfs.pin_commands import add_parsers as add_pin_parsers
+
+    add_pin_parsers(sub, _common)
+
     demo = sub.add_parser("demo", help="build a small tagged demo library and mount it")
     demo.add_argument(
         "--dir", type=Path, help="where to put the demo (default: ~/.local/share/musicfs-demo)"
@@ -138,10 +142,10 @@ class _ProgressBar:
 
 async def _scan(settings: Settings, prune: bool = False) -> int:
     from musicfs.catalog.integrity import open_catalog
-    from musicfs.library import Library, open_pool
+    from musicfs.library import SyncCoordinator, open_pool
 
     catalog, _ = await trio.to_thread.run_sync(open_catalog, settings.catalog_path)
-    library = Library(settings, catalog, open_pool(settings))
+    library = SyncCoordinator(settings, catalog, open_pool(settings))
     try:
         ok = await library.sync(progress=_ProgressBar(), prune=prune)
         count = await catalog.run(catalog.track_count)
@@ -262,7 +266,7 @@ def format_cache(cache: dict[str, Any]) -> str:
     r = cache.get("reader") or {}
     mib = 2**20
     return (
-        f"  cache: {mode}, {int(cache.get('size', 0)) / mib:.0f} of "
+        f"  cache: {mode}, {int(cache.get('used_bytes', 0)) / mib:.0f} of "
         f"{int(cache.get('max_size', 0)) / mib:.0f} MiB in {cache.get('chunks', 0)} chunks; "
         f"hits {c.get('hits', 0)} (+{r.get('memory_hits', 0)} in memory), "
         f"origin fetches {r.get('origin_fetches', 0)}, corrupt {c.get('corrupt', 0)} "
@@ -298,6 +302,10 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(
             f"  task {name} ({task['policy']}): {task['state']}, {task['restarts']} restarts{extra}"
         )
+    if isinstance(status.get("pins"), dict):
+        from musicfs.pin_commands import format_pins
+
+        lines.append(format_pins(status["pins"]))
     fuse = status.get("fuse")
     if fuse:
         restarts = fuse.get("worker_restarts") or 0
@@ -342,6 +350,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_daemon(settings)
 
 
+def cmd_pin(args: argparse.Namespace) -> int:
+    """``pin``, ``unpin`` and ``pins`` (musicfs/pin_commands.py)."""
+    from musicfs import pin_commands
+
+    commands = {
+        "pin": pin_commands.cmd_pin,
+        "unpin": pin_commands.cmd_unpin,
+        "pins": pin_commands.cmd_pins,
+    }
+    return commands[args.command](args, resolve_settings(args), _control_path)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from musicfs.catalog.db import SchemaTooNew
     from musicfs.daemon import StartupError
@@ -358,6 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "unmount": cmd_unmount,
         "fsck": cmd_fsck,
         "demo": cmd_demo,
+        "pin": cmd_pin,
+        "unpin": cmd_pin,
+        "pins": cmd_pin,
     }
     try:
         return commands[args.command](args)

@@ -23,6 +23,7 @@ from musicfs.catalog.naming import DEFAULT_TEMPLATE, Template, TemplateError
 from musicfs.fuse_settings import FUSE_KERNEL_BACKGROUND, FUSE_SPARE_WORKERS, FuseSettings
 from musicfs.origins.settings import OriginSettings, OriginTimeouts
 from musicfs.origins.urls import OriginURLError, default_name, validate_url
+from musicfs.pins import PinSettings
 
 __all__ = [
     "EXIT_CONFIG",
@@ -34,6 +35,7 @@ __all__ = [
     "LibrarySettings",
     "OriginSettings",
     "OriginTimeouts",
+    "PinSettings",
     "Settings",
     "finish",
     "load_config",
@@ -172,6 +174,7 @@ class Settings:
     fuse: FuseSettings = field(default_factory=FuseSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     timeouts: OriginTimeouts = field(default_factory=OriginTimeouts)
+    pins: PinSettings = field(default_factory=PinSettings)
     source: Path | None = None  # the config file, for messages
 
     @property
@@ -251,6 +254,7 @@ _TABLES: dict[str, tuple[type, dict[str, Parser]]] = {
             "retry_interval": parse_duration,
         },
     ),
+    "pins": (PinSettings, {"parallel": _positive_int, "max_rate": parse_size}),
     "timeouts": (
         OriginTimeouts,
         {

@@ -9,9 +9,11 @@ background tasks under the supervisor, control socket.
 Shutdown (SIGTERM, SIGINT, ``musicfs unmount``, a critical task giving up, or an
 external ``fusermount3 -u``), in this order:
 
-1. STOPPING=1; the supervisor refuses new work and cancels sync, eviction, health, watchdog;
+1. STOPPING=1; the sync is cancelled;
 2. drain: new reads answer EIO at once, reads in flight get ``fuse.drain_timeout`` to
-   finish and then answer EIO -- no player waits longer than that;
+   finish (the cache's fetches and the origins' health checks they wait on still run)
+   and then answer EIO -- no player waits longer than that; then the supervisor refuses
+   new work and cancels the rest (eviction, health, watchdog, cache tasks);
 3. commit and close the stores (reader/cache, origins, catalog, registered closers) while
    the FUSE loop still answers metadata from memory, so no request is left unanswered;
 4. end the FUSE loop and unmount; exit 0 (1 if a critical task gave up).
@@ -40,8 +42,11 @@ from musicfs.catalog.model import Track
 from musicfs.config import Settings
 from musicfs.fuse_ops import MusicOperations
 from musicfs.fuse_search import SearchFolder
-from musicfs.library import Library, TreePublisher, open_pool
+from musicfs.library import SyncCoordinator, TreePublisher, open_pool
 from musicfs.locks import FileLock, LockHeld
+from musicfs.origins.local import LocalOrigin
+from musicfs.origins.pool import OriginPool
+from musicfs.pin_manager import PinManager, control_handlers
 from musicfs.resources import leaves
 from musicfs.search import SearchIndex
 from musicfs.service import control, signals, status
@@ -54,6 +59,7 @@ from musicfs.service.notify import Notifier, watchdog_interval
 from musicfs.service.status import DaemonState
 from musicfs.service.supervisor import Policy, Supervisor
 from musicfs.service.watchdog import Watchdog, probe_mount
+from musicfs.sync import identity_key, origin_identity
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +131,10 @@ class Daemon:
         self.supervisor = Supervisor(on_escalate=self._escalate)
         self.ops: MusicOperations | None = None
         self.session: FuseSession | None = None
-        self.library: Library | None = None
+        self.library: SyncCoordinator | None = None
         self.reader: CachingReader | None = None
         self.watchdog: Watchdog | None = None
+        self.pins: PinManager | None = None
         self.search = SearchIndex(settings.search_dir)
         # Stores closed in step 3 of the shutdown, after the reader, origins and catalog
         # (e.g. the search index). ``add_closer`` registers one.
@@ -154,20 +161,29 @@ class Daemon:
 
     async def _open(self) -> None:
         s = self.settings
+        # The mount point first: a rejected one leaves no state directory or lock behind.
+        prepare_mountpoint(self.mountpoint)
+        pool = open_pool(s)
+        first_run = not s.catalog_path.exists()
+        if first_run:
+            _refuse_missing_origins(pool, {})
         self.lock.acquire()
-        try:
-            prepare_mountpoint(self.mountpoint)
-        except MountpointError:
-            self.lock.release()
-            raise
         try:
             catalog, self.catalog_moved_aside = await trio.to_thread.run_sync(
                 open_catalog, s.catalog_path
             )
         except SchemaTooNew as exc:
             raise StartupError(str(exc)) from None
-        pool = open_pool(s)
-        self.library = Library(s, catalog, pool)
+        if not first_run:
+            recorded = {
+                o.name: await catalog.run(catalog.get_state, identity_key(o.name)) for o in pool
+            }
+            try:
+                _refuse_missing_origins(pool, recorded)
+            except StartupError:
+                catalog.close()
+                raise
+        self.library = SyncCoordinator(s, catalog, pool)
         self.reader = CachingReader(
             ChunkStore.from_settings(s.cache_dir, s.cache),
             self._fetch,
@@ -180,6 +196,16 @@ class Daemon:
         tree = await self.library.build_tree()
         self.ops = MusicOperations(tree, self.reader, s.fuse, free_space_of=s.cache_dir)
         self.ops.search_folder = SearchFolder(self._search_paths)
+        ops = self.ops
+        self.pins = PinManager(
+            catalog,
+            self.reader.store,
+            self.reader.warm,
+            s.pins,
+            tree=lambda: ops.tree,
+            search=self._search_paths,
+            busy=lambda: ops.stats.inflight > 0,
+        )
         self.session = FuseSession(
             self.ops,
             self.mountpoint,
@@ -226,6 +252,8 @@ class Daemon:
         if self.reader is not None:
             # Write-behind, read-ahead, eviction, passthrough retries.
             self.supervisor.start("cache", self.reader.run, Policy.CRITICAL)
+        if self.pins is not None:
+            self.supervisor.start("pins", self.pins.run, Policy.BEST_EFFORT)
         self.supervisor.start("health", self.library.pool.health.run, Policy.CRITICAL)
         interval = watchdog_interval()
         if interval is not None and self.notifier.enabled:
@@ -303,6 +331,8 @@ class Daemon:
             # Only a new tree (or a failed update, or the first pass) needs an index diff.
             if tree.generation != indexed and await self.search.update_async(tree) is not None:
                 indexed = tree.generation
+                if self.pins is not None:
+                    await self.pins.evaluate()  # smart pins: what the sync added is pinned too
             interval = self.settings.library.scan_interval
             # An origin that could not be listed is retried sooner than the full interval;
             # an interval of 0 means "only when asked" (start-up, SIGHUP).
@@ -319,7 +349,7 @@ class Daemon:
         while True:
             line = self.status_line()
             if line != last:
-                self.notifier.status(line)
+                self.notifier.send_status(line)
                 last = line
             await trio.sleep(STATUS_INTERVAL)
 
@@ -353,9 +383,14 @@ class Daemon:
         async def reload(request: dict[str, Any]) -> dict[str, Any]:
             return {"result": await self.reload()}
 
-        server = control.ControlServer(
-            path, {"status": status, "unmount": unmount, "reload": reload}
-        )
+        handlers: dict[str, control.Handler] = {
+            "status": status,
+            "unmount": unmount,
+            "reload": reload,
+        }
+        if self.pins is not None:
+            handlers.update(control_handlers(self.pins))
+        server = control.ControlServer(path, handlers)
         try:
             await server.bind()
         except OSError as exc:
@@ -404,11 +439,14 @@ class Daemon:
         self.notifier.stopping("stopping: draining requests")
         self.event("stopping")
         log.info("shutdown: stopping background work")
-        await self.supervisor.close(timeout=CLOSE_TIMEOUT)
-        self.event("background-stopped")
+        # The sync stops first; the cache's fetches and the health checks that reads in
+        # flight wait on keep running until those reads are answered.
+        await self.supervisor.stop("sync", timeout=CLOSE_TIMEOUT)
         if self.session is not None:
             await self.session.drain()
         self.event("drained")
+        await self.supervisor.close(timeout=CLOSE_TIMEOUT)
+        self.event("background-stopped")
         await self._close_stores()
         self.event("stores-closed")
         if self.session is not None:
@@ -417,8 +455,8 @@ class Daemon:
         self.state = DaemonState.STOPPED
 
     async def _close_stores(self) -> None:
-        if self._stores_closed:
-            return
+        if self._stores_closed or self.library is None:
+            return  # closed already, or start-up stopped before opening any store
         self._stores_closed = True
         steps: list[tuple[str, Closer]] = []
         if self.reader is not None:
@@ -439,6 +477,26 @@ class Daemon:
             if scope.cancelled_caught:
                 log.error("shutdown: closing %s took over %.0fs; moving on", name, CLOSE_TIMEOUT)
         log.info("shutdown: stores committed and closed")
+
+
+def _refuse_missing_origins(pool: OriginPool, recorded: dict[str, str | None]) -> None:
+    """A local origin folder that does not exist, or is a file, is a mistake in the
+    command line or config -- unless the catalog holds tracks from that very folder (then
+    it is a disk not mounted today: the offline case, served from the catalog and cache).
+    ``recorded``: where each origin pointed when last listed (empty on a first run)."""
+    for origin in pool:
+        if not isinstance(origin, LocalOrigin):
+            continue  # a server that does not answer yet is the offline case
+        if origin.name in recorded and recorded[origin.name] in (None, origin_identity(origin)):
+            continue  # catalogued from here (or before identities were recorded)
+        problem = origin.root_problem()
+        if problem is not None:
+            code = errno.errorcode.get(problem.errno or 0, "?")
+            raise StartupError(
+                f"origin {origin.name} ({origin.root}): {problem.strerror} ({code}); "
+                "nothing is catalogued from there, so this is a wrong --origin or "
+                "[[origin]] url"
+            )
 
 
 def _start_named(nursery: trio.Nursery, name: str, fn: Callable[[], Awaitable[object]]) -> None:

@@ -22,11 +22,11 @@ import lmdb
 
 from musicfs.cache.disk import CacheDisk
 from musicfs.cache.index import ChunkIndex, IndexUnusable, check_structure
-from musicfs.cache.modes import describe
 from musicfs.cache.store import ChunkStore
 from musicfs.catalog.integrity import check_catalog
 from musicfs.config import Settings
 from musicfs.locks import is_held
+from musicfs.resources import describe
 
 MAX_LINES = 50
 

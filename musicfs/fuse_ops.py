@@ -80,8 +80,8 @@ class FreeSpace:
 
 
 @dataclass
-class OpStats:
-    """Counters for status output and tests."""
+class FuseCounters:
+    """What the FUSE operations counted (``FuseSession.statistics()`` snapshots it)."""
 
     reads: int = 0
     read_bytes: int = 0
@@ -110,7 +110,7 @@ def _guard(name: str) -> Callable[[Handler[P, R]], Handler[P, R]]:
         @functools.wraps(fn)
         async def inner(*args: P.args, **kwargs: P.kwargs) -> R:
             self = args[0]
-            stats: OpStats = self.stats  # type: ignore[attr-defined]
+            stats: FuseCounters = self.stats  # type: ignore[attr-defined]
             stats.by_op[name] = stats.by_op.get(name, 0) + 1
             try:
                 return await fn(*args, **kwargs)
@@ -166,7 +166,7 @@ class MusicOperations(pyfuse3.Operations):  # type: ignore[misc]
         self.tree = tree
         self.reader = reader
         self.settings = settings
-        self.stats = OpStats()
+        self.stats = FuseCounters()
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
         self._handles: dict[int, Node] = {}

@@ -46,7 +46,10 @@ def open_pool(settings: Settings) -> OriginPool:
     )
 
 
-class Library:
+class SyncCoordinator:
+    """Coordinates syncs of the origins into the catalog and builds the tree the FUSE
+    layer serves from it; keeps the sync progress and errors that status reports."""
+
     def __init__(self, settings: Settings, catalog: Catalog, pool: OriginPool):
         self.settings = settings
         self.catalog = catalog
@@ -181,10 +184,11 @@ class Library:
 
 class TreePublisher:
     """Rebuilds the tree while and after syncs -- only when the catalog or the template
-    changed (``Library.tree_stale``), and at most every ``min_interval`` seconds mid-sync."""
+    changed (``SyncCoordinator.tree_stale``), and at most every ``min_interval`` seconds
+    mid-sync."""
 
     def __init__(
-        self, library: Library, publish: Callable[[Tree], object], min_interval: float = 5.0
+        self, library: SyncCoordinator, publish: Callable[[Tree], object], min_interval: float = 5.0
     ):
         self.library = library
         self.publish = publish

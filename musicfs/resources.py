@@ -37,13 +37,18 @@ def only_shortage(exc: BaseException) -> OSError | None:
 
 
 def describe(exc: BaseException) -> str:
-    """``exc`` for a log line: an exception group reads as the errors inside it."""
+    """``exc`` for a log line (the one implementation): an OSError as its message and the
+    errno's name (``No space left on device (errno=ENOSPC)``), anything else with its type;
+    an exception group reads as the errors inside it."""
     inside = leaves(exc)
-    if len(inside) == 1 and inside[0] is not exc:
-        exc = inside[0]
-    elif len(inside) > 1:
+    if len(inside) > 1:
         return "; ".join(describe(leaf) for leaf in inside)
-    return f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else str(exc)
+    exc = inside[0]
+    if isinstance(exc, OSError):
+        if exc.errno is None:
+            return str(exc)
+        return f"{exc.strerror or exc} (errno={errno.errorcode.get(exc.errno, exc.errno)})"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def leaves(exc: BaseException) -> list[BaseException]:

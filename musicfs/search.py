@@ -412,7 +412,15 @@ def _run_query(index: tantivy.Index, query: str, limit: int) -> list[Hit]:
         raise QueryError(f"cannot parse query {query!r}: {exc}") from exc
     index.reload()
     searcher = index.searcher()
-    hits = searcher.search(parsed, limit=max(1, limit)).hits
+    try:
+        hits = searcher.search(parsed, limit=max(1, limit)).hits
+    except ValueError as exc:
+        # tantivy parses some queries it cannot run (`x:*` on a field that does not exist
+        # or is not a fast field): the query's fault, not a broken index -- which would
+        # be rebuilt -- if an empty index with the same schema refuses it too.
+        if _refused_by_schema(parsed):
+            raise QueryError(f"cannot run query {query!r}: {exc}") from exc
+        raise
     result = []
     for score, address in hits:
         path = searcher.doc(address).get_first("path")
@@ -421,6 +429,20 @@ def _run_query(index: tantivy.Index, query: str, limit: int) -> list[Hit]:
     # Equal scores come back in segment order; paths make the output stable.
     result.sort(key=lambda hit: (-hit.score, hit.path))
     return result
+
+
+_EMPTY: list[tantivy.Index] = []
+
+
+def _refused_by_schema(parsed: tantivy.Query) -> bool:
+    if not _EMPTY:
+        _EMPTY.append(tantivy.Index(_schema()))
+        _register_analyzer(_EMPTY[0])
+    try:
+        _EMPTY[0].searcher().search(parsed, limit=1)
+    except ValueError:
+        return True
+    return False
 
 
 def memory_index(tree: Tree) -> tantivy.Index:
@@ -471,3 +493,38 @@ def search_library(state_dir: Path, template: str, query: str, limit: int) -> li
         log.warning("searching an in-memory index of the catalog instead")
         fallback = memory_index(tree or tree_from_catalog(catalog, template))
         return _run_query(fallback, query, limit)
+
+
+def catalog_searcher(catalog: Catalog, template: str, state_dir: Path) -> Searcher:
+    """A search over the catalog's tree for a command running without a daemon (pins):
+    the on-disk index caught up with the catalog if this process may write it, else its
+    committed state, else an in-memory index built from the tree."""
+    tree = tree_from_catalog(catalog, template)
+    index = SearchIndex(state_dir / "search", lock_timeout=0.0)
+    return Searcher(tree, index)
+
+
+class Searcher:
+    """``tree`` and ``search(query, limit)`` over it; ``close`` releases the index."""
+
+    def __init__(self, tree: Tree, index: SearchIndex):
+        self.tree = tree
+        self.index = index
+        self._fallback: tantivy.Index | None = None
+        if index.try_acquire():
+            try:
+                index.update(tree)
+            except SearchUnavailable as exc:
+                log.warning("search index unavailable (%s)", exc)
+
+    def search(self, query: str, limit: int) -> list[Hit]:
+        if self._fallback is None:
+            try:
+                return self.index.search(query, limit)
+            except SearchUnavailable as exc:
+                log.warning("search index unavailable (%s); searching in memory", exc)
+                self._fallback = memory_index(self.tree)
+        return _run_query(self._fallback, query, limit)
+
+    def close(self) -> None:
+        self.index.close()

@@ -158,6 +158,17 @@ MASS_REMOVAL_SHARE = 0.5
 MASS_REMOVAL_MIN = 50
 
 
+def identity_key(origin_name: str) -> str:
+    """The catalog's record of what ``origin_name`` pointed at when it was last listed."""
+    return f"origin.{origin_name}.identity"
+
+
+def origin_identity(origin: Origin) -> str:
+    """Where an origin's files live (its URL and root); a different one under the same
+    name is a different origin, whose tracks are not the old one's."""
+    return str(getattr(origin, "identity", None) or origin.display_url)
+
+
 def looks_lost(removing: int, known: int) -> bool:
     """Would removing ``removing`` of the ``known`` tracks of an origin more likely be a
     lost disk or share than a user's deletions? All of them, or more than half of a large
@@ -200,6 +211,19 @@ async def sync_origin(
     result = SyncResult(origin.name)
     listing = await origin.list()
     result.gaps = listing.gaps
+    identity = origin_identity(origin)
+    recorded = await catalog.run(catalog.get_state, identity_key(origin.name))
+    # Same name, other place (a fixed --origin typo, a moved library): the tracks the
+    # catalog has from the old place are not on the new one. Only the same place earns the
+    # benefit of the doubt that an empty listing is an unmounted disk.
+    relocated = recorded is not None and recorded != identity
+    if relocated:
+        log.warning(
+            "sync: origin=%s is now %s (was %s): tracks it had that are not there are removed",
+            origin.name,
+            identity,
+            recorded,
+        )
     entries = [e for e in listing.entries if is_audio_path(e.path)]
     result.listed = len(entries)
     known = await catalog.run(catalog.known_sources, origin.name)
@@ -315,7 +339,7 @@ async def sync_origin(
 
     listed = {e.path for e in entries}
     gone = [p for p in known if p not in listed and not _under_gap(p, listing.gaps)]
-    if gone and not prune and looks_lost(len(gone), len(known)):
+    if gone and not prune and not relocated and looks_lost(len(gone), len(known)):
         log.warning(
             "sync: origin=%s listed %d files but the catalog has %d from it: not removing %d "
             "tracks (an unmounted disk or a missing share looks like this); if they really "
@@ -332,6 +356,8 @@ async def sync_origin(
         if on_batch:
             # Even when every track stays (a mirror still holds it): its sources changed.
             on_batch()
+    if recorded != identity:
+        await catalog.run(catalog.set_state, identity_key(origin.name), identity)
     result.seconds = time.monotonic() - started
     log.info(
         "sync: origin=%s listed=%d scanned=%d mirrored=%d removed=%d tag_errors=%d skipped=%d "

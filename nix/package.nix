@@ -28,6 +28,7 @@ let
       tantivy
       minio
       asyncssh
+      rich
     ];
 in
 python3Packages.buildPythonApplication {

@@ -36,9 +36,10 @@ from typing import TypeVar
 import trio
 
 from musicfs.cache.chunkfile import HEADER_SIZE, verify
-from musicfs.cache.modes import UNUSABLE, describe
+from musicfs.cache.modes import UNUSABLE
 from musicfs.failpoints import fail_point
 from musicfs.locks import FileLock, LockHeld
+from musicfs.resources import describe
 
 T = TypeVar("T")
 # How many fsyncs of a batch of chunk writes are in flight at once (see ``write_chunks``).

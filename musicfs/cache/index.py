@@ -392,6 +392,22 @@ class ChunkIndex:
         self._commit(txn)
         return pins
 
+    def set_pin_counts(self, counts: dict[bytes, int]) -> None:
+        """Store absolute pin counts for these hashes, in one commit (unknown ones are
+        skipped: they were evicted or never stored)."""
+        txn = self._write()
+        try:
+            for digest, pins in counts.items():
+                value = txn.get(digest, db=self.blobs)
+                info = None if value is None else _parse_blob_value(digest, bytes(value))
+                if info is not None and info.pins != pins:
+                    new = BlobInfo(info.size, info.last_access, max(0, pins))
+                    txn.put(digest, _blob_value(digest, new), db=self.blobs)
+        except BaseException:
+            txn.abort()
+            raise
+        self._commit(txn)
+
     def touch(self, accesses: dict[bytes, int], segments: dict[bytes, bool] | None = None) -> None:
         """Store last-access times and moves between the policy's segments (``digest ->
         protected``), batched: an LMDB commit per read would cost an fsync."""

@@ -14,15 +14,21 @@ No mode ever fails a read by itself.
 
 from __future__ import annotations
 
+import enum
 import errno
 import logging
 from pathlib import Path
 
+from musicfs.resources import describe
+
 log = logging.getLogger(__name__)
 
-NORMAL = "normal"
-DEGRADED = "degraded"
-PASSTHROUGH = "passthrough"
+
+class CacheMode(enum.StrEnum):
+    NORMAL = "normal"
+    DEGRADED = "degraded"  # a chunk could not be stored for lack of space
+    PASSTHROUGH = "passthrough"  # the cache directory is unusable
+
 
 # Errors that mean "this cache directory cannot be used right now".
 UNUSABLE = {errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ENOTDIR, errno.EBUSY}
@@ -33,40 +39,33 @@ NOT_OPENED = "not opened yet"
 CLOSED = "closed"
 
 
-def describe(exc: BaseException) -> str:
-    """An error for a log line: its message and the errno's name."""
-    if isinstance(exc, OSError) and exc.errno is not None:
-        return f"{exc.strerror or exc} (errno={errno.errorcode.get(exc.errno, exc.errno)})"
-    return str(exc)
-
-
-class StoreMode:
+class CacheCondition:
     """The store's mode and why; logs each change once."""
 
     def __init__(self, root: Path):
         self.root = root
-        self.mode = PASSTHROUGH
+        self.mode = CacheMode.PASSTHROUGH
         self.reason: str | None = NOT_OPENED
 
-    def set(self, mode: str, reason: str | None) -> None:
+    def set(self, mode: CacheMode, reason: str | None) -> None:
         if mode == self.mode and reason == self.reason:
             return
         old, old_reason = self.mode, self.reason
         self.mode, self.reason = mode, reason
-        if mode == PASSTHROUGH:
+        if mode is CacheMode.PASSTHROUGH:
             log.error(
                 "cache: %s: passthrough mode, reads go to the origins and nothing is cached: %s",
                 self.root,
                 reason,
             )
-        elif mode == DEGRADED:
+        elif mode is CacheMode.DEGRADED:
             log.warning("cache: %s: degraded, serving uncached: %s", self.root, reason)
-        elif old != NORMAL and old_reason not in (NOT_OPENED, CLOSED):
+        elif old is not CacheMode.NORMAL and old_reason not in (NOT_OPENED, CLOSED):
             log.info("cache: %s: back to normal (was %s)", self.root, old)
 
     def unusable(self, what: str, exc: BaseException) -> None:
-        self.set(PASSTHROUGH, f"{what}: {describe(exc)}")
+        self.set(CacheMode.PASSTHROUGH, f"{what}: {describe(exc)}")
 
     def closed(self) -> None:
         """Closing is not a failure: no log line."""
-        self.mode, self.reason = PASSTHROUGH, CLOSED
+        self.mode, self.reason = CacheMode.PASSTHROUGH, CLOSED

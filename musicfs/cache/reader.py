@@ -34,15 +34,16 @@ from typing import Any, Protocol
 
 import trio
 
-from musicfs.cache.modes import PASSTHROUGH
+from musicfs.cache.modes import CacheMode
 from musicfs.cache.planner import PIECE_BIT, Cursor, Planner, is_piece, piece_key
 from musicfs.cache.prefetch import NextTrack, Prefetcher
 from musicfs.cache.settings import CacheSettings
 from musicfs.cache.space import HIGH_WATERMARK
-from musicfs.cache.store import ChunkStore, PutResult, Rejected
+from musicfs.cache.store import ChunkStore, PutResult, Rejected, StoreStatistics
 from musicfs.catalog.model import Track
 from musicfs.failpoints import async_fail_point
 from musicfs.resources import describe, shortage
+from musicfs.statistics import snapshot
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,14 @@ class ReaderCounters:
     passthrough_reads: int = 0
     store_timeouts: int = 0
     store_task_errors: int = 0
+
+
+@dataclass(frozen=True)
+class ReaderStatistics:
+    memory_bytes: int  # verified chunks held in RAM
+    disk_stalled: bool  # the cache disk is not answering in time: origins are asked
+    counters: ReaderCounters
+    store: StoreStatistics
 
 
 class _Flight:
@@ -262,7 +271,7 @@ class CachingReader:
                 await self._wake.wait()
             self._wake = trio.Event()
             try:
-                if self.store.mode == PASSTHROUGH:
+                if self.store.mode is CacheMode.PASSTHROUGH:
                     if time.monotonic() - self._last_probe >= self.retry_interval:
                         self._last_probe = time.monotonic()
                         await trio.to_thread.run_sync(self.store.probe)
@@ -273,12 +282,23 @@ class CachingReader:
 
     # -- status ----------------------------------------------------------------------
 
+    def statistics(self) -> ReaderStatistics:
+        return ReaderStatistics(
+            memory_bytes=self._memory_used,
+            disk_stalled=self._store_stalled,
+            counters=snapshot(self.counters),
+            store=self.store.statistics(),
+        )
+
     def status(self) -> dict[str, Any]:
-        out = self.store.status()
-        out["reader"] = asdict(self.counters)
-        out["memory_bytes"] = self._memory_used
-        out["disk_stalled"] = self._store_stalled
-        return out
+        """The store's report with the reader's beside it (``musicfs status``)."""
+        stats = self.statistics()
+        return {
+            **self.store.status(),
+            "reader": asdict(stats.counters),
+            "memory_bytes": stats.memory_bytes,
+            "disk_stalled": stats.disk_stalled,
+        }
 
     # -- reads -----------------------------------------------------------------------
 
@@ -289,7 +309,7 @@ class CachingReader:
             return b""
         end = min(offset + size, track.size)
         self.counters.reads += 1
-        if self.store.mode == PASSTHROUGH:
+        if self.store.mode is CacheMode.PASSTHROUGH:
             self.counters.passthrough_reads += 1
             if not self.store.serves_cached:
                 return await self.fetch(track, offset, end - offset)
@@ -330,6 +350,14 @@ class CachingReader:
             if self.prefetch is not None:
                 self.prefetch.playing(track, handle, end)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def warm(self, track: Track, n: int) -> None:
+        """Make sure chunk ``n`` of ``track`` is fetched whole, verified and queued for the
+        store like any read's -- but without counting as a stream, so it starts no
+        read-ahead or prefetch (pins pace their own fetching, ``musicfs/pins.py``)."""
+        cs = self.store.chunk_size
+        if n * cs < track.size:
+            await self._range(track, n, 0, min(cs, track.size - n * cs), whole=True)
 
     async def read_metadata(self, track: Track, offset: int, size: int) -> bytes:
         """A read by MusicFS's own tag reader: always in pieces, never read ahead, and the
@@ -744,7 +772,7 @@ class CachingReader:
     # -- storing ---------------------------------------------------------------------
 
     async def _store(self, version: bytes, n: int, data: bytes) -> None:
-        if self.store.mode == PASSTHROUGH:
+        if self.store.mode is CacheMode.PASSTHROUGH:
             self.counters.uncached += 1
             return
         if self._nursery is None:

@@ -28,7 +28,7 @@ from musicfs.cache.chunkfile import HEADER_SIZE, ChunkHeader, adoptable
 from musicfs.cache.disk import CacheDisk, is_hex, remove_any
 from musicfs.cache.index import HASH_LEN, BlobInfo, ChunkIndex, IndexUnusable, check_structure
 from musicfs.cache.index import move_aside as move_index_aside
-from musicfs.cache.modes import describe
+from musicfs.resources import describe
 
 log = logging.getLogger(__name__)
 

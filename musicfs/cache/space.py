@@ -14,9 +14,9 @@ import lmdb
 
 from musicfs.cache.disk import CacheDisk, remove_any
 from musicfs.cache.index import ChunkIndex
-from musicfs.cache.modes import describe
 from musicfs.cache.policy import ChunkLedger
 from musicfs.failpoints import fail_point
+from musicfs.resources import describe
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ import errno
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -35,13 +35,15 @@ from musicfs.cache import readonly, repair
 from musicfs.cache.chunkfile import HEADER_SIZE, chunk_hash, encode_header, verify
 from musicfs.cache.disk import CacheDisk
 from musicfs.cache.index import VERSION_LEN, ChunkIndex, IndexUnusable
-from musicfs.cache.modes import DEGRADED, FULL, NORMAL, PASSTHROUGH, UNUSABLE, StoreMode, describe
+from musicfs.cache.modes import FULL, UNUSABLE, CacheCondition, CacheMode
 from musicfs.cache.planner import PIECE_BIT, is_piece, piece_size
 from musicfs.cache.policy import PROTECTED_SHARE, ChunkLedger
 from musicfs.cache.repair import StartupReport
 from musicfs.cache.settings import CacheSettings
 from musicfs.cache.space import HIGH_WATERMARK, LOW_WATERMARK, budget, evict
 from musicfs.failpoints import fail_point
+from musicfs.resources import describe
+from musicfs.statistics import report, snapshot
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,21 @@ class StoreCounters:
     verify_seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class StoreStatistics:
+    mode: CacheMode
+    reason: str | None  # why the mode is not normal
+    serves_cached: bool  # passthrough that still serves the chunks stored before
+    chunks: int
+    used_bytes: int
+    max_size: int
+    min_free: int
+    chunk_size: int
+    pinned: int  # tracks pinned
+    protected_bytes: int  # held by pins and played tracks, evicted last
+    counters: StoreCounters
+
+
 class ChunkStore:
     """All methods block (file I/O, LMDB, hashing): call them from worker threads.
 
@@ -100,7 +117,7 @@ class ChunkStore:
         self.max_size = max_size
         self.min_free = min_free
         self.index: ChunkIndex | None = None
-        self.state = StoreMode(self.disk.root)
+        self.condition = CacheCondition(self.disk.root)
         self.counters = StoreCounters()
         self.ledger = ChunkLedger()
         self._lock = threading.RLock()
@@ -135,12 +152,12 @@ class ChunkStore:
     # -- mode ------------------------------------------------------------------------
 
     @property
-    def mode(self) -> str:
-        return self.state.mode
+    def mode(self) -> CacheMode:
+        return self.condition.mode
 
     @property
     def reason(self) -> str | None:
-        return self.state.reason
+        return self.condition.reason
 
     @property
     def serves_cached(self) -> bool:
@@ -152,7 +169,7 @@ class ChunkStore:
         """Go passthrough. The index is closed -- a read-write environment on a failing
         disk is not touched again -- and, if the cache can still be read, re-opened
         read-only so the chunks already stored keep playing."""
-        self.state.unusable(what, exc)
+        self.condition.unusable(what, exc)
         was_read_only = self._read_only
         self._close_index(flush=False)
         if not was_read_only:
@@ -199,7 +216,7 @@ class ChunkStore:
                 self._unusable(str(self.root), exc)
                 return None
             log.info("cache: %s opened: %s", self.root, report.summary())
-            self.state.set(NORMAL, None)
+            self.condition.set(CacheMode.NORMAL, None)
             return report
 
     def _open_locked(self) -> StartupReport:
@@ -230,7 +247,7 @@ class ChunkStore:
 
     def probe(self) -> bool:
         """Retry an unusable cache (passthrough): re-open and repair it. True if usable."""
-        if self.mode != PASSTHROUGH:
+        if self.mode != CacheMode.PASSTHROUGH:
             return True
         if self._read_only:
             # Still unwritable? Then keep serving read-only rather than re-open for nothing.
@@ -244,7 +261,7 @@ class ChunkStore:
         """``flush=False`` closes like a crash would (tests simulate process death)."""
         with self._lock:
             self._close_locked(flush=flush)
-            self.state.closed()
+            self.condition.closed()
 
     @contextlib.contextmanager
     def _index_use(self) -> Iterator[None]:
@@ -277,7 +294,7 @@ class ChunkStore:
 
     def has(self, version: bytes, chunk_no: int) -> bool:
         index = self.index
-        if index is None or (self.mode == PASSTHROUGH and not self._read_only):
+        if index is None or (self.mode == CacheMode.PASSTHROUGH and not self._read_only):
             return False
         try:
             with self._index_use():
@@ -300,7 +317,7 @@ class ChunkStore:
         read-only passthrough left alone and not read again). ``protect``: the reader
         saw it played, so it moves to the policy's protected segment."""
         index = self.index
-        if index is None or (self.mode == PASSTHROUGH and not self._read_only):
+        if index is None or (self.mode == CacheMode.PASSTHROUGH and not self._read_only):
             return None
         try:
             with self._index_use():
@@ -397,14 +414,14 @@ class ChunkStore:
     def put(self, version: bytes, chunk_no: int, data: bytes) -> PutResult:
         """Store ``data`` as chunk ``chunk_no`` of ``version``. Never raises for a disk
         problem: the result and ``mode`` say what happened."""
-        if self.index is None or self.mode == PASSTHROUGH:
+        if self.index is None or self.mode == CacheMode.PASSTHROUGH:
             return PutResult.SKIPPED
         assert len(version) == VERSION_LEN
         return self._put_one(version, chunk_no, chunk_hash(data), data)
 
     def _put_one(self, version: bytes, chunk_no: int, digest: bytes, data: bytes) -> PutResult:
         with self._lock:
-            if self.index is None or self.mode == PASSTHROUGH:
+            if self.index is None or self.mode == CacheMode.PASSTHROUGH:
                 return PutResult.SKIPPED
             if digest in self.ledger:
                 try:
@@ -427,7 +444,7 @@ class ChunkStore:
         hashed = [(version, n, chunk_hash(data), data) for version, n, data in items]
         assert all(len(version) == VERSION_LEN for version, _, _, _ in hashed)
         with self._lock:
-            if self.index is None or self.mode == PASSTHROUGH:
+            if self.index is None or self.mode == CacheMode.PASSTHROUGH:
                 return [PutResult.SKIPPED] * len(items)
             fresh: dict[bytes, tuple[bytes, int, bytes]] = {}
             for version, n, digest, data in hashed:
@@ -464,19 +481,19 @@ class ChunkStore:
                 self.counters.stored += 1
                 self.counters.stored_bytes += len(data)
                 results.append(PutResult.STORED)
-            if self.mode == DEGRADED:
-                self.state.set(NORMAL, None)
+            if self.mode == CacheMode.DEGRADED:
+                self.condition.set(CacheMode.NORMAL, None)
             return results
 
     def _put_locked(self, version: bytes, chunk_no: int, digest: bytes, data: bytes) -> PutResult:
         assert self.index is not None
         need = HEADER_SIZE + len(data)
         for attempt in range(2):
-            if self.mode == PASSTHROUGH:
+            if self.mode == CacheMode.PASSTHROUGH:
                 return PutResult.SKIPPED  # eviction found the cache unusable
             try:
                 self._make_room(need, hard=attempt > 0)
-                if self.mode == PASSTHROUGH:
+                if self.condition.mode is CacheMode.PASSTHROUGH:  # eviction may have set it
                     return PutResult.SKIPPED
                 self.disk.write_chunk(digest, self._header(version, chunk_no, len(data)), data)
             except OSError as exc:
@@ -486,7 +503,7 @@ class ChunkStore:
                 if exc.errno in UNUSABLE:
                     self._unusable("writing a chunk", exc)
                     return PutResult.SKIPPED
-                self.state.set(DEGRADED, f"writing a chunk: {describe(exc)}")
+                self.condition.set(CacheMode.DEGRADED, f"writing a chunk: {describe(exc)}")
                 return PutResult.FULL
             try:
                 fail_point("cas.put.before_commit")
@@ -506,12 +523,12 @@ class ChunkStore:
             self.ledger.add(digest, len(data))
             self.counters.stored += 1
             self.counters.stored_bytes += len(data)
-            if self.mode == DEGRADED:
-                self.state.set(NORMAL, None)
+            if self.mode == CacheMode.DEGRADED:
+                self.condition.set(CacheMode.NORMAL, None)
             return PutResult.STORED
         self.counters.full += 1
-        self.state.set(
-            DEGRADED,
+        self.condition.set(
+            CacheMode.DEGRADED,
             f"no room for a {need}-byte chunk (used {self.used}, max_size {self.max_size}, "
             f"min_free {self.min_free})",
         )
@@ -552,7 +569,7 @@ class ChunkStore:
         """Background housekeeping: evict between the watermarks, flush access times.
         Returns the number of chunks evicted."""
         with self._lock:
-            if self.index is None or self.mode == PASSTHROUGH:
+            if self.index is None or self.mode == CacheMode.PASSTHROUGH:
                 return 0
             evicted = 0
             self._cap_protected()
@@ -637,25 +654,56 @@ class ChunkStore:
             self.ledger.set_pins(digest, self.index.set_pins(digest, delta))
             return True
 
+    def set_pinned(self, chunks: Iterable[tuple[bytes, int]]) -> set[tuple[bytes, int]]:
+        """Make exactly these ``(version, chunk_no)`` pinned (a stored chunk's pin count is
+        how many of them map to it; every other chunk is unpinned), in one index commit.
+        Returns those that are stored now. Pins lost with a rebuilt index are restored by
+        calling this again (the pins' truth is the catalog, see ``musicfs/pins.py``)."""
+        with self._lock:
+            index = self.index
+            if index is None or self._read_only:
+                return set()
+            wanted: dict[bytes, int] = {}
+            stored: set[tuple[bytes, int]] = set()
+            for version, chunk_no in chunks:
+                digest = index.lookup(version, chunk_no)
+                if digest is not None and digest in self.ledger:
+                    wanted[digest] = wanted.get(digest, 0) + 1
+                    stored.add((version, chunk_no))
+            changes = {d: n for d, n in wanted.items() if self.ledger.pins.get(d, 0) != n}
+            changes.update({d: 0 for d in self.ledger.pins if d not in wanted})
+            if changes:
+                index.set_pin_counts(changes)
+                for digest, pins in changes.items():
+                    self.ledger.set_pins(digest, pins)
+            return stored
+
+    @property
+    def pinned_bytes(self) -> int:
+        with self._lock:
+            sizes = self.ledger.probation | self.ledger.protected
+            return sum(sizes.get(d, 0) for d in self.ledger.pins)
+
     # -- status ----------------------------------------------------------------------
 
     @property
     def used(self) -> int:
         return self.ledger.used
 
+    def statistics(self) -> StoreStatistics:
+        return StoreStatistics(
+            mode=self.mode,
+            reason=self.reason,
+            serves_cached=self._read_only,
+            chunks=len(self.ledger),
+            used_bytes=self.used,
+            max_size=self.max_size,
+            min_free=self.min_free,
+            chunk_size=self.chunk_size,
+            pinned=len(self.ledger.pins),
+            protected_bytes=self.ledger.protected_used,
+            counters=snapshot(self.counters),
+        )
+
     def status(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode,
-            "reason": self.reason,
-            "serves_cached": self._read_only,
-            "dir": str(self.root),
-            "chunks": len(self.ledger),
-            "size": self.used,
-            "used_bytes": self.used,  # the daemon's status line reads this name
-            "max_size": self.max_size,
-            "min_free": self.min_free,
-            "chunk_size": self.chunk_size,
-            "pinned": len(self.ledger.pins),
-            "protected_bytes": self.ledger.protected_used,
-            "counters": asdict(self.counters),
-        }
+        return {"dir": str(self.root), **report(self.statistics())}

@@ -25,7 +25,7 @@ from musicfs.failpoints import fail_point
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class CatalogError(Exception):
@@ -73,8 +73,24 @@ def _migrate_0_to_1(db: apsw.Connection) -> None:
     db.execute("INSERT INTO inodes(ino, key) VALUES (?, ?)", (ROOT_INODE, ROOT_KEY))
 
 
+def _migrate_1_to_2(db: apsw.Connection) -> None:
+    # A pin is kept as the query (or mounted path) the user typed, not as a list of
+    # tracks: it is re-evaluated after every sync ("smart pin", musicfs/pins.py).
+    db.execute(
+        """
+        CREATE TABLE pins(
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('query', 'path')),
+            text TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            UNIQUE (kind, text)
+        );
+        """
+    )
+
+
 # Index i migrates from version i to i + 1. Append, never edit.
-MIGRATIONS: list[Callable[[apsw.Connection], None]] = [_migrate_0_to_1]
+MIGRATIONS: list[Callable[[apsw.Connection], None]] = [_migrate_0_to_1, _migrate_1_to_2]
 
 _TAG_COLUMNS = (
     "title",
@@ -320,3 +336,33 @@ class Catalog:
                 self.db.execute(
                     "INSERT OR REPLACE INTO sync_state(key, value) VALUES (?, ?)", (key, value)
                 )
+
+    # -- pins ----------------------------------------------------------------------------
+
+    def pins(self) -> list[tuple[int, str, str, int]]:
+        """Every pin as (id, kind, text, created_at), oldest first."""
+        with self._lock:
+            rows = self.db.execute("SELECT id, kind, text, created_at FROM pins ORDER BY id")
+            return [(int(i), str(k), str(t), int(c)) for i, k, t, c in rows]
+
+    def add_pin(self, kind: str, text: str) -> tuple[int, bool]:
+        """Store a pin; (its id, whether it is new)."""
+        with self._lock, self.db:
+            row = self.db.execute(
+                "SELECT id FROM pins WHERE kind = ? AND text = ?", (kind, text)
+            ).fetchone()
+            new = row is None
+            if new:
+                row = self.db.execute(
+                    "INSERT INTO pins(kind, text, created_at) VALUES (?, ?, ?) RETURNING id",
+                    (kind, text, int(time.time())),
+                ).fetchone()
+        assert row is not None
+        return int(row[0]), new
+
+    def remove_pin(self, kind: str, text: str) -> bool:
+        with self._lock, self.db:
+            row = self.db.execute(
+                "DELETE FROM pins WHERE kind = ? AND text = ? RETURNING id", (kind, text)
+            ).fetchone()
+        return row is not None

@@ -75,10 +75,9 @@ class LocalOrigin:
 
     def _list_sync(self) -> Listing:
         real_root = self._real_root(refresh=True)
-        if not os.path.isdir(real_root):
-            raise OriginError(
-                errno.ENOENT, "origin root is not a directory", origin=self._name, path=""
-            )
+        problem = self.root_problem()
+        if problem is not None:
+            raise problem
         entries: list[OriginEntry] = []
         gaps: list[str] = []
         seen_dirs: set[tuple[int, int]] = set()
@@ -208,19 +207,28 @@ class LocalOrigin:
     def _check_sync(self) -> None:
         fail_point("origin.local.check")
         self._real_root(refresh=True)
+        problem = self.root_problem()
+        if problem is not None:
+            raise problem
         try:
-            if not os.path.isdir(self.root):
-                raise OriginError(
-                    errno.ENOENT, "origin root is not a directory", origin=self._name, path=""
-                )
             os.listdir(self.root)
-        except OriginError:
-            raise
         except OSError as exc:
             raise self._error(exc, "") from exc
 
     async def check(self) -> None:
         await self._run(self._check_sync)
+
+    def root_problem(self) -> OriginError | None:
+        """Why the root cannot be listed at all (missing, or not a folder), or None."""
+        try:
+            st = os.stat(self.root)
+        except OSError as exc:
+            return self._error(exc, "")
+        if not stat_mod.S_ISDIR(st.st_mode):
+            return OriginError(
+                errno.ENOTDIR, "origin root is not a directory", origin=self._name, path=""
+            )
+        return None
 
     async def aclose(self) -> None:
         return None

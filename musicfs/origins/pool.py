@@ -24,7 +24,7 @@ import logging
 import math
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import trio
@@ -39,10 +39,26 @@ from musicfs.origins.health import (
     State,
     is_origin_failure,
 )
+from musicfs.statistics import snapshot
 
 log = logging.getLogger(__name__)
 
 _STATE_RANK = {State.HEALTHY: 0, State.DEGRADED: 1, State.UNHEALTHY: 2}
+
+
+@dataclass
+class PoolCounters:
+    reads: int = 0
+    failovers: int = 0  # reads (or the rest of one) served by another origin
+    retries: int = 0  # rounds started again after every origin failed once
+    offline_fast_fails: int = 0  # reads failed at once: no origin could serve them
+    abandoned_on_unhealthy: int = 0  # attempts given up when their origin went unhealthy
+
+
+@dataclass(frozen=True)
+class PoolStatistics:
+    mode: Mode
+    counters: PoolCounters
 
 
 @dataclass(frozen=True)
@@ -89,13 +105,7 @@ class OriginPool:
         self.operation_timeout = operation_timeout
         self.retry = retry or RetryPolicy()
         self._rng = random.Random()
-        self.stats = {
-            "reads": 0,
-            "failovers": 0,
-            "retries": 0,
-            "offline_fast_fails": 0,
-            "abandoned_on_unhealthy": 0,
-        }
+        self.counters = PoolCounters()
         self._offline_logged: dict[str, float] = {}
         # The deadline scope of every attempt waiting on each origin, with the deadline it
         # started with (so that a shortened one can be told from a plain timeout).
@@ -142,7 +152,7 @@ class OriginPool:
         Raises ``OriginError``: EIO when offline or out of time, the origin's errno (for
         example EACCES) when every holder refused the file itself.
         """
-        self.stats["reads"] += 1
+        self.counters.reads += 1
         want = min(length, max(0, track.size - offset))
         if want <= 0:
             return b""
@@ -165,7 +175,7 @@ class OriginPool:
             if won is not None:
                 origin, data = won
                 if origin.name != (previous or order[0].name):
-                    self.stats["failovers"] += 1
+                    self.counters.failovers += 1
                     log.info(
                         "read: path=%r offset=%d: switching origin %s -> %s",
                         track.path,
@@ -181,7 +191,7 @@ class OriginPool:
             if trio.current_time() >= end:
                 raise self._out_of_time(track, want - remaining, req.last)
             rounds += 1
-            self.stats["retries"] += 1
+            self.counters.retries += 1
             delay = backoff_delay(rounds, self.retry.base, self.retry.cap, self._rng)
             await trio.sleep(min(delay, max(0.0, end - trio.current_time())))
         return b"".join(parts)
@@ -286,7 +296,7 @@ class OriginPool:
             took = trio.current_time() - started
             if scope.deadline < own_deadline:
                 # The verdict is known (and logged once): no new failure to record.
-                self.stats["abandoned_on_unhealthy"] += 1
+                self.counters.abandoned_on_unhealthy += 1
                 req.last = OriginError(
                     errno.ETIMEDOUT,
                     f"no data after {took:.2f}s, abandoned: the origin was declared unhealthy",
@@ -335,7 +345,7 @@ class OriginPool:
         if last is not None:
             return last
         # Offline: every holder is unhealthy. Fail fast and ask for an early re-check.
-        self.stats["offline_fast_fails"] += 1
+        self.counters.offline_fast_fails += 1
         self.health.nudge()
         exc = OriginError(
             errno.EIO,
@@ -361,10 +371,13 @@ class OriginPool:
             path=track.path,
         )
 
+    def statistics(self) -> PoolStatistics:
+        return PoolStatistics(mode=self.mode, counters=snapshot(self.counters))
+
     def status(self) -> dict[str, Any]:
         """Mode, per-origin health and read counters, for ``musicfs status``."""
         out = self.health.status()
-        out["reads"] = dict(self.stats)
+        out["reads"] = asdict(self.statistics().counters)
         return out
 
     async def aclose(self) -> None:

@@ -143,6 +143,11 @@ class S3Origin:
         scheme = "https" if self.secure else "http"
         return f"s3://{self.address.bucket}/{self.address.prefix} ({scheme}://{self.endpoint})"
 
+    @property
+    def identity(self) -> str:
+        """Bucket, prefix and server; not TLS on or off (the same objects either way)."""
+        return f"s3://{self.address.bucket}/{self.address.prefix} at {self.endpoint}"
+
     def _key(self, path: str) -> str:
         parts = path.split("/")
         if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyfuse3
 import trio
 
 from musicfs.backoff import RestartBackoff
-from musicfs.fuse_ops import MusicOperations, mount_options
+from musicfs.fuse_ops import FuseCounters, MusicOperations, mount_options
 from musicfs.fuse_settings import FUSE_KERNEL_BACKGROUND
 from musicfs.resources import only_shortage
 from musicfs.service.fusectl import Outcome, tune_connection
 from musicfs.service.mounts import MountpointError, lazy_unmount
 from musicfs.service.watchdog import probe_mount
+from musicfs.statistics import snapshot
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,13 @@ RESTART_MAX_PAUSE = 5.0
 RESTART_CALM = 60.0  # workers that served this long start the backoff afresh
 WORKER_STOP_TIMEOUT = 2.0  # after pyfuse3.terminate(), before the workers are cancelled
 ABORTED_SETTLE_TIMEOUT = 1.0  # for reads answered EIO by the drain to leave
+
+
+@dataclass(frozen=True)
+class FuseStatistics:
+    counters: FuseCounters
+    worker_restarts: int  # pyfuse3's workers started again after a shortage of memory
+    max_background: int | None  # the kernel's limit for our connection, once raised
 
 
 class MountFailed(Exception):
@@ -63,6 +72,13 @@ class FuseSession:
         self.limits: Outcome | None = None
         self._done = trio.Event()
         self._scope: trio.CancelScope | None = None
+
+    def statistics(self) -> FuseStatistics:
+        return FuseStatistics(
+            counters=snapshot(self.ops.stats),
+            worker_restarts=self.worker_restarts,
+            max_background=self.limits.after.max_background if self.limits else None,
+        )
 
     # -- mount and serve -------------------------------------------------------------
 
@@ -168,9 +184,11 @@ class FuseSession:
         ops.draining = True
         timeout = ops.settings.drain_timeout
         waiting = ops.stats.inflight
+        errors_before = ops.stats.read_errors
         with trio.move_on_after(timeout):
             while ops.stats.inflight:
                 await trio.sleep(0.01)
+        failed = ops.stats.read_errors - errors_before  # answered an errno of their own
         aborted = ops.abort_inflight()
         if aborted:
             log.warning(
@@ -181,7 +199,14 @@ class FuseSession:
             with trio.move_on_after(ABORTED_SETTLE_TIMEOUT):
                 while ops.stats.inflight:
                     await trio.sleep(0.01)
-        log.info("shutdown: drained %d in-flight reads (%d answered EIO)", waiting, aborted)
+        log.info(
+            "shutdown: drained %d in-flight reads (%d with data, %d with an error, "
+            "%d answered EIO at the drain timeout)",
+            waiting,
+            waiting - failed - aborted,
+            failed,
+            aborted,
+        )
 
     async def unmount(self) -> None:
         """End the workers (cancelled if they do not stop) and unmount."""

@@ -66,7 +66,8 @@ class Notifier:
             fields.append(f"STATUS={status}")
         return self.send(*fields)
 
-    def status(self, text: str) -> bool:
+    def send_status(self, text: str) -> bool:
+        """STATUS=text: the line `systemctl status` shows."""
         return self.send(f"STATUS={text}")
 
     def stopping(self, status: str | None = None) -> bool:

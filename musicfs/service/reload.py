@@ -13,7 +13,8 @@ import trio
 from musicfs.cache.reader import CachingReader
 from musicfs.config import ConfigError, Settings
 from musicfs.fuse_ops import MusicOperations
-from musicfs.library import Library, open_pool
+from musicfs.library import SyncCoordinator, open_pool
+from musicfs.pin_manager import PinManager
 from musicfs.service.notify import Notifier
 from musicfs.service.supervisor import Policy, Supervisor
 
@@ -92,9 +93,10 @@ class Reloadable(Protocol):
     """The parts of a running daemon a reload changes."""
 
     settings: Settings
-    library: Library | None
+    library: SyncCoordinator | None
     ops: MusicOperations | None
     reader: CachingReader | None
+    pins: PinManager | None
     supervisor: Supervisor
     notifier: Notifier
 
@@ -146,6 +148,8 @@ async def apply_settings(daemon: Reloadable, new: Settings) -> str:
         daemon.ops.settings = plan.settings.fuse
     if daemon.reader is not None:
         await daemon.reader.reconfigure(plan.settings.cache)
+    if daemon.pins is not None:
+        daemon.pins.settings = plan.settings.pins
     if plan.settings.log_level != old.log_level:
         logging.getLogger().setLevel(plan.settings.log_level.upper())
     if plan.resync:

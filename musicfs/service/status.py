@@ -11,7 +11,8 @@ from typing import Any, Protocol
 
 from musicfs.cache.reader import CachingReader
 from musicfs.fuse_ops import MusicOperations
-from musicfs.library import Library
+from musicfs.library import SyncCoordinator
+from musicfs.pin_manager import PinManager
 from musicfs.service.fuse_session import FuseSession
 from musicfs.service.supervisor import Supervisor
 from musicfs.service.watchdog import Watchdog
@@ -35,11 +36,12 @@ class Running(Protocol):
     mountpoint: Path
     started_at: float
     supervisor: Supervisor
-    library: Library | None
+    library: SyncCoordinator | None
     reader: CachingReader | None
     ops: MusicOperations | None
     session: FuseSession | None
     watchdog: Watchdog | None
+    pins: PinManager | None
     catalog_moved_aside: Path | None
 
 
@@ -50,11 +52,12 @@ _NOT_ONLINE = ("offline", "degraded", "passthrough")
 def mode(daemon: Running) -> str:
     """online | degraded | offline | passthrough, from the components that report one
     (the cache's passthrough wins over the origins' mode)."""
-    for component in (daemon.reader, daemon.library.pool if daemon.library else None):
-        report = status_of(component)
-        if isinstance(report, dict) and report.get("mode") in _NOT_ONLINE:
-            return str(report["mode"])
-    return "online"
+    modes = []
+    if daemon.reader is not None:
+        modes.append(daemon.reader.statistics().store.mode.value)
+    if daemon.library is not None:
+        modes.append(daemon.library.pool.statistics().mode.value)
+    return next((m for m in modes if m in _NOT_ONLINE), "online")
 
 
 def track_count(daemon: Running) -> int:
@@ -64,9 +67,8 @@ def track_count(daemon: Running) -> int:
 def status_line(daemon: Running) -> str:
     """One line for sd_notify's STATUS= (and ``systemctl status``)."""
     parts = [daemon.state.value, mode(daemon), f"{track_count(daemon)} tracks"]
-    cache = status_of(daemon.reader)
-    if isinstance(cache, dict) and "used_bytes" in cache:
-        parts.append(f"cache {int(cache['used_bytes']) // 1024**2} MiB")
+    if daemon.reader is not None:
+        parts.append(f"cache {daemon.reader.statistics().store.used_bytes // 1024**2} MiB")
     if daemon.library is not None and daemon.library.progress:
         p = daemon.library.progress
         parts.append(f"syncing {p['origin']} {p['done']}/{p['total'] or '?'}")
@@ -75,7 +77,7 @@ def status_line(daemon: Running) -> str:
 
 def status_report(daemon: Running) -> dict[str, Any]:
     """The whole report ``musicfs status`` prints (JSON-able)."""
-    ops, session, library = daemon.ops, daemon.session, daemon.library
+    session, library = daemon.session, daemon.library
     report: dict[str, Any] = {
         "pid": os.getpid(),
         "mountpoint": str(daemon.mountpoint),
@@ -88,13 +90,14 @@ def status_report(daemon: Running) -> dict[str, Any]:
         "origins": status_of(library.pool) if library else None,
         "cache": status_of(daemon.reader),
         "watchdog": daemon.watchdog.status() if daemon.watchdog else None,
+        "pins": daemon.pins.status() if daemon.pins else None,
         "catalog_moved_aside": str(daemon.catalog_moved_aside)
         if daemon.catalog_moved_aside
         else None,
     }
-    if ops is not None:
-        st = ops.stats
-        limits = session.limits if session else None
+    if session is not None:
+        fuse = session.statistics()
+        st = fuse.counters
         report["fuse"] = {
             "reads": st.reads,
             "read_bytes": st.read_bytes,
@@ -103,8 +106,8 @@ def status_report(daemon: Running) -> dict[str, Any]:
             "inflight": st.inflight,
             "unexpected": st.unexpected,
             "cancelled": st.cancelled,
-            "worker_restarts": session.worker_restarts if session else 0,
-            "max_background": limits.after.max_background if limits else None,
+            "worker_restarts": fuse.worker_restarts,
+            "max_background": fuse.max_background,
             "requests": dict(st.by_op),
         }
     return report

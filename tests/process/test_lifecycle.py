@@ -289,3 +289,59 @@ def test_external_fusermount_u_stops_the_daemon_cleanly(tmp_path: Path, library:
         assert find_mount(d.mountpoint) is None
     finally:
         d.stop()
+
+
+def test_reads_waiting_on_an_origin_get_their_data_during_the_drain(
+    tmp_path: Path, library: Path
+) -> None:
+    """SIGTERM while a read waits on a slow origin: the read gets its bytes (the fetch it
+    waits on keeps running through the drain) and the log counts it truthfully."""
+    from tests.support.daemon import scan
+
+    scan(library, tmp_path / "state")  # tags read now, without the slow origin
+    config = write_config(tmp_path, fuse={"drain_timeout": "10s", "read_deadline": "20s"})
+    d = MountedDaemon(
+        tmp_path / "mnt",
+        [library],
+        tmp_path / "state",
+        config=config,
+        env={"MUSICFS_FAILPOINTS": "origin.local.read=sleep(2500)"},
+    ).start()
+    try:
+        d.wait_for_log("tree: generation")
+        path = mounted_files(d.mountpoint)[0]
+        got: dict[str, object] = {}
+
+        def one_read() -> None:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+            try:
+                got["data"] = os.pread(fd, 65536, 0)
+            except OSError as exc:
+                got["errno"] = exc.errno
+            finally:
+                os.close(fd)
+            got["at"] = time.monotonic()
+
+        import threading
+
+        reader = threading.Thread(target=one_read, daemon=True)
+        reader.start()
+        time.sleep(0.5)  # the read is now waiting on the origin (2.5 s)
+        sent = time.monotonic()
+        d.signal(signal.SIGTERM)
+        reader.join(15)
+        assert not reader.is_alive()
+        assert "errno" not in got, f"the read failed with {got.get('errno')}:\n{d.log()}"
+        data = got["data"]
+        assert isinstance(data, bytes) and len(data) == 65536
+        assert isinstance(got["at"], float) and got["at"] - sent < 10
+        assert d.wait(timeout=30) == 0
+        drained = next(x for x in d.log().splitlines() if "shutdown: drained" in x)
+        assert "drained 1 in-flight reads (1 with data, 0 with an error, 0 answered EIO" in drained
+    finally:
+        d.stop()
+    # The bytes are the origin's (the same file mounted again, now without the failpoint).
+    with MountedDaemon(tmp_path / "mnt", [library], tmp_path / "state") as d2:
+        again = mounted_files(d2.mountpoint)[0]
+        with again.open("rb") as f:
+            assert f.read(65536) == data

@@ -227,3 +227,89 @@ def test_an_unmounted_library_disk_empties_nothing(tmp_path: Path) -> None:
             time.sleep(0.5)
         assert d.status()["sync"]["errors"] == {}
         assert [sha256(p) for p in mounted_files(d.mountpoint)] == [sha256(p) for p in before]
+
+
+def mount_refused(args: list[str], mountpoint: Path) -> subprocess.CompletedProcess[str]:
+    mountpoint.mkdir(exist_ok=True)
+    return subprocess.run(
+        [*musicfs_cmd("mount", *args), str(mountpoint)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_a_first_run_with_a_wrong_origin_is_a_config_error(tmp_path: Path, kind: str) -> None:
+    origin = tmp_path / "Musci"  # a typo
+    if kind == "file":
+        origin.write_bytes(b"not a folder")
+    state = tmp_path / "state"
+    proc = mount_refused(["--origin", str(origin), "--state-dir", str(state)], tmp_path / "mnt")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    code = "ENOENT" if kind == "missing" else "ENOTDIR"
+    assert str(origin) in lines[0] and f"({code})" in lines[0], lines[0]
+    assert find_mount(tmp_path / "mnt") is None
+    assert not state.exists()  # nothing created for a command that was refused
+
+
+def test_an_origin_gone_after_the_first_scan_is_offline_not_an_error(
+    tmp_path: Path, library: Path
+) -> None:
+    scan(library, tmp_path / "state")
+    library.rename(tmp_path / "elsewhere")  # a disk not mounted today
+    with MountedDaemon(tmp_path / "mnt", [library], tmp_path / "state") as d:
+        assert len(mounted_files(d.mountpoint)) == 21  # the catalog's tree, served offline
+        deadline = time.monotonic() + 20
+        while d.status()["mode"] == "online" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert d.status()["mode"] in ("degraded", "offline")  # its health checks fail
+
+
+def test_a_rejected_mount_point_creates_no_state_and_closes_nothing(
+    tmp_path: Path, library: Path
+) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    (mnt / "something.txt").write_text("not empty")
+    state = tmp_path / "state"
+    proc = mount_refused(["--origin", str(library), "--state-dir", str(state)], mnt)
+    assert proc.returncode == 2, proc.stderr
+    assert "not empty" in proc.stderr or "empty" in proc.stderr, proc.stderr
+    assert "stores committed and closed" not in proc.stderr
+    assert not state.exists()
+
+
+def test_switching_origins_leaves_no_ghost_tracks(tmp_path: Path) -> None:
+    """Mount one folder, stop, mount another with the same state dir: only the second
+    library is in the tree (no EIO-ing tracks of the first); a typo'd folder is refused."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    make_library(first, albums=3, tracks=4)
+    make_library(second / "other", albums=1, tracks=3)  # no track in common
+    state = tmp_path / "state"
+    with MountedDaemon(tmp_path / "mnt", [first], state) as d:
+        assert len(wait_for_files(d.mountpoint, 12, 30)) == 12
+    with MountedDaemon(tmp_path / "mnt", [second], state) as d:
+
+        def listing() -> list[Path]:
+            try:
+                return mounted_files(d.mountpoint)
+            except FileNotFoundError:  # a folder of the old tree went while walking it
+                return []
+
+        deadline = time.monotonic() + 30
+        files = listing()
+        while len(files) != 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            files = listing()
+        assert len(files) == 3, [str(p) for p in files]
+        for path in files:
+            path.read_bytes()  # every track listed plays
+        assert "not removing" not in d.log() and f"is now file://{second}" in d.log()
+    proc = mount_refused(
+        ["--origin", str(tmp_path / "secnod"), "--state-dir", str(state)], tmp_path / "mnt"
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "(ENOENT)" in proc.stderr and "nothing is catalogued from there" in proc.stderr

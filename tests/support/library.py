@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from musicfs.catalog.tags import Tags
+from musicfs.catalog.tree import Tree
 from musicfs.demo import FORMATS, write_tags
+from musicfs.search import SearchIndex
 
 # The tests' own copy, not musicfs.demo.fixtures_dir(): under pytest's importlib mode the
 # musicfs being tested is an installed one, whose fixtures may live elsewhere or nowhere.
@@ -45,6 +49,44 @@ def make_library(root: Path, albums: int = 3, tracks: int = 4, *, pad_to: int = 
                     f.write(_noise(pad_to - path.stat().st_size, seed=str(path)))
             made.append(path)
     return made
+
+
+def make_padded_library(root: Path, albums: int, tracks: int, size: int) -> list[Path]:
+    """Tagged FLAC and MP3 files padded to ``size`` bytes: unlike Ogg's, their tags
+    survive the padding, so every track can be found by its tags (pins, search)."""
+    made = []
+    for a in range(albums):
+        for t in range(tracks):
+            fmt = ("flac", "mp3")[(a + t) % 2]
+            path = tagged_file(
+                root / f"album{a}" / f"{t + 1:02d}.{fmt}",
+                fmt,
+                Tags(
+                    title=f"Song {a}-{t}", artist=f"Artist {a % 2}", album=f"Album {a}", track=t + 1
+                ),
+            )
+            with path.open("ab") as f:
+                f.write(_noise(size - path.stat().st_size, seed=str(path)))
+            made.append(path)
+    return made
+
+
+@contextlib.contextmanager
+def indexed_library(base: Path) -> Iterator[tuple[Tree, SearchIndex]]:
+    """A scanned 2 x 2 library under ``base`` with its search index, for hostile queries."""
+    from musicfs.catalog.db import Catalog
+    from musicfs.catalog.naming import DEFAULT_TEMPLATE
+    from musicfs.search import tree_from_catalog
+    from tests.support.daemon import scan
+
+    make_library(base / "lib", albums=2, tracks=2)
+    scan(base / "lib", base / "state")
+    catalog = Catalog(base / "state" / "catalog.sqlite")
+    tree = tree_from_catalog(catalog, DEFAULT_TEMPLATE)
+    catalog.close()
+    with SearchIndex(base / "state" / "search") as index:
+        index.update(tree)
+        yield tree, index
 
 
 def _noise(n: int, seed: str) -> bytes:

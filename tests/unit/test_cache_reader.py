@@ -15,7 +15,7 @@ import trio
 
 from musicfs import failpoints
 from musicfs.cache.chunkfile import HEADER_SIZE, chunk_hash
-from musicfs.cache.modes import DEGRADED, NORMAL, PASSTHROUGH
+from musicfs.cache.modes import CacheMode
 from musicfs.cache.reader import STALLED_STORE_WAIT, CachingReader
 from musicfs.catalog.model import Track
 from musicfs.cli import format_cache
@@ -365,7 +365,7 @@ def test_full_cache_serves_uncached_and_reports_degraded(
     async def body(reader: CachingReader) -> None:
         assert await read_all(reader, origin, "t0.flac", PIECE) == origin.content["t0.flac"]
         status = reader.status()
-        assert status["mode"] == DEGRADED
+        assert status["mode"] == CacheMode.DEGRADED
         assert status["reader"]["uncached"] >= 11  # pieces, then whole chunks
         assert store.counters.stored == 0
 
@@ -378,12 +378,12 @@ def test_unusable_cache_is_passthrough_then_retried(tmp_path: Path, origin: Trac
     content = origin.content["t0.flac"]
 
     async def body(reader: CachingReader) -> None:
-        assert reader.status()["mode"] == PASSTHROUGH
+        assert reader.status()["mode"] == CacheMode.PASSTHROUGH
         assert await reader.read(track, 7, 1000) == content[7:1007]
         assert origin.fetches == [("t0.flac", 7, 1000)]  # exactly the range asked for
         (tmp_path / "cache").unlink()  # the operator fixes it
         with trio.fail_after(10):
-            while reader.status()["mode"] != NORMAL:
+            while reader.status()["mode"] != CacheMode.NORMAL:
                 await trio.sleep(0.02)
         assert await reader.read(track, 7, 1000) == content[7:1007]
         assert origin.fetches[-1] == ("t0.flac", 0, CS // 16)  # the piece, now cached
@@ -410,7 +410,7 @@ def test_cache_turning_read_only_mid_play_keeps_reads_correct(
         assert await reader.read(track, 0, CS) == content[:CS]
         store.fail("open_temp", errno.EROFS)
         assert await reader.read(track, 3 * CS, CS) == content[3 * CS : 4 * CS]
-        assert reader.status()["mode"] == PASSTHROUGH
+        assert reader.status()["mode"] == CacheMode.PASSTHROUGH
         assert await read_all(reader, origin, "t0.flac", PIECE) == content
 
     run(body, store, origin)
@@ -431,7 +431,7 @@ def test_read_only_cache_keeps_cached_audio_playing_with_the_origin_offline(
         store.fail("open_temp", errno.EROFS)  # the cache disk turns read-only
         track0 = origin.tracks["t0.flac"]
         assert await reader.read(track0, 0, 10) == origin.content["t0.flac"][:10]
-        assert reader.status()["mode"] == PASSTHROUGH and reader.status()["serves_cached"]
+        assert reader.status()["mode"] == CacheMode.PASSTHROUGH and reader.status()["serves_cached"]
         take_origin_offline(origin)
         fetched = len(origin.fetches)
         hits = reader.counters.store_hits
@@ -498,7 +498,7 @@ def test_read_only_cache_is_retried_at_the_retry_interval_and_recovers(
         assert store.serves_cached
         store.heal()
         with trio.fail_after(10):
-            while reader.status()["mode"] != NORMAL:
+            while reader.status()["mode"] != CacheMode.NORMAL:
                 await trio.sleep(0.02)
         assert await read_all(reader, origin, "t0.flac", PIECE) == content
         with trio.fail_after(10):
@@ -589,8 +589,8 @@ def test_status_reports_mode_size_and_counters(tmp_path: Path, origin: TrackOrig
     async def body(reader: CachingReader) -> None:
         await read_all(reader, origin, "t1.flac", CS)
         status = reader.status()
-        assert status["mode"] == NORMAL and status["reason"] is None
-        assert status["size"] == 3 * CS and status["chunks"] == 3
+        assert status["mode"] == CacheMode.NORMAL and status["reason"] is None
+        assert status["used_bytes"] == 3 * CS and status["chunks"] == 3
         assert status["max_size"] == 64 * CS
         assert status["counters"]["stored"] == 3
         assert status["reader"]["origin_fetches"] == 3

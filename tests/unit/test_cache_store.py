@@ -17,7 +17,7 @@ from musicfs import failpoints
 from musicfs.cache.chunkfile import HEADER_SIZE, chunk_hash
 from musicfs.cache.disk import CacheDisk
 from musicfs.cache.index import IndexUnusable, map_key
-from musicfs.cache.modes import DEGRADED, NORMAL, PASSTHROUGH
+from musicfs.cache.modes import CacheMode
 from musicfs.cache.readonly import open_read_only
 from musicfs.cache.store import ChunkStore, PutResult, Rejected
 from musicfs.failpoints import FailpointPanic
@@ -75,7 +75,7 @@ def test_put_then_get_returns_the_bytes_from_a_hash_named_file(store: FaultyStor
     assert path.stat().st_size == HEADER_SIZE + len(data)
     assert files(store.root, "tmp") == []
     assert store.get(V1, 1, CS) is None
-    assert store.status()["size"] == len(data) and store.status()["mode"] == NORMAL
+    assert store.status()["used_bytes"] == len(data) and store.status()["mode"] == CacheMode.NORMAL
 
 
 def test_same_bytes_in_two_versions_are_stored_once(store: FaultyStore) -> None:
@@ -339,7 +339,7 @@ def test_corrupt_index_is_moved_aside_and_rebuilt_from_chunk_files(
         report = again.open()
     try:
         assert report is not None, again.reason
-        assert again.mode == NORMAL
+        assert again.mode == CacheMode.NORMAL
         assert [again.get(V1, i, 256) for i in range(40)] == [chunk(i, 256) for i in range(40)]
         assert report.index_rebuilt, report
         assert "moved to" in caplog.text
@@ -492,13 +492,13 @@ def test_a_batch_that_fails_is_stored_one_chunk_at_a_time(store: FaultyStore, op
     assert all(store.get(V1, i, CS) == chunk(i) for i in range(5))
     assert files(store.root, "tmp") == []
     assert len(files(store.root, "chunks")) == 5
-    assert store.mode == NORMAL
+    assert store.mode == CacheMode.NORMAL
 
 
 def test_a_batch_whose_commit_fails_leaves_no_unrecorded_files(store: FaultyStore) -> None:
     failpoints.set("cas.index.before_commit", "error(EIO)")
     assert store.put_many([(V1, i, chunk(i)) for i in range(3)]) == [PutResult.SKIPPED] * 3
-    assert store.mode == PASSTHROUGH  # the chunk-by-chunk path decides, as it always has
+    assert store.mode == CacheMode.PASSTHROUGH  # the chunk-by-chunk path decides, as it always has
     assert files(store.root, "chunks") == [] and files(store.root, "tmp") == []
 
 
@@ -523,13 +523,13 @@ def test_a_batch_on_a_full_disk_is_degraded_until_a_write_succeeds(
         store.put(V1, i, chunk(i))
     store.fail("write", err)
     assert store.put_many([(V2, i, chunk(50 + i)) for i in range(3)]) == [PutResult.FULL] * 3
-    assert store.mode == DEGRADED
+    assert store.mode == CacheMode.DEGRADED
     assert store.counters.evicted > 0  # chunk by chunk, it evicted harder before giving up
     assert files(store.root, "tmp") == []
     assert len(files(store.root, "chunks")) == store.status()["chunks"]
     store.heal()
     assert store.put_many([(V2, i, chunk(50 + i)) for i in range(3)]) == [PutResult.STORED] * 3
-    assert store.mode == NORMAL
+    assert store.mode == CacheMode.NORMAL
 
 
 @pytest.mark.parametrize(("point", "files_survive"), WRITE_PATH)
@@ -562,7 +562,7 @@ def test_full_disk_evicts_and_retries_once(store: FaultyStore, err: int) -> None
     store.fail("write", err, times=1)
     assert store.put(V1, 50, chunk(50)) is PutResult.STORED
     assert store.counters.evicted > 0
-    assert store.mode == NORMAL
+    assert store.mode == CacheMode.NORMAL
     assert files(store.root, "tmp") == []
 
 
@@ -573,18 +573,18 @@ def test_still_full_after_eviction_means_degraded_until_a_write_succeeds(
     store.put(V1, 0, chunk(0))
     store.fail("write", err)
     assert store.put(V1, 1, chunk(1)) is PutResult.FULL
-    assert store.mode == DEGRADED and "no room" in (store.reason or "")
+    assert store.mode == CacheMode.DEGRADED and "no room" in (store.reason or "")
     assert files(store.root, "tmp") == []
     store.heal()
     assert store.put(V1, 2, chunk(2)) is PutResult.STORED
-    assert store.mode == NORMAL
+    assert store.mode == CacheMode.NORMAL
 
 
 def test_no_room_at_all_is_degraded_not_an_error(store: FaultyStore) -> None:
     store.min_free = 10 * CS
     store.free_bytes = CS
     assert store.put(V1, 0, chunk(0)) is PutResult.FULL
-    assert store.mode == DEGRADED
+    assert store.mode == CacheMode.DEGRADED
 
 
 def test_failed_index_commit_on_a_full_disk_is_retried_then_degraded(store: FaultyStore) -> None:
@@ -593,7 +593,7 @@ def test_failed_index_commit_on_a_full_disk_is_retried_then_degraded(store: Faul
     store.min_free = 0
     failpoints.set("cas.index.before_commit", "error(EIO)")
     assert store.put(V1, 1, chunk(1)) is PutResult.FULL
-    assert store.mode == DEGRADED
+    assert store.mode == CacheMode.DEGRADED
     assert not store.chunk_path(chunk_hash(chunk(1))).exists()
 
 
@@ -608,20 +608,20 @@ def test_unwritable_cache_means_passthrough_and_recovers_by_probe(
     store.fail("open_temp", err)
     with caplog.at_level(logging.ERROR):
         assert store.put(V1, 1, chunk(1)) is PutResult.SKIPPED
-    assert store.mode == PASSTHROUGH
+    assert store.mode == CacheMode.PASSTHROUGH
     assert "passthrough" in caplog.text and errno.errorcode[err] in caplog.text
     assert store.get(V1, 0, CS) == chunk(0)  # what is stored is still served (read-only)
     assert not store.probe()
     store.heal()
     assert store.probe()
-    assert store.mode == NORMAL
+    assert store.mode == CacheMode.NORMAL
     assert store.get(V1, 0, CS) == chunk(0)
 
 
 def test_failed_index_commit_with_free_space_means_passthrough(store: FaultyStore) -> None:
     failpoints.set("cas.index.before_commit", "error(EIO)")
     assert store.put(V1, 1, chunk(1)) is PutResult.SKIPPED
-    assert store.mode == PASSTHROUGH
+    assert store.mode == CacheMode.PASSTHROUGH
     assert not store.chunk_path(chunk_hash(chunk(1))).exists()
 
 
@@ -629,12 +629,12 @@ def test_cache_dir_that_is_a_file_means_passthrough(tmp_path: Path) -> None:
     (tmp_path / "cache").write_text("oops")
     store = ChunkStore(tmp_path / "cache", chunk_size=CS)
     assert store.open() is None
-    assert store.mode == PASSTHROUGH and "not a directory" in (store.reason or "")
+    assert store.mode == CacheMode.PASSTHROUGH and "not a directory" in (store.reason or "")
     assert not store.serves_cached
     assert store.put(V1, 0, chunk(0)) is PutResult.SKIPPED
     assert store.get(V1, 0, CS) is None
     (tmp_path / "cache").unlink()
-    assert store.probe() and store.mode == NORMAL
+    assert store.probe() and store.mode == CacheMode.NORMAL
     store.close()
 
 
@@ -642,7 +642,7 @@ def test_unwritable_cache_at_start_up_means_passthrough(root: Path) -> None:
     store = FaultyStore(root, chunk_size=CS, min_free=0)
     store.fail("open_temp", errno.EROFS)
     assert store.open() is None
-    assert store.mode == PASSTHROUGH and "EROFS" in (store.reason or "")
+    assert store.mode == CacheMode.PASSTHROUGH and "EROFS" in (store.reason or "")
 
 
 # -- read-only passthrough: what is stored keeps playing -------------------------------------
@@ -666,7 +666,7 @@ def go_read_only(store: FaultyStore, err: int = errno.EROFS) -> None:
     """The cache stops taking writes; the next write finds out."""
     store.fail("open_temp", err)
     assert store.put(V2, 99, chunk(99)) is PutResult.SKIPPED
-    assert store.mode == PASSTHROUGH and store.serves_cached
+    assert store.mode == CacheMode.PASSTHROUGH and store.serves_cached
 
 
 @pytest.mark.parametrize("err", [errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM])
@@ -679,7 +679,11 @@ def test_unwritable_cache_still_serves_stored_chunks_and_writes_nothing(
         go_read_only(store, err)
     assert "still serving the 4 stored chunks" in caplog.text
     status = store.status()
-    assert status["mode"] == PASSTHROUGH and status["serves_cached"] and status["chunks"] == 4
+    assert (
+        status["mode"] == CacheMode.PASSTHROUGH
+        and status["serves_cached"]
+        and status["chunks"] == 4
+    )
     before = snapshot(store.root)
     assert [store.get(V1, i, CS) for i in range(4)] == [chunk(i) for i in range(4)]
     assert store.has(V1, 3) and not store.has(V2, 99)
@@ -713,7 +717,7 @@ def test_read_only_cache_rejects_bad_chunks_but_leaves_them_in_place(
     assert snapshot(store.root) == before
     # Writable again: the re-open finds the bad file (or the first read of it does).
     store.heal()
-    assert store.probe() and store.mode == NORMAL and not store.serves_cached
+    assert store.probe() and store.mode == CacheMode.NORMAL and not store.serves_cached
     assert not isinstance(store.get(V1, 0, CS), bytes)
     assert store.get(V1, 1, CS) == chunk(1)
     assert store.put(V1, 0, chunk(0)) is PutResult.STORED
@@ -742,11 +746,11 @@ def test_unwritable_cache_at_start_up_serves_what_is_stored(root: Path) -> None:
     store.fail("open_temp", errno.EROFS)
     assert store.open() is None
     try:
-        assert store.mode == PASSTHROUGH and "EROFS" in (store.reason or "")
+        assert store.mode == CacheMode.PASSTHROUGH and "EROFS" in (store.reason or "")
         assert store.serves_cached
         assert [store.get(V1, i, CS) for i in range(3)] == [chunk(i) for i in range(3)]
         store.heal()
-        assert store.probe() and store.mode == NORMAL
+        assert store.probe() and store.mode == CacheMode.NORMAL
         assert store.put(V1, 3, chunk(3)) is PutResult.STORED
     finally:
         store.close()
@@ -783,7 +787,7 @@ def test_second_process_on_the_same_cache_dir_gets_passthrough(store: FaultyStor
     assert "in use by another MusicFS" in (other.reason or "")
     assert not other.serves_cached  # the owner may be writing: its chunks are not ours
     assert other.get(V1, 0, CS) is None
-    assert store.mode == NORMAL
+    assert store.mode == CacheMode.NORMAL
 
 
 def test_lmdb_errors_in_lookups_mean_passthrough(store: FaultyStore) -> None:
@@ -791,7 +795,7 @@ def test_lmdb_errors_in_lookups_mean_passthrough(store: FaultyStore) -> None:
     assert store.index is not None
     store.index.env.close()  # any lmdb.Error from here on
     assert store.get(V1, 0, CS) is None
-    assert store.mode == PASSTHROUGH
+    assert store.mode == CacheMode.PASSTHROUGH
     # The environment itself is sound: re-opened read-only, it serves what is stored...
     assert store.serves_cached and store.get(V1, 0, CS) == chunk(0)
     # ...until it fails too: then nothing is read from the cache.
@@ -799,7 +803,7 @@ def test_lmdb_errors_in_lookups_mean_passthrough(store: FaultyStore) -> None:
     broken = store.index
     broken.env.close()
     assert store.get(V1, 0, CS) is None
-    assert store.mode == PASSTHROUGH and not store.serves_cached and store.index is None
+    assert store.mode == CacheMode.PASSTHROUGH and not store.serves_cached and store.index is None
     with pytest.raises(lmdb.Error):
         broken.lookup(V1, 0)
 
@@ -818,10 +822,10 @@ def test_a_full_index_map_means_passthrough_then_a_larger_map(root: Path) -> Non
             result = store.put(V1, i, chunk(i, 64))
             if result is PutResult.SKIPPED:
                 skipped += 1
-                assert store.mode == PASSTHROUGH and "map full" in (store.reason or "")
+                assert store.mode == CacheMode.PASSTHROUGH and "map full" in (store.reason or "")
                 assert store.probe()  # what the reader's housekeeping does every 30 s
         assert 1 <= skipped <= 4
-        assert store.mode == NORMAL
+        assert store.mode == CacheMode.NORMAL
         assert store.get(V1, 1199, 64) == chunk(1199, 64)
         assert store.get(V1, 0, 64) == chunk(0, 64)  # nothing was lost on the way
     finally:

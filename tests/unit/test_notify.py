@@ -52,7 +52,7 @@ def capture(tmp_path: Path):  # type: ignore[no-untyped-def]
 def test_messages_reach_the_socket(capture: Capture) -> None:
     n = Notifier(capture.address)
     assert n.ready("serving 3 tracks")
-    assert n.status("offline")
+    assert n.send_status("offline")
     assert n.watchdog()
     assert n.stopping()
     got = capture.messages()

@@ -59,7 +59,7 @@ def test_failover_to_mirror_when_primary_refuses_connections() -> None:
     a.set_mode(error(errno.ECONNREFUSED))
     pool = pool_of(a, b)
     assert trio.run(pool.read, TRACK, 0, 4096) == DATA[:4096]
-    assert b.calls["read"] == 1 and pool.stats["failovers"] == 1
+    assert b.calls["read"] == 1 and pool.counters.failovers == 1
     assert pool.health.state("a") is State.DEGRADED
     # The next read prefers the healthy mirror without trying the degraded primary first.
     trio.run(pool.read, TRACK, 4096, 4096)
@@ -84,7 +84,7 @@ def test_hanging_primary_is_hedged_to_the_mirror() -> None:
     assert data == DATA[:100]
     assert 0.2 <= took < 0.5 and time.monotonic() - started < 2
     assert pool.health.state("a") is State.DEGRADED  # outrun by the mirror
-    assert pool.stats["failovers"] == 1
+    assert pool.counters.failovers == 1
     trio.run(pool.read, TRACK, 100, 100)
     assert (a.calls["read"], b.calls["read"]) == (1, 2)  # the mirror goes first now
 
@@ -113,7 +113,7 @@ def test_hedged_read_takes_whichever_answers_first() -> None:
 
     assert virtual(main) == 0.6
     assert (a.calls["read"], b.calls["read"]) == (1, 1)
-    assert pool.stats["failovers"] == 0  # the primary won
+    assert pool.counters.failovers == 0  # the primary won
 
 
 def test_switches_origins_mid_file() -> None:
@@ -187,7 +187,7 @@ def test_transient_failures_are_retried_with_backoff() -> None:
     gaps = [b - a for a, b in itertools.pairwise(calls_at)]
     assert len(gaps) == 2
     assert 0.05 <= gaps[0] <= 0.1 and 0.1 <= gaps[1] <= 0.2  # 0.1 * 2**n * [0.5, 1]
-    assert pool.stats["retries"] == 2
+    assert pool.counters.retries == 2
 
 
 def test_no_read_outlives_its_deadline_against_a_hanging_origin() -> None:
@@ -252,7 +252,7 @@ def test_reads_waiting_on_an_origin_declared_unhealthy_are_released() -> None:
     assert max(ended) <= 5.2 + pool.retry.hedge_after + 0.1, max(ended)
     abandoned = [m for _, _, m in took if "abandoned: the origin was declared unhealthy" in m]
     assert len(abandoned) >= 17  # every read started after t=1.2 (later ones' deadlines)
-    assert pool.stats["abandoned_on_unhealthy"] == len(abandoned)
+    assert pool.counters.abandoned_on_unhealthy == len(abandoned)
 
 
 def test_a_slow_origin_declared_unhealthy_still_answers_within_the_grace() -> None:

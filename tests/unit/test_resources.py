@@ -35,4 +35,4 @@ def test_a_group_is_described_by_what_is_inside_it() -> None:
     group = ExceptionGroup("Exceptions from Trio nursery", [KeyError("k")])
     assert describe(group) == "KeyError: 'k'"
     two = ExceptionGroup("g", [ValueError("a"), OSError(errno.EIO, "b")])
-    assert describe(two) == "ValueError: a; [Errno 5] b"
+    assert describe(two) == "ValueError: a; b (errno=EIO)"

@@ -166,6 +166,29 @@ def test_an_origin_that_lists_nothing_removes_nothing_without_prune(
     assert catalog.tracks() == []
 
 
+def test_an_origin_pointed_elsewhere_is_a_different_origin(
+    tmp_path: Path, catalog: Catalog, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Same name (the default "local"), another folder: the old folder's tracks go, even
+    all of them at once (which from the same folder would look like an unmounted disk)."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    make_library(first, albums=2, tracks=3)
+    make_library(second / "new", albums=1, tracks=2)
+    sync(catalog, LocalOrigin("local", first))
+    assert len(catalog.tracks()) == 6
+    r = sync(catalog, LocalOrigin("local", second))
+    assert r.withheld == 0 and r.removed == 6
+    assert sorted(t.path for t in catalog.tracks()) == sorted(
+        str(p.relative_to(second)) for p in second.rglob("*") if p.is_file()
+    )
+    assert f"origin=local is now file://{second} (was file://{first})" in caplog.text
+    # Back on the same folder, the unmounted-disk protection holds as before.
+    for child in list(second.iterdir()):
+        child.rename(tmp_path / f"away-{child.name}")
+    r = sync(catalog, LocalOrigin("local", second))
+    assert (r.removed, r.withheld) == (0, 2)
+
+
 def test_what_counts_as_a_lost_disk() -> None:
     assert looks_lost(1, 1) and looks_lost(4, 4)  # everything the origin had
     assert not looks_lost(0, 5)
