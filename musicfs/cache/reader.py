@@ -151,6 +151,7 @@ METADATA_BUDGET = 512 * 1024
 METADATA_TAIL = 128 * 1024
 
 STALLED_STORE_WAIT = 0.25  # per chunk, while the cache disk is not answering in time
+READAHEAD_IN_FLIGHT = 2  # chunks being read ahead at once, for all streams
 PLAYED_MEMORY = 4096  # chunk keys remembered as played (to promote each once)
 
 
@@ -169,7 +170,7 @@ class CachingReader:
         *,
         readahead: int = 8,
         readahead_after: int = 256 * 1024,
-        part_bytes: int = 256 * 1024,
+        part_bytes: int = 512 * 1024,
         memory_bytes: int = 16 * 1024 * 1024,
         retry_interval: float = 30.0,
         maintain_interval: float = 10.0,
@@ -898,7 +899,11 @@ class CachingReader:
             key = (track.version_key, n)
             if key in self._memory or key in self._flights:
                 continue
-            if self._pending_readahead >= 2 * self.readahead:
+            # The window says how far ahead; this says how many chunks are fetched at once
+            # for it (all streams together): an origin has few connections, and a player's
+            # own read must not queue behind a window's worth of requests when the link
+            # stalls and every request holds its connection until it times out.
+            if self._pending_readahead >= READAHEAD_IN_FLIGHT:
                 cursor.ahead_to = n  # started up to here; the next read continues
                 break
             self._pending_readahead += 1
