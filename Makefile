@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-test demo test unit process network e2e lint typecheck nix-check nix-sandbox service-check bench clean
+.PHONY: setup setup-test demo test unit process network e2e lint typecheck nix-check nix-sandbox vm-test service-check bench clean
 
 $(BIN)/musicfs: pyproject.toml scripts/setup-debian.sh
 	scripts/setup-debian.sh run
@@ -63,6 +63,11 @@ service-check:
 NIX_SANDBOX_MODES ?= prepend importlib
 nix-sandbox: setup-test
 	scripts/nix-sandbox-check.sh $(NIX_SANDBOX_MODES)
+
+# The VM scenarios (tests/vm/scenarios, also embedded by nixos/tests) on Debian machines with
+# systemd as PID 1 and dist/musicfs.service; the rootfs is cached (scripts/vm-rootfs.sh).
+vm-test: setup-test
+	MUSICFS_VM_TEST=1 $(BIN)/pytest tests/vm $(PYTEST_ARGS)
 
 bench: setup
 	scripts/setup-debian.sh bench

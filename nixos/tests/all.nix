@@ -2,6 +2,7 @@
 {
   vm-basic = ./basic.nix;
   vm-crash-recovery = ./crash-recovery.nix;
+  vm-tiny-disk = ./tiny-disk.nix;
   vm-sftp-outage = ./sftp-outage.nix;
   vm-minio = ./minio.nix;
 }

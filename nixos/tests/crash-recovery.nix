@@ -21,95 +21,17 @@ in
     services.musicfs.settings.fuse.max_tasks = 2;
   };
 
-  testScript = common.prelude + ''
-    ORIGIN = "${library}"
-
-    machine.wait_for_unit("musicfs.service")
-    expected = sums(machine, ORIGIN)
-    wait_for_tracks(machine, len(expected))
-
-    with subtest("kill -9 with a player attached: restarted, remounted, same bytes"):
-        before = main_pid(machine)
-        held = machine.succeed(f"find {MNT} -type f -name '*.flac' -print -quit").strip()
-        # A player with the file open across the crash keeps the old mount busy.
-        machine.succeed(
-            f"systemd-run --unit=player /run/current-system/sw/bin/sh -c 'exec 3< \"$0\"; exec sleep 600' {shlex.quote(held)}"
-        )
-        machine.wait_until_succeeds("systemctl is-active player.service")
-        machine.succeed("systemctl kill --signal=KILL musicfs.service")
-        machine.wait_until_succeeds(
-            f'pid=$(systemctl show -P MainPID musicfs.service); [ "$pid" != 0 ] && [ "$pid" != {before} ]',
-            timeout=60,
-        )
-        machine.wait_for_unit("musicfs.service")
-        assert restarts(machine) >= 1, "systemd did not restart the daemon"
-        assert_mounted_once(machine)
-        wait_for_tracks(machine, len(expected), timeout=60)
-        assert sums(machine, MNT) == expected, "bytes differ after the restart"
-        machine.succeed("systemctl stop player.service")
-
-    with subtest("a second crash in a row recovers the same way"):
-        before = main_pid(machine)
-        machine.succeed("systemctl kill --signal=KILL musicfs.service")
-        machine.wait_until_succeeds(
-            f'pid=$(systemctl show -P MainPID musicfs.service); [ "$pid" != 0 ] && [ "$pid" != {before} ]',
-            timeout=60,
-        )
-        machine.wait_for_unit("musicfs.service")
-        assert_mounted_once(machine)
-        assert sums(machine, MNT) == expected
-
-    with subtest("wedged (every worker stuck): no watchdog ping, systemd restarts it"):
-        dropin = "/run/systemd/system/musicfs.service.d"
-        machine.succeed(
-            f"mkdir -p {dropin}",
-            # Every read blocks for two minutes, deadline or not (a failpoint).
-            "printf '[Service]\\nEnvironment=MUSICFS_FAILPOINTS=fuse.read=sleep(120000)\\n"
-            f"WatchdogSec=6s\\n' > {dropin}/wedge.conf",
-            "systemctl daemon-reload",
-            "systemctl restart musicfs.service",
-        )
-        machine.wait_for_unit("musicfs.service")
-        wait_for_tracks(machine, len(expected), timeout=60)
-        before = main_pid(machine)
-        machine.succeed(
-            f"find {MNT} -type f -print0 | head -z -n 4 | "
-            "xargs -0 -I{} sh -c 'timeout 300 cat \"$1\" > /dev/null 2>&1 &' sh {}"
-        )
-        machine.wait_until_succeeds(
-            f'pid=$(systemctl show -P MainPID musicfs.service); [ "$pid" != 0 ] && [ "$pid" != {before} ]',
-            timeout=90,
-        )
-        # Read whole, not `| grep -q`: under pipefail journalctl's SIGPIPE would fail it.
-        assert "Watchdog timeout" in machine.succeed("journalctl -u musicfs.service")
-        machine.succeed(f"rm {dropin}/wedge.conf", "systemctl daemon-reload", "systemctl restart musicfs.service")
-        machine.wait_for_unit("musicfs.service")
-        assert_mounted_once(machine)
-        wait_for_tracks(machine, len(expected), timeout=60)
-        assert sums(machine, MNT) == expected
-
-    with subtest("a stale mount from a daemon outside systemd is cleaned up by the next start"):
-        machine.succeed("systemctl stop musicfs.service")
-        machine.fail(f"mountpoint -q {MNT}")
-        machine.succeed(
-            "systemd-run --unit=rogue --uid=musicfs --gid=musicfs"
-            " --property=StateDirectory=musicfs-rogue --property=CacheDirectory=musicfs-rogue"
-            " --setenv=PATH=/run/wrappers/bin:/run/current-system/sw/bin"
-            f" /run/current-system/sw/bin/musicfs mount --origin {ORIGIN} {MNT}"
-        )
-        machine.wait_until_succeeds(f"findmnt -n {MNT}", timeout=60)
-        machine.succeed("systemctl kill --signal=KILL rogue.service")
-        # As the mount's owner: root is refused (EACCES) by a mount without allow_other
-        # before the dead connection is noticed. Captured, not piped: under pipefail
-        # `stat | grep` has stat's status.
-        machine.wait_until_succeeds(
-            f"out=$(runuser -u musicfs -- stat {MNT} 2>&1 || true);"
-            ' case "$out" in *"Transport endpoint is not connected"*) ;; *) exit 1 ;; esac'
-        )
-        machine.succeed("systemctl start musicfs.service")
-        machine.wait_for_unit("musicfs.service")
-        assert_mounted_once(machine)
-        wait_for_tracks(machine, len(expected), timeout=60)
-        assert sums(machine, MNT) == expected
-  '';
+  # tests/vm/scenarios/crash_recovery.py, which `make vm-test` also runs (Debian, as root).
+  testScript =
+    common.prelude
+    + common.scenario "crash_recovery"
+    + ''
+      crash_recovery(
+          machine,
+          subtest,
+          origin="${library}",
+          daemon_user="musicfs",
+          path="/run/wrappers/bin:/run/current-system/sw/bin",
+      )
+    '';
 }
