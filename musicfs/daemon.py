@@ -195,7 +195,7 @@ class Daemon:
         )
         await self.reader.open()  # start-up repair; a bad cache means passthrough, not exit
         self.library.tag_reader = self.reader.read  # remote tag reads fill the cache
-        tree = await self.library.build_tree()
+        tree = await self.library.open_tree()
         self.ops = MusicOperations(tree, self.reader, s.fuse, free_space_of=s.cache_dir)
         self.ops.search_folder = SearchFolder(self._search_paths)
         ops = self.ops
@@ -463,6 +463,9 @@ class Daemon:
         self.event("stores-closed")
         if self.session is not None:
             await self.session.unmount()
+        if self.library is not None:
+            # The mount answered metadata until now; nothing reads the tree any more.
+            self.library.catalog.close_reader()
         self.event("unmounted")
         self.state = DaemonState.STOPPED
 
@@ -479,7 +482,9 @@ class Daemon:
         if self.library is not None:
             steps.append(("origins", self.library.pool.aclose))
             catalog: Catalog = self.library.catalog
-            steps.append(("catalog", lambda: trio.to_thread.run_sync(catalog.close)))
+            steps.append(
+                ("catalog", lambda: trio.to_thread.run_sync(catalog.close, True))  # keep_reader
+            )
         for name, close in steps:
             with trio.move_on_after(CLOSE_TIMEOUT) as scope:
                 try:
