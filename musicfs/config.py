@@ -284,6 +284,7 @@ _ORIGIN: dict[str, Parser] = {
     "known_hosts": _path,
     "trust_on_first_use": _bool,
     "connections": _positive_int,
+    "config_file": _path,
     "endpoint": _str,
     "region": _str,
     "secure": _bool,
