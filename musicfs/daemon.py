@@ -194,7 +194,8 @@ class Daemon:
             retry_interval=s.cache.retry_interval,
         )
         await self.reader.open()  # start-up repair; a bad cache means passthrough, not exit
-        self.library.tag_reader = self.reader.read  # remote tag reads fill the cache
+        # Remote tag reads keep the headers in the cache, in pieces (no whole chunks).
+        self.library.tag_reader = self.reader.read_metadata
         tree = await self.library.open_tree()
         self.ops = MusicOperations(tree, self.reader, s.fuse, free_space_of=s.cache_dir)
         self.ops.search_folder = SearchFolder(self._search_paths)
