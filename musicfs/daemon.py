@@ -55,6 +55,7 @@ from musicfs.service.allocator import limit_malloc_arenas
 from musicfs.service.control_api import serve_control
 from musicfs.service.crashlog import install_hooks, named_task
 from musicfs.service.fuse_session import FuseSession, MountFailed
+from musicfs.service.metrics import MetricsServer, Snapshot
 from musicfs.service.mounts import MountpointError, prepare_mountpoint
 from musicfs.service.notify import Notifier, watchdog_interval
 from musicfs.service.status import DaemonState
@@ -137,6 +138,7 @@ class Daemon:
         self.reader: CachingReader | None = None
         self.watchdog: Watchdog | None = None
         self.pins: PinManager | None = None
+        self.metrics: MetricsServer | None = None
         self.search = SearchIndex(settings.search_dir)
         # Stores closed in step 3 of the shutdown, after the reader, origins and catalog
         # (e.g. the search index). ``add_closer`` registers one.
@@ -303,6 +305,7 @@ class Daemon:
                         self._mount()
                         _start_named(nursery, "fuse-main", self.session.serve)
                         await serve_control(self, nursery)
+                        self._start_metrics()
                         await self._wait_until_answering()
                         if not self._shutdown.is_set():
                             await self.session.raise_background_limit()
@@ -312,6 +315,8 @@ class Daemon:
                     nursery.cancel_scope.cancel()
             return self.exit_code
         finally:
+            if self.metrics is not None:
+                self.metrics.stop()
             with trio.CancelScope(shield=True):
                 await self._close_stores()
                 if self.session is not None:
@@ -352,6 +357,31 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         return status.status_report(self)
+
+    # -- metrics endpoint --------------------------------------------------------------
+
+    def metrics_snapshot(self) -> Snapshot:
+        library = self.library
+        return Snapshot(
+            statistics={
+                "musicfs_fuse": self.session.statistics() if self.session else None,
+                "musicfs_reader": self.reader.statistics() if self.reader else None,
+                "musicfs_pool": library.pool.statistics() if library else None,
+            },
+            status=self.status(),
+        )
+
+    def _start_metrics(self) -> None:
+        """The opt-in Prometheus endpoint; its scrapes take status snapshots on our loop."""
+        if self.settings.metrics.address is None:
+            return
+        token = trio.lowlevel.current_trio_token()
+
+        def snapshot() -> Snapshot:
+            return trio.from_thread.run_sync(self.metrics_snapshot, trio_token=token)
+
+        self.metrics = MetricsServer(self.settings.metrics, snapshot)
+        self.metrics.start()
 
     # -- signals ---------------------------------------------------------------------
 
