@@ -8,7 +8,8 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from musicfs.catalog.tree import Tree
+from musicfs.catalog.served import ServedTree
+from musicfs.catalog.tree import TreeView
 from musicfs.library import SyncCoordinator, TreePublisher
 from musicfs.search import SearchIndex
 
@@ -19,8 +20,8 @@ class SyncLoop:
     def __init__(
         self,
         library: SyncCoordinator,
-        publish: Callable[[Tree], object],
-        tree: Callable[[], Tree],
+        publish: Callable[[ServedTree], object],
+        tree: Callable[[], TreeView],
         search: SearchIndex,
         *,
         scan_interval: Callable[[], float],
