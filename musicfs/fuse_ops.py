@@ -43,6 +43,11 @@ BLOCK_SIZE = 128 * 1024
 _PASS_THROUGH = {errno.EACCES, errno.EIO, errno.EROFS}
 
 
+# How long a worker thread running Python (a tree publish, the search index, a sync's
+# bookkeeping) may hold the GIL while the event loop waits for it to answer a FUSE
+# request. CPython's default of 5 ms is the p99 of every lookup during a publish.
+GIL_SWITCH_INTERVAL = 0.0005
+
 # statfs is called very often (every `df`, file managers, some players): the free space
 # it reports is read at most this often, in a worker thread with a short deadline.
 FREE_SPACE_TTL = 5.0
