@@ -22,7 +22,7 @@ from musicfs.catalog.db import Catalog, TreeState, read_track, read_tracks
 from musicfs.catalog.inodes import ROOT_INODE
 from musicfs.catalog.model import Track
 from musicfs.catalog.naming import Template
-from musicfs.catalog.tree import DIR_MODE, FILE_MODE, Node, place, tree_rows
+from musicfs.catalog.tree import DIR_MODE, FILE_MODE, Node, TreeRow, place, tree_rows
 
 _COLUMNS = "ino, parent, name, track_id, size, mtime_ns, subdirs"
 
@@ -70,6 +70,15 @@ class ServedTree:
                 (node.ino, ROOT_INODE),
             )
         ]
+
+    def entry_rows(self, ino: int) -> list[TreeRow]:
+        """A folder's children as raw rows, in readdir order (for attributes only)."""
+        return list(
+            self._db.execute(
+                f"SELECT {_COLUMNS} FROM tree WHERE parent = ? AND ino != ? ORDER BY name",
+                (ino, ROOT_INODE),
+            )
+        )
 
     def track_of(self, node: Node) -> Track | None:
         """The catalog track a file node serves (None: removed since this tree)."""
