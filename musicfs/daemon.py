@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -43,25 +42,28 @@ from musicfs.catalog.model import Track
 from musicfs.config import Settings
 from musicfs.fuse_ops import GIL_SWITCH_INTERVAL, MusicOperations
 from musicfs.fuse_search import SearchFolder
-from musicfs.library import SyncCoordinator, TreePublisher, open_pool
+from musicfs.library import SyncCoordinator, open_pool
 from musicfs.locks import FileLock, LockHeld
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.pool import OriginPool
-from musicfs.pin_manager import PinManager, control_handlers
+from musicfs.pin_manager import PinManager
 from musicfs.private import tighten
 from musicfs.resources import leaves
 from musicfs.search import SearchIndex
-from musicfs.service import control, registry, signals, status
 from musicfs.service import reload as config_reload
+from musicfs.service import signals, status
 from musicfs.service.allocator import limit_malloc_arenas
+from musicfs.service.control_api import serve_control
 from musicfs.service.crashlog import install_hooks, named_task
 from musicfs.service.fuse_session import FuseSession, MountFailed
+from musicfs.service.metrics import MetricsServer, Snapshot
 from musicfs.service.mounts import MountpointError, prepare_mountpoint
 from musicfs.service.notify import Notifier, watchdog_interval
 from musicfs.service.status import DaemonState
 from musicfs.service.supervisor import Policy, Supervisor
 from musicfs.service.watchdog import Watchdog, probe_mount
 from musicfs.sync import identity_key, origin_identity
+from musicfs.sync_loop import SyncLoop
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +74,6 @@ EXIT_USAGE = 2  # bad configuration, arguments, mount point, state dir or catalo
 EXIT_FORCED = 3  # a second SIGTERM/SIGINT cut the drain short: unmounted lazily at once
 
 READY_TIMEOUT = 15.0
-STATUS_INTERVAL = 1.0  # checked this often; sent only when it changed
 CLOSE_TIMEOUT = 10.0
 
 
@@ -133,10 +134,12 @@ class Daemon:
         self.supervisor = Supervisor(on_escalate=self._escalate)
         self.ops: MusicOperations | None = None
         self.session: FuseSession | None = None
+        self.sync_loop: SyncLoop | None = None
         self.library: SyncCoordinator | None = None
         self.reader: CachingReader | None = None
         self.watchdog: Watchdog | None = None
         self.pins: PinManager | None = None
+        self.metrics: MetricsServer | None = None
         self.search = SearchIndex(settings.search_dir)
         # Stores closed in step 3 of the shutdown, after the reader, origins and catalog
         # (e.g. the search index). ``add_closer`` registers one.
@@ -148,7 +151,6 @@ class Daemon:
         self.started_at = time.time()
         self.catalog_moved_aside: Path | None = None
         self._shutdown = trio.Event()
-        self._sync_now = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._stores_closed = False
 
@@ -195,7 +197,9 @@ class Daemon:
             retry_interval=s.cache.retry_interval,
         )
         await self.reader.open()  # start-up repair; a bad cache means passthrough, not exit
-        self.library.tag_reader = self.reader.read  # remote tag reads fill the cache
+        # Remote tag reads keep the headers in the cache, in pieces (no whole chunks).
+        self.library.tag_reader = self.reader.read_metadata
+        self.reader.enable_prefetch(self._next_in_album)
         tree = await self.library.open_tree()
         self.ops = MusicOperations(tree, self.reader, s.fuse, free_space_of=s.cache_dir)
         self.ops.search_folder = SearchFolder(self._search_paths)
@@ -209,6 +213,16 @@ class Daemon:
             search=self._search_paths,
             busy=lambda: ops.stats.inflight > 0,
         )
+        pins = self.pins
+        self.sync_loop = SyncLoop(
+            self.library,
+            ops.swap_tree,
+            lambda: ops.tree,
+            self.search,
+            scan_interval=lambda: self.settings.library.scan_interval,
+            # Smart pins: what the sync added is pinned too.
+            after_index=pins.evaluate if pins is not None else None,
+        )
         self.session = FuseSession(
             self.ops,
             self.mountpoint,
@@ -219,6 +233,12 @@ class Daemon:
 
     def _search_paths(self, query: str, limit: int) -> list[str]:
         return [hit.path for hit in self.search.search(query, limit)]
+
+    async def _next_in_album(self, track: Track) -> Track | None:
+        """What playback prefetch fetches after ``track`` (``cache/prefetch.py``)."""
+        assert self.library is not None
+        catalog = self.library.catalog
+        return await catalog.run(catalog.next_in_album, track.id)
 
     async def _fetch(self, track: Track, offset: int, length: int) -> bytes:
         # Through the current pool, which a reload may have replaced.
@@ -268,7 +288,11 @@ class Daemon:
             )
             self.supervisor.start("watchdog", self.watchdog.run, Policy.CRITICAL)
         if self.notifier.enabled:
-            self.supervisor.start("notify-status", self._status_loop, Policy.BEST_EFFORT)
+            self.supervisor.start(
+                "notify-status",
+                lambda: status.send_status_lines(self, self.notifier),
+                Policy.BEST_EFFORT,
+            )
 
     # -- running ---------------------------------------------------------------------
 
@@ -289,7 +313,8 @@ class Daemon:
                     if not self._shutdown.is_set():
                         self._mount()
                         _start_named(nursery, "fuse-main", self.session.serve)
-                        await self._start_control(nursery)
+                        await serve_control(self, nursery)
+                        self._start_metrics()
                         await self._wait_until_answering()
                         if not self._shutdown.is_set():
                             await self.session.raise_background_limit()
@@ -299,6 +324,8 @@ class Daemon:
                     nursery.cancel_scope.cancel()
             return self.exit_code
         finally:
+            if self.metrics is not None:
+                self.metrics.stop()
             with trio.CancelScope(shield=True):
                 await self._close_stores()
                 if self.session is not None:
@@ -318,44 +345,13 @@ class Daemon:
     # -- background work ---------------------------------------------------------------
 
     async def _sync_loop(self) -> None:
-        assert self.library is not None and self.ops is not None
-        publisher = TreePublisher(self.library, self.ops.swap_tree)
-        indexed: int | None = None  # the tree generation the search index was last fed
-        while True:
-            self._sync_now = trio.Event()
-            ok = False
-
-            async def sync() -> None:
-                nonlocal ok
-                assert self.library is not None
-                ok = await self.library.sync()
-
-            await publisher.run_while(sync)
-            tree = self.ops.tree
-            # Only a new tree (or a failed update, or the first pass) needs an index diff.
-            if tree.generation != indexed and await self.search.update_async(tree) is not None:
-                indexed = tree.generation
-                if self.pins is not None:
-                    await self.pins.evaluate()  # smart pins: what the sync added is pinned too
-            interval = self.settings.library.scan_interval
-            # An origin that could not be listed is retried sooner than the full interval;
-            # an interval of 0 means "only when asked" (start-up, SIGHUP).
-            delay = (interval if ok else min(interval, 60.0)) if interval > 0 else float("inf")
-            with trio.move_on_after(delay):
-                await self._sync_now.wait()
+        assert self.sync_loop is not None
+        await self.sync_loop.run()
 
     def resync(self) -> None:
         """Start the next sync now (after a reload that changed origins or names)."""
-        self._sync_now.set()
-
-    async def _status_loop(self) -> None:
-        last = ""
-        while True:
-            line = self.status_line()
-            if line != last:
-                self.notifier.send_status(line)
-                last = line
-            await trio.sleep(STATUS_INTERVAL)
+        if self.sync_loop is not None:
+            self.sync_loop.trigger()
 
     # -- status ----------------------------------------------------------------------
 
@@ -371,46 +367,30 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         return status.status_report(self)
 
-    # -- control socket ----------------------------------------------------------------
+    # -- metrics endpoint --------------------------------------------------------------
 
-    async def _start_control(self, nursery: trio.Nursery) -> None:
-        path = control.socket_path(self.settings.run_dir, self.mountpoint)
+    def metrics_snapshot(self) -> Snapshot:
+        library = self.library
+        return Snapshot(
+            statistics={
+                "musicfs_fuse": self.session.statistics() if self.session else None,
+                "musicfs_reader": self.reader.statistics() if self.reader else None,
+                "musicfs_pool": library.pool.statistics() if library else None,
+            },
+            status=self.status(),
+        )
 
-        async def status(request: dict[str, Any]) -> dict[str, Any]:
-            return {"status": self.status()}
-
-        async def unmount(request: dict[str, Any]) -> dict[str, Any]:
-            log.info("control: unmount requested")
-            self.request_shutdown()
-            return {"stopping": True, "pid": os.getpid()}
-
-        async def reload(request: dict[str, Any]) -> dict[str, Any]:
-            return {"result": await self.reload()}
-
-        handlers: dict[str, control.Handler] = {
-            "status": status,
-            "unmount": unmount,
-            "reload": reload,
-        }
-        if self.pins is not None:
-            handlers.update(control_handlers(self.pins))
-        server = control.ControlServer(path, handlers)
-        try:
-            await server.bind()
-        except OSError as exc:
-            log.error("control socket %s: %s; `musicfs status` cannot reach this daemon", path, exc)
+    def _start_metrics(self) -> None:
+        """The opt-in Prometheus endpoint; its scrapes take status snapshots on our loop."""
+        if self.settings.metrics.address is None:
             return
-        # So that the mount point alone finds this socket, whatever our --state-dir.
-        entry = await trio.to_thread.run_sync(registry.register, self.mountpoint, path)
+        token = trio.lowlevel.current_trio_token()
 
-        async def serve() -> None:
-            try:
-                await server.serve()
-            finally:
-                if entry is not None:
-                    registry.unregister(entry, path)
+        def snapshot() -> Snapshot:
+            return trio.from_thread.run_sync(self.metrics_snapshot, trio_token=token)
 
-        _start_named(nursery, "control", serve)
+        self.metrics = MetricsServer(self.settings.metrics, snapshot)
+        self.metrics.start()
 
     # -- signals ---------------------------------------------------------------------
 

@@ -378,7 +378,7 @@ class MusicOperations(pyfuse3.Operations):  # type: ignore[misc]
                 # A stand-in for a wedged request that ignores its deadline (watchdog tests).
                 await async_fail_point("fuse.read")
                 with trio.move_on_after(self.settings.read_deadline) as scope:
-                    data = await self.reader.read(track, off, size)
+                    data = await self.reader.read(track, off, size, handle=fh)
             if abort.cancelled_caught:
                 stats.read_errors += 1
                 log.warning(
@@ -428,6 +428,7 @@ class MusicOperations(pyfuse3.Operations):  # type: ignore[misc]
     @_guard("release")
     async def release(self, fh: int) -> None:
         self._handles.pop(fh, None)
+        self.reader.closed(fh)
 
     @_guard("flush")
     async def flush(self, fh: int) -> None:
