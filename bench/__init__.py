@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -27,7 +28,11 @@ RESULTS_DIR = BENCH_DIR / "results"
 
 @dataclass
 class Row:
-    """One measured figure, with the baseline it is compared to when there is one."""
+    """One measured figure, with the baseline it is compared to when there is one.
+
+    ``value`` and ``baseline`` are medians when the row was measured more than once; the
+    repeated runs are kept in ``samples`` and ``baseline_samples`` (their range is the
+    spread the results page shows)."""
 
     metric: str
     value: float
@@ -38,12 +43,30 @@ class Row:
     # ``higher_is_better`` -- either way above 1 means MusicFS is that many times slower.
     higher_is_better: bool = False
     note: str = ""
+    samples: list[float] = field(default_factory=list)
+    baseline_samples: list[float] = field(default_factory=list)
 
     @property
     def slowdown(self) -> float | None:
         if self.baseline is None or not self.value or not self.baseline:
             return None
         return self.baseline / self.value if self.higher_is_better else self.value / self.baseline
+
+    @property
+    def peer_wins(self) -> bool:
+        """The baseline is better by more than the noise of one run (10 %)."""
+        return self.slowdown is not None and self.slowdown > 1.1
+
+
+def median(samples: list[float]) -> float:
+    return statistics.median(samples)
+
+
+def spread(samples: list[float]) -> str:
+    """``min–max`` of repeated runs, or "" for a single one."""
+    if len(samples) < 2:
+        return ""
+    return f"{_fmt(min(samples))}–{_fmt(max(samples))}"
 
 
 @dataclass
@@ -60,6 +83,26 @@ class Report:
         self.rows.append(row)
         return row
 
+    def add_runs(
+        self,
+        metric: str,
+        samples: list[float],
+        unit: str,
+        baseline_samples: list[float] | None = None,
+        **kw: Any,
+    ) -> Row:
+        """A row from repeated runs: the medians, with every run kept."""
+        base = baseline_samples or []
+        return self.add(
+            metric,
+            median(samples),
+            unit,
+            baseline=median(base) if base else None,
+            samples=list(samples),
+            baseline_samples=list(base),
+            **kw,
+        )
+
     def markdown(self) -> str:
         lines = [
             f"**{self.title}**",
@@ -68,9 +111,14 @@ class Report:
             "| --- | ---: | ---: | ---: | --- |",
         ]
         for r in self.rows:
-            base = f"{_fmt(r.baseline)} {r.unit} ({r.baseline_name})" if r.baseline else "—"
+            ours = f"{_fmt(r.value)} {r.unit}" + _range(r.samples)
+            base = (
+                f"{_fmt(r.baseline)} {r.unit}{_range(r.baseline_samples)} ({r.baseline_name})"
+                if r.baseline
+                else "—"
+            )
             ratio = f"{r.slowdown:.2f}×" if r.slowdown is not None else "—"
-            lines.append(f"| {r.metric} | {_fmt(r.value)} {r.unit} | {base} | {ratio} | {r.note} |")
+            lines.append(f"| {r.metric} | {ours} | {base} | {ratio} | {r.note} |")
         lines += ["", *(f"- {n}" for n in self.notes)] if self.notes else []
         return "\n".join(lines)
 
@@ -90,6 +138,10 @@ class Report:
         (directory / f"{self.name}-latest.json").write_text(text + "\n")
         (directory / f"{self.name}-latest.md").write_text(self.markdown() + "\n")
         return path
+
+
+def _range(samples: list[float]) -> str:
+    return f" ({spread(samples)})" if len(samples) > 1 else ""
 
 
 def _fmt(value: float | None) -> str:

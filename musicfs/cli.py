@@ -15,6 +15,7 @@ import trio
 
 from musicfs import __version__
 from musicfs.config import EXIT_CONFIG, ConfigError, Settings, load_config, with_overrides
+from musicfs.private import private_files
 from musicfs.service.mounts import MountpointError
 
 log = logging.getLogger("musicfs")
@@ -78,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     unmount = sub.add_parser("unmount", help="ask the daemon serving MOUNTPOINT to stop")
     _common(unmount)
-    unmount.add_argument("mountpoint", type=Path, help="the daemon's mount point")
+    unmount.add_argument(
+        "mountpoint", type=Path, nargs="?", help="the daemon's mount point (default: the config's)"
+    )
     unmount.add_argument(
         "--timeout", type=float, default=60.0, help="seconds to wait for the unmount"
     )
@@ -160,6 +163,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
     settings = resolve_settings(args)
     if not settings.origins:
         raise ConfigError("no origin given (use --origin PATH or [[origin]] in the config)")
+    from musicfs.private import tighten
+
+    tighten(settings.state_dir)
     return trio.run(_scan, settings, args.prune)
 
 
@@ -173,9 +179,17 @@ def cmd_search(args: argparse.Namespace) -> int:
         )
     except (QueryError, FileNotFoundError) as exc:
         raise ConfigError(str(exc)) from None
-    root = str(settings.mountpoint).rstrip("/") if settings.mountpoint is not None else ""
-    for hit in hits:
-        print(root + hit.path)
+    # Under the mount point when the config names it; else relative to the mount (no
+    # leading '/', which would read as a path on this machine).
+    root = str(settings.mountpoint).rstrip("/") + "/" if settings.mountpoint is not None else ""
+    try:
+        for hit in hits:
+            print(root + hit.path.lstrip("/"))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `musicfs search ... | head -1`: the reader has what it wanted. Point stdout at
+        # /dev/null so that the interpreter's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0 if hits else 1
 
 
@@ -194,7 +208,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     settings = resolve_settings(args)
     try:
         reply = request(_control_path(settings), "status")
-    except ControlError as exc:
+    except (ControlError, ConfigError) as exc:
+        if args.json:  # a script asked: it gets an answer it can parse
+            print(json.dumps({"running": False, "error": str(exc)}, indent=2))
         print(f"musicfs: {exc}", file=sys.stderr)
         return 1
     status = reply["status"]
@@ -212,7 +228,9 @@ def cmd_unmount(args: argparse.Namespace) -> int:
     from musicfs.service.mounts import find_mount, is_musicfs, lazy_unmount, probe
 
     settings = resolve_settings(args)
-    mountpoint = args.mountpoint
+    mountpoint = settings.mountpoint  # the argument, else the config's
+    if mountpoint is None:
+        raise ConfigError("no mount point given (argument or `mountpoint` in the config)")
     try:
         reply = request(_control_path(settings), "unmount")
     except ControlError as exc:
@@ -240,11 +258,16 @@ def cmd_fsck(args: argparse.Namespace) -> int:
 
 
 def _control_path(settings: Settings) -> Path:
+    from musicfs.service import registry
     from musicfs.service.control import socket_path
 
     if settings.mountpoint is not None:
-        return socket_path(settings.run_dir, settings.mountpoint)
-    sockets = sorted(settings.run_dir.glob("control-*.sock"))
+        own = socket_path(settings.run_dir, settings.mountpoint)
+        # Without the daemon's --state-dir/--config the registry knows where it listens.
+        return own if own.is_socket() else registry.lookup(settings.mountpoint) or own
+    sockets = sorted(
+        set(settings.run_dir.glob("control-*.sock")) | set(registry.registered_sockets())
+    )
     if len(sockets) == 1:
         return sockets[0]
     where = f"in {settings.run_dir}"
@@ -383,7 +406,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "pins": cmd_pin,
     }
     try:
-        return commands[args.command](args)
+        with private_files():
+            return commands[args.command](args)
     except ConfigError as exc:
         print(f"musicfs: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -24,6 +24,7 @@ from musicfs.fuse_settings import FUSE_KERNEL_BACKGROUND, FUSE_SPARE_WORKERS, Fu
 from musicfs.origins.settings import OriginSettings, OriginTimeouts
 from musicfs.origins.urls import OriginURLError, default_name, validate_url
 from musicfs.pins import PinSettings
+from musicfs.service.metrics import MetricsSettings, parse_listen
 
 __all__ = [
     "EXIT_CONFIG",
@@ -33,6 +34,7 @@ __all__ = [
     "ConfigError",
     "FuseSettings",
     "LibrarySettings",
+    "MetricsSettings",
     "OriginSettings",
     "OriginTimeouts",
     "PinSettings",
@@ -175,6 +177,7 @@ class Settings:
     cache: CacheSettings = field(default_factory=CacheSettings)
     timeouts: OriginTimeouts = field(default_factory=OriginTimeouts)
     pins: PinSettings = field(default_factory=PinSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     source: Path | None = None  # the config file, for messages
 
     @property
@@ -255,6 +258,7 @@ _TABLES: dict[str, tuple[type, dict[str, Parser]]] = {
         },
     ),
     "pins": (PinSettings, {"parallel": _positive_int, "max_rate": parse_size}),
+    "metrics": (MetricsSettings, {"listen": parse_listen}),
     "timeouts": (
         OriginTimeouts,
         {
@@ -281,6 +285,7 @@ _ORIGIN: dict[str, Parser] = {
     "known_hosts": _path,
     "trust_on_first_use": _bool,
     "connections": _positive_int,
+    "config_file": _path,
     "endpoint": _str,
     "region": _str,
     "secure": _bool,

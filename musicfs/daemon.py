@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -42,24 +41,28 @@ from musicfs.catalog.model import Track
 from musicfs.config import Settings
 from musicfs.fuse_ops import MusicOperations
 from musicfs.fuse_search import SearchFolder
-from musicfs.library import SyncCoordinator, TreePublisher, open_pool
+from musicfs.library import SyncCoordinator, open_pool
 from musicfs.locks import FileLock, LockHeld
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.pool import OriginPool
-from musicfs.pin_manager import PinManager, control_handlers
+from musicfs.pin_manager import PinManager
+from musicfs.private import tighten
 from musicfs.resources import leaves
 from musicfs.search import SearchIndex
-from musicfs.service import control, signals, status
 from musicfs.service import reload as config_reload
+from musicfs.service import signals, status
 from musicfs.service.allocator import limit_malloc_arenas
+from musicfs.service.control_api import serve_control
 from musicfs.service.crashlog import install_hooks, named_task
 from musicfs.service.fuse_session import FuseSession, MountFailed
+from musicfs.service.metrics import MetricsServer, Snapshot
 from musicfs.service.mounts import MountpointError, prepare_mountpoint
 from musicfs.service.notify import Notifier, watchdog_interval
 from musicfs.service.status import DaemonState
 from musicfs.service.supervisor import Policy, Supervisor
 from musicfs.service.watchdog import Watchdog, probe_mount
 from musicfs.sync import identity_key, origin_identity
+from musicfs.sync_loop import SyncLoop
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +73,6 @@ EXIT_USAGE = 2  # bad configuration, arguments, mount point, state dir or catalo
 EXIT_FORCED = 3  # a second SIGTERM/SIGINT cut the drain short: unmounted lazily at once
 
 READY_TIMEOUT = 15.0
-STATUS_INTERVAL = 1.0  # checked this often; sent only when it changed
 CLOSE_TIMEOUT = 10.0
 
 
@@ -131,10 +133,12 @@ class Daemon:
         self.supervisor = Supervisor(on_escalate=self._escalate)
         self.ops: MusicOperations | None = None
         self.session: FuseSession | None = None
+        self.sync_loop: SyncLoop | None = None
         self.library: SyncCoordinator | None = None
         self.reader: CachingReader | None = None
         self.watchdog: Watchdog | None = None
         self.pins: PinManager | None = None
+        self.metrics: MetricsServer | None = None
         self.search = SearchIndex(settings.search_dir)
         # Stores closed in step 3 of the shutdown, after the reader, origins and catalog
         # (e.g. the search index). ``add_closer`` registers one.
@@ -146,7 +150,6 @@ class Daemon:
         self.started_at = time.time()
         self.catalog_moved_aside: Path | None = None
         self._shutdown = trio.Event()
-        self._sync_now = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._stores_closed = False
 
@@ -167,6 +170,8 @@ class Daemon:
         first_run = not s.catalog_path.exists()
         if first_run:
             _refuse_missing_origins(pool, {})
+        tighten(s.state_dir)
+        tighten(s.cache_dir)
         self.lock.acquire()
         try:
             catalog, self.catalog_moved_aside = await trio.to_thread.run_sync(
@@ -191,8 +196,9 @@ class Daemon:
             retry_interval=s.cache.retry_interval,
         )
         await self.reader.open()  # start-up repair; a bad cache means passthrough, not exit
-        self.library.tag_reader = self.reader.read  # remote tag reads fill the cache
-        tree = await self.library.build_tree()
+        # Remote tag reads keep the headers in the cache, in pieces (no whole chunks).
+        self.library.tag_reader = self.reader.read_metadata
+        tree = await self.library.open_tree()
         self.ops = MusicOperations(tree, self.reader, s.fuse, free_space_of=s.cache_dir)
         self.ops.search_folder = SearchFolder(self._search_paths)
         ops = self.ops
@@ -204,6 +210,16 @@ class Daemon:
             tree=lambda: ops.tree,
             search=self._search_paths,
             busy=lambda: ops.stats.inflight > 0,
+        )
+        pins = self.pins
+        self.sync_loop = SyncLoop(
+            self.library,
+            ops.swap_tree,
+            lambda: ops.tree,
+            self.search,
+            scan_interval=lambda: self.settings.library.scan_interval,
+            # Smart pins: what the sync added is pinned too.
+            after_index=pins.evaluate if pins is not None else None,
         )
         self.session = FuseSession(
             self.ops,
@@ -264,7 +280,11 @@ class Daemon:
             )
             self.supervisor.start("watchdog", self.watchdog.run, Policy.CRITICAL)
         if self.notifier.enabled:
-            self.supervisor.start("notify-status", self._status_loop, Policy.BEST_EFFORT)
+            self.supervisor.start(
+                "notify-status",
+                lambda: status.send_status_lines(self, self.notifier),
+                Policy.BEST_EFFORT,
+            )
 
     # -- running ---------------------------------------------------------------------
 
@@ -284,7 +304,8 @@ class Daemon:
                     if not self._shutdown.is_set():
                         self._mount()
                         _start_named(nursery, "fuse-main", self.session.serve)
-                        await self._start_control(nursery)
+                        await serve_control(self, nursery)
+                        self._start_metrics()
                         await self._wait_until_answering()
                         if not self._shutdown.is_set():
                             await self.session.raise_background_limit()
@@ -294,6 +315,8 @@ class Daemon:
                     nursery.cancel_scope.cancel()
             return self.exit_code
         finally:
+            if self.metrics is not None:
+                self.metrics.stop()
             with trio.CancelScope(shield=True):
                 await self._close_stores()
                 if self.session is not None:
@@ -313,44 +336,13 @@ class Daemon:
     # -- background work ---------------------------------------------------------------
 
     async def _sync_loop(self) -> None:
-        assert self.library is not None and self.ops is not None
-        publisher = TreePublisher(self.library, self.ops.swap_tree)
-        indexed: int | None = None  # the tree generation the search index was last fed
-        while True:
-            self._sync_now = trio.Event()
-            ok = False
-
-            async def sync() -> None:
-                nonlocal ok
-                assert self.library is not None
-                ok = await self.library.sync()
-
-            await publisher.run_while(sync)
-            tree = self.ops.tree
-            # Only a new tree (or a failed update, or the first pass) needs an index diff.
-            if tree.generation != indexed and await self.search.update_async(tree) is not None:
-                indexed = tree.generation
-                if self.pins is not None:
-                    await self.pins.evaluate()  # smart pins: what the sync added is pinned too
-            interval = self.settings.library.scan_interval
-            # An origin that could not be listed is retried sooner than the full interval;
-            # an interval of 0 means "only when asked" (start-up, SIGHUP).
-            delay = (interval if ok else min(interval, 60.0)) if interval > 0 else float("inf")
-            with trio.move_on_after(delay):
-                await self._sync_now.wait()
+        assert self.sync_loop is not None
+        await self.sync_loop.run()
 
     def resync(self) -> None:
         """Start the next sync now (after a reload that changed origins or names)."""
-        self._sync_now.set()
-
-    async def _status_loop(self) -> None:
-        last = ""
-        while True:
-            line = self.status_line()
-            if line != last:
-                self.notifier.send_status(line)
-                last = line
-            await trio.sleep(STATUS_INTERVAL)
+        if self.sync_loop is not None:
+            self.sync_loop.trigger()
 
     # -- status ----------------------------------------------------------------------
 
@@ -366,36 +358,30 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         return status.status_report(self)
 
-    # -- control socket ----------------------------------------------------------------
+    # -- metrics endpoint --------------------------------------------------------------
 
-    async def _start_control(self, nursery: trio.Nursery) -> None:
-        path = control.socket_path(self.settings.run_dir, self.mountpoint)
+    def metrics_snapshot(self) -> Snapshot:
+        library = self.library
+        return Snapshot(
+            statistics={
+                "musicfs_fuse": self.session.statistics() if self.session else None,
+                "musicfs_reader": self.reader.statistics() if self.reader else None,
+                "musicfs_pool": library.pool.statistics() if library else None,
+            },
+            status=self.status(),
+        )
 
-        async def status(request: dict[str, Any]) -> dict[str, Any]:
-            return {"status": self.status()}
-
-        async def unmount(request: dict[str, Any]) -> dict[str, Any]:
-            log.info("control: unmount requested")
-            self.request_shutdown()
-            return {"stopping": True, "pid": os.getpid()}
-
-        async def reload(request: dict[str, Any]) -> dict[str, Any]:
-            return {"result": await self.reload()}
-
-        handlers: dict[str, control.Handler] = {
-            "status": status,
-            "unmount": unmount,
-            "reload": reload,
-        }
-        if self.pins is not None:
-            handlers.update(control_handlers(self.pins))
-        server = control.ControlServer(path, handlers)
-        try:
-            await server.bind()
-        except OSError as exc:
-            log.error("control socket %s: %s; `musicfs status` cannot reach this daemon", path, exc)
+    def _start_metrics(self) -> None:
+        """The opt-in Prometheus endpoint; its scrapes take status snapshots on our loop."""
+        if self.settings.metrics.address is None:
             return
-        _start_named(nursery, "control", server.serve)
+        token = trio.lowlevel.current_trio_token()
+
+        def snapshot() -> Snapshot:
+            return trio.from_thread.run_sync(self.metrics_snapshot, trio_token=token)
+
+        self.metrics = MetricsServer(self.settings.metrics, snapshot)
+        self.metrics.start()
 
     # -- signals ---------------------------------------------------------------------
 
@@ -450,6 +436,9 @@ class Daemon:
         self.event("stores-closed")
         if self.session is not None:
             await self.session.unmount()
+        if self.library is not None:
+            # The mount answered metadata until now; nothing reads the tree any more.
+            self.library.catalog.close_reader()
         self.event("unmounted")
         self.state = DaemonState.STOPPED
 
@@ -466,7 +455,9 @@ class Daemon:
         if self.library is not None:
             steps.append(("origins", self.library.pool.aclose))
             catalog: Catalog = self.library.catalog
-            steps.append(("catalog", lambda: trio.to_thread.run_sync(catalog.close)))
+            steps.append(
+                ("catalog", lambda: trio.to_thread.run_sync(catalog.close, True))  # keep_reader
+            )
         for name, close in steps:
             with trio.move_on_after(CLOSE_TIMEOUT) as scope:
                 try:

@@ -27,7 +27,7 @@ import pyfuse3
 import trio
 
 from musicfs.cache.reader import Reader
-from musicfs.catalog.tree import Node, Tree
+from musicfs.catalog.tree import Node, TreeView
 from musicfs.failpoints import async_fail_point
 from musicfs.fuse_search import SearchFolder
 from musicfs.fuse_settings import FuseSettings
@@ -77,6 +77,15 @@ class FreeSpace:
                 return
             self.blocks = st.f_bavail * st.f_frsize // BLOCK_SIZE
             self.files = st.f_favail
+
+
+@dataclass
+class DirSnapshot:
+    """An open folder's entries as they were at opendir: readdir offsets index into it,
+    whatever is published meanwhile."""
+
+    listing: list[bytes]
+    nodes: list[Node]
 
 
 @dataclass
@@ -153,7 +162,7 @@ class MusicOperations(pyfuse3.Operations):  # type: ignore[misc]
 
     def __init__(
         self,
-        tree: Tree,
+        tree: TreeView,
         reader: Reader,
         settings: FuseSettings,
         *,
@@ -170,7 +179,7 @@ class MusicOperations(pyfuse3.Operations):  # type: ignore[misc]
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
         self._handles: dict[int, Node] = {}
-        self._dir_handles: dict[int, Node] = {}
+        self._dir_handles: dict[int, DirSnapshot] = {}
         self._next_fh = itertools.count(1)
         # Set by the daemon during shutdown: new reads are refused, in-flight ones drain.
         self.draining = False
@@ -182,7 +191,7 @@ class MusicOperations(pyfuse3.Operations):  # type: ignore[misc]
 
     # -- tree ------------------------------------------------------------------------
 
-    def swap_tree(self, tree: Tree) -> Tree:
+    def swap_tree(self, tree: TreeView) -> TreeView:
         """Publish a new snapshot; returns the old one."""
         old, self.tree = self.tree, tree
         return old
@@ -252,23 +261,19 @@ class MusicOperations(pyfuse3.Operations):  # type: ignore[misc]
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         if self.search_folder is not None:
             node = await self.search_folder.refresh(node, self.tree)
+        entries = self.tree.entries(node)
         fh = next(self._next_fh)
-        # Keep the snapshot's node: offsets stay valid even if a new tree is swapped in.
-        self._dir_handles[fh] = node
+        self._dir_handles[fh] = DirSnapshot([n for n, _ in entries], [c for _, c in entries])
         return fh
 
     @_guard("readdir")
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        node = self._dir_handles.get(fh)
-        if node is None:
+        snapshot = self._dir_handles.get(fh)
+        if snapshot is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        tree = self.tree
-        for index in range(start_id, len(node.listing)):
-            name = node.listing[index]
-            child = tree.get(node.children[name])
-            if child is None:
-                continue
-            if not pyfuse3.readdir_reply(token, name, self._attrs(child), index + 1):
+        names, nodes = snapshot.listing, snapshot.nodes
+        for index in range(start_id, len(names)):
+            if not pyfuse3.readdir_reply(token, names[index], self._attrs(nodes[index]), index + 1):
                 break
 
     @_guard("releasedir")
@@ -321,6 +326,9 @@ class MusicOperations(pyfuse3.Operations):  # type: ignore[misc]
             raise pyfuse3.FUSEError(errno.EISDIR)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
+        node.track = self.tree.track_of(node)
+        if node.track is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)  # removed from the catalog since
         fh = next(self._next_fh)
         self._handles[fh] = node
         # A track version never changes under its inode (a new version is a new tree
@@ -345,7 +353,7 @@ class MusicOperations(pyfuse3.Operations):  # type: ignore[misc]
                 # A stand-in for a wedged request that ignores its deadline (watchdog tests).
                 await async_fail_point("fuse.read")
                 with trio.move_on_after(self.settings.read_deadline) as scope:
-                    data = await self.reader.read(track, off, size)
+                    data = await self.reader.read(track, off, size, handle=fh)
             if abort.cancelled_caught:
                 stats.read_errors += 1
                 log.warning(
@@ -395,6 +403,7 @@ class MusicOperations(pyfuse3.Operations):  # type: ignore[misc]
     @_guard("release")
     async def release(self, fh: int) -> None:
         self._handles.pop(fh, None)
+        self.reader.closed(fh)
 
     @_guard("flush")
     async def flush(self, fh: int) -> None:

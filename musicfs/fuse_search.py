@@ -29,7 +29,7 @@ import trio
 
 from musicfs.catalog.inodes import ROOT_INODE
 from musicfs.catalog.naming import sanitize_component, with_counter
-from musicfs.catalog.tree import Node, Tree
+from musicfs.catalog.tree import Node, TreeView
 from musicfs.search import QueryError, SearchUnavailable
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class SearchFolder:
         name = self._by_ino.get(ino)
         return None if name is None else self._folders[name].node
 
-    async def lookup(self, parent: int, name: bytes, tree: Tree) -> Node | None:
+    async def lookup(self, parent: int, name: bytes, tree: TreeView) -> Node | None:
         """The node for ``name`` under ``parent`` if the search folder owns it (None: not
         ours, ask the tree). Raises ENOENT for a query that cannot be answered."""
         if parent == ROOT_INODE and name == SEARCH_DIR:
@@ -99,14 +99,14 @@ class SearchFolder:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return node
 
-    async def refresh(self, node: Node, tree: Tree) -> Node:
+    async def refresh(self, node: Node, tree: TreeView) -> Node:
         """``node`` searched again if a new tree was published since (for opendir)."""
         query = self._by_ino.get(node.ino)
         if query is None:
             return node
         return await self._query_folder(query, tree)
 
-    async def _query_folder(self, name: bytes, tree: Tree) -> Node:
+    async def _query_folder(self, name: bytes, tree: TreeView) -> Node:
         folder = self._folders.get(name)
         if folder is not None and folder.generation == tree.generation:
             self._folders.move_to_end(name)

@@ -12,7 +12,8 @@ import trio
 
 from musicfs.catalog.db import Catalog
 from musicfs.catalog.naming import Template
-from musicfs.catalog.tree import Tree, build_tree
+from musicfs.catalog.served import ServedTree
+from musicfs.catalog.tree import place, tree_rows
 from musicfs.config import ConfigError, Settings
 from musicfs.failpoints import fail_point
 from musicfs.origins.base import OriginError
@@ -75,16 +76,42 @@ class SyncCoordinator:
     def _catalog_changed(self) -> None:
         self.tree_stale = True
 
-    def _build(self) -> Tree:
+    def _publish(self) -> ServedTree:
+        """Plan the tree of the catalog as it is now and publish it (one transaction that
+        writes only the rows that changed)."""
         fail_point("tree.build")
         # Cleared before reading: a commit that lands meanwhile marks it stale again.
         self.tree_stale = False
+        version = self.catalog.catalog_version()
         tracks = self.catalog.tracks()
-        self.generation += 1
-        return build_tree(tracks, self.template, self.catalog.inodes, generation=self.generation)
+        placement = place(tracks, self.template)
+        inos = self.catalog.inodes(placement.keys())
+        rows = tree_rows(placement, {t.id: t for t in tracks}, inos)
+        del tracks, placement, inos
+        state = self.catalog.publish_tree(rows, self.template.source, version)
+        self.generation = state.generation
+        return ServedTree(self.catalog, state)
 
-    async def build_tree(self) -> Tree:
-        return await self.catalog.run(self._build)
+    def _open_tree(self) -> ServedTree:
+        """The tree published last, served at once; planned again later if the catalog
+        or the template changed since. Published now if there is none yet."""
+        state = self.catalog.tree_state()
+        if state.generation == 0:
+            return self._publish()
+        if (
+            state.template != self.template.source
+            or state.catalog_version != self.catalog.catalog_version()
+        ):
+            self.tree_stale = True
+        self.generation = state.generation
+        return ServedTree(self.catalog, state)
+
+    async def build_tree(self) -> ServedTree:
+        """Publish the catalog's tree now."""
+        return await self.catalog.run(self._publish)
+
+    async def open_tree(self) -> ServedTree:
+        return await self.catalog.run(self._open_tree)
 
     async def sync(
         self,
@@ -188,7 +215,10 @@ class TreePublisher:
     mid-sync."""
 
     def __init__(
-        self, library: SyncCoordinator, publish: Callable[[Tree], object], min_interval: float = 5.0
+        self,
+        library: SyncCoordinator,
+        publish: Callable[[ServedTree], object],
+        min_interval: float = 5.0,
     ):
         self.library = library
         self.publish = publish

@@ -26,7 +26,7 @@ from musicfs.backoff import backoff_delay
 from musicfs.cache.store import ChunkStore
 from musicfs.catalog.db import Catalog
 from musicfs.catalog.model import Track
-from musicfs.catalog.tree import Tree
+from musicfs.catalog.tree import TreeView
 from musicfs.pins import (
     Pin,
     PinError,
@@ -75,7 +75,7 @@ class PinManager:
         warm: Warm,
         settings: PinSettings,
         *,
-        tree: Callable[[], Tree],
+        tree: Callable[[], TreeView],
         search: SearchPaths,
         busy: Callable[[], bool] = lambda: False,
     ):
@@ -108,7 +108,7 @@ class PinManager:
         async with self._lock:
             await self._evaluate_locked()
 
-    def _resolve_all(self, pins: list[Pin], tree: Tree) -> list[tuple[Pin, list[Track]]]:
+    def _resolve_all(self, pins: list[Pin], tree: TreeView) -> list[tuple[Pin, list[Track]]]:
         matches = []
         for pin in pins:
             try:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from musicfs.catalog.model import Track
-from musicfs.catalog.tree import Node, Tree
+from musicfs.catalog.tree import Node, TreeView
 
 KINDS = ("query", "path")
 # query, limit -> mounted paths of the matching tracks, best first (blocking; raises
@@ -89,29 +89,26 @@ def chunk_count(size: int, chunk_size: int) -> int:
     return (size + chunk_size - 1) // chunk_size
 
 
-def _files_under(tree: Tree, node: Node) -> Iterator[Node]:
-    if node.track is not None:
-        yield node
+def _files_under(tree: TreeView, node: Node) -> Iterator[Track]:
+    if not node.is_dir:
+        track = tree.track_of(node)
+        if track is not None:
+            yield track
         return
-    for name in node.listing:
-        child = tree.get(node.children[name])
-        if child is not None:
-            yield from _files_under(tree, child)
+    for _, child in tree.entries(node):
+        yield from _files_under(tree, child)
 
 
-def resolve(spec: PinSpec, tree: Tree, search: SearchPaths) -> list[Track]:
+def resolve(spec: PinSpec, tree: TreeView, search: SearchPaths) -> list[Track]:
     """The tracks ``spec`` matches in ``tree``, in tree (path) order. Blocking."""
     if spec.kind == "path":
         node = tree.resolve(spec.text)
-        nodes = [] if node is None else list(_files_under(tree, node))
-    else:
-        limit = max(1, sum(1 for _ in tree.files()))
-        found = (tree.resolve(p) for p in search(spec.text, limit))
-        nodes = sorted(
-            (n for n in found if n is not None and n.track is not None),
-            key=lambda n: tree.path_of(n.ino),
-        )
-    return [n.track for n in nodes if n.track is not None]
+        return [] if node is None else list(_files_under(tree, node))
+    limit = max(1, tree.file_count)
+    found = ((p, tree.resolve(p)) for p in search(spec.text, limit))
+    # resolve() loads a file's track; folders (and tracks gone since) have none.
+    hits = sorted(((p, n) for p, n in found if n is not None and n.track), key=lambda h: h[0])
+    return [n.track for _, n in hits if n.track is not None]
 
 
 def plan(matches: Sequence[tuple[Pin, list[Track]]], capacity: int) -> PinPlan:

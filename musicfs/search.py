@@ -40,7 +40,8 @@ import trio
 from musicfs.catalog.db import Catalog
 from musicfs.catalog.inodes import scratch_inodes
 from musicfs.catalog.naming import Template
-from musicfs.catalog.tree import Tree, build_tree, track_values
+from musicfs.catalog.served import ServedTree
+from musicfs.catalog.tree import TreeView, build_tree, track_values
 from musicfs.failpoints import fail_point
 from musicfs.locks import FileLock
 
@@ -102,10 +103,10 @@ def _register_analyzer(index: tantivy.Index) -> None:
     index.register_tokenizer(ANALYZER, analyzer)
 
 
-def _documents(tree: Tree) -> dict[int, tuple[int, dict[str, str | int]]]:
+def _documents(tree: TreeView) -> dict[int, tuple[int, dict[str, str | int]]]:
     """Track id -> (digest, field values) for every file in ``tree``."""
     docs: dict[int, tuple[int, dict[str, str | int]]] = {}
-    for node in tree.files():
+    for path, node in tree.files_with_paths():
         track = node.track
         assert track is not None
         shown = track_values(track, multi_disc=False)
@@ -115,7 +116,7 @@ def _documents(tree: Tree) -> dict[int, tuple[int, dict[str, str | int]]]:
             "album": shown["album"],
             "title": shown["title"],
             "genre": shown["genre"],
-            "path": tree.path_of(node.ino),
+            "path": path,
         }
         if track.tags.year:
             values["year"] = track.tags.year
@@ -137,8 +138,16 @@ def _make_doc(track_id: int, digest: int, values: dict[str, str | int]) -> tanti
     return doc
 
 
-def tree_from_catalog(catalog: Catalog, template: str) -> Tree:
-    """The tree the daemon would mount for this catalog, without touching the catalog."""
+def tree_from_catalog(catalog: Catalog, template: str) -> TreeView:
+    """The tree the daemon mounts for this catalog, without writing to the catalog: the
+    published one if it is current, else one planned in memory."""
+    state = catalog.tree_state()
+    if (
+        state.generation
+        and state.template == template
+        and state.catalog_version == catalog.catalog_version()
+    ):
+        return ServedTree(catalog, state)
     return build_tree(catalog.tracks(), Template(template), scratch_inodes)
 
 
@@ -265,7 +274,7 @@ class SearchIndex:
 
     # -- writing -----------------------------------------------------------------------
 
-    def update(self, tree: Tree) -> UpdateStats:
+    def update(self, tree: TreeView) -> UpdateStats:
         """Bring the index in line with ``tree`` and commit. A broken index is rebuilt."""
         with self._mutex:
             started = time.monotonic()
@@ -274,13 +283,13 @@ class SearchIndex:
             stats.seconds = time.monotonic() - started
             return stats
 
-    def stage(self, tree: Tree) -> UpdateStats:
+    def stage(self, tree: TreeView) -> UpdateStats:
         """Like ``update`` but without the commit: searchers see the changes only after
         ``commit`` or ``close``, and a crash before then forgets them."""
         with self._mutex:
             return self._stage_checked(tree)
 
-    def _stage_checked(self, tree: Tree) -> UpdateStats:
+    def _stage_checked(self, tree: TreeView) -> UpdateStats:
         try:
             stats = self._stage(tree)
         except ValueError as exc:
@@ -292,7 +301,7 @@ class SearchIndex:
         stats.rebuilt, self._rebuilt = self._rebuilt, None
         return stats
 
-    def _stage(self, tree: Tree) -> UpdateStats:
+    def _stage(self, tree: TreeView) -> UpdateStats:
         self._ensure_writable()
         writer = self._writer
         assert writer is not None
@@ -348,7 +357,7 @@ class SearchIndex:
         finally:
             self._mutex.release()
 
-    async def update_async(self, tree: Tree) -> UpdateStats | None:
+    async def update_async(self, tree: TreeView) -> UpdateStats | None:
         """``update`` in a worker thread; failures are logged, never raised (the index is
         derived and the mount works without it)."""
         try:
@@ -445,7 +454,7 @@ def _refused_by_schema(parsed: tantivy.Query) -> bool:
     return False
 
 
-def memory_index(tree: Tree) -> tantivy.Index:
+def memory_index(tree: TreeView) -> tantivy.Index:
     """A throw-away in-memory index of ``tree``, for readers that find the disk one broken."""
     index = tantivy.Index(_schema())
     _register_analyzer(index)
@@ -480,7 +489,7 @@ def search_library(state_dir: Path, template: str, query: str, limit: int) -> li
         )
     index = SearchIndex(state_dir / "search", lock_timeout=0.0)
     with _open_catalog(catalog_path) as catalog, index:
-        tree: Tree | None = None
+        tree: TreeView | None = None
         writer = index.try_acquire()
         for _attempt in range(2 if writer else 1):
             try:
@@ -507,7 +516,7 @@ def catalog_searcher(catalog: Catalog, template: str, state_dir: Path) -> Search
 class Searcher:
     """``tree`` and ``search(query, limit)`` over it; ``close`` releases the index."""
 
-    def __init__(self, tree: Tree, index: SearchIndex):
+    def __init__(self, tree: TreeView, index: SearchIndex):
         self.tree = tree
         self.index = index
         self._fallback: tantivy.Index | None = None

@@ -3,8 +3,9 @@
 #   run   - what the daemon and the demo need (FUSE 3, a compiler for pyfuse3, Python venv)
 #   test  - plus what the process, network and end-to-end test layers run against (sshd,
 #           nftables, iproute2, systemd-analyze, nix-instantiate for parse checks; the
-#           players and scanners: ffmpeg/ffprobe, mpv, mpd, mpc; bubblewrap for the Nix
-#           build sandbox imitation, debootstrap for the VM scenarios' rootfs)
+#           players and scanners: ffmpeg/ffprobe, mpv, mpd, mpc; sshfs and rclone for
+#           the benchmark smoke test; bubblewrap for the Nix build sandbox imitation,
+#           debootstrap for the VM scenarios' rootfs)
 #   bench - plus the baselines the benchmarks compare with (sshfs, rclone), ffprobe as the
 #           library scanner, tc (iproute2) for the shaped link
 set -euo pipefail
@@ -19,7 +20,7 @@ fi
 case "$level" in
   run) ;;
   test) pkgs+=(openssh-server openssh-client nftables iproute2 systemd procps psmisc nix-bin
-               ffmpeg mpv mpd mpc bubblewrap debootstrap) ;;
+               ffmpeg mpv mpd mpc sshfs rclone bubblewrap debootstrap) ;;
   bench) pkgs+=(openssh-server openssh-client nftables iproute2 procps sshfs rclone ffmpeg) ;;
   *) echo "usage: $0 [run|test|bench]" >&2; exit 2 ;;
 esac

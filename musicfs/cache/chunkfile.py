@@ -1,8 +1,9 @@
 """One chunk file: its header, its hash, and the checks a chunk must pass before a byte
 of it is served or re-adopted.
 
-A chunk file is a 56-byte header -- magic, file version, byte offset, payload length and a
-checksum of those -- followed by the payload, and is named by the hash of the payload.
+A chunk file is a 56-byte header -- magic, kind (a whole chunk or a piece of one, see
+``planner.py``), file version, byte offset, payload length and a checksum of those --
+followed by the payload, and is named by the hash of the payload.
 The header is what lets a lost index be rebuilt from the files: the hash proves the
 payload, the header says where it belongs.
 
@@ -29,10 +30,15 @@ import struct
 from dataclasses import dataclass
 
 from musicfs.cache.index import HASH_LEN
+from musicfs.cache.planner import piece_key, piece_size
 
 MAGIC = b"MFSC"
 FORMAT_VERSION = 1
-_HEADER = struct.Struct(">4sB3x16sQQ")  # magic, format, file version, offset, length
+# magic, format, kind, file version, offset, length. Files written before pieces existed
+# have a zero (a whole chunk) where the kind is.
+_HEADER = struct.Struct(">4sBB2x16sQQ")
+KIND_CHUNK = 0
+KIND_PIECE = 1
 _HEADER_CHECK_LEN = 16
 HEADER_SIZE = _HEADER.size + _HEADER_CHECK_LEN
 
@@ -45,8 +51,9 @@ def _header_check(head: bytes) -> bytes:
     return hashlib.blake2b(head, digest_size=_HEADER_CHECK_LEN, person=b"musicfs-chunk").digest()
 
 
-def encode_header(version: bytes, offset: int, length: int) -> bytes:
-    head = _HEADER.pack(MAGIC, FORMAT_VERSION, version, offset, length)
+def encode_header(version: bytes, offset: int, length: int, *, piece: bool = False) -> bytes:
+    kind = KIND_PIECE if piece else KIND_CHUNK
+    head = _HEADER.pack(MAGIC, FORMAT_VERSION, kind, version, offset, length)
     return head + _header_check(head)
 
 
@@ -55,6 +62,13 @@ class ChunkHeader:
     version: bytes
     offset: int
     length: int
+    piece: bool = False
+
+    def chunk_no(self, chunk_size: int) -> int:
+        """The index's chunk number for this file (``piece_key`` for a piece)."""
+        if self.piece:
+            return piece_key(self.offset // piece_size(chunk_size))
+        return self.offset // chunk_size
 
 
 def decode_header(raw: bytes) -> ChunkHeader | None:
@@ -64,10 +78,10 @@ def decode_header(raw: bytes) -> ChunkHeader | None:
     head = raw[: _HEADER.size]
     if raw[_HEADER.size : HEADER_SIZE] != _header_check(head):
         return None
-    magic, fmt, version, offset, length = _HEADER.unpack(head)
-    if magic != MAGIC or fmt != FORMAT_VERSION:
+    magic, fmt, kind, version, offset, length = _HEADER.unpack(head)
+    if magic != MAGIC or fmt != FORMAT_VERSION or kind not in (KIND_CHUNK, KIND_PIECE):
         return None
-    return ChunkHeader(version, offset, length)
+    return ChunkHeader(version, offset, length, kind == KIND_PIECE)
 
 
 def verify(raw: bytes, digest: bytes, expected: int) -> str | None:
@@ -93,9 +107,10 @@ def adoptable(raw: bytes, digest: bytes, chunk_size: int) -> ChunkHeader | str:
     header = decode_header(raw)
     if header is None:
         return "its header is invalid"
-    if len(raw) != HEADER_SIZE + header.length or header.length > chunk_size:
+    unit = piece_size(chunk_size) if header.piece else chunk_size
+    if len(raw) != HEADER_SIZE + header.length or header.length > unit:
         return "its length is wrong"
-    if header.offset % chunk_size:
+    if header.offset % unit:
         return "it belongs to another chunk size"
     if chunk_hash(memoryview(raw)[HEADER_SIZE:]) != digest:
         return "its hash does not match"

@@ -35,6 +35,8 @@ from typing import Any, Protocol
 import trio
 
 from musicfs.cache.modes import CacheMode
+from musicfs.cache.planner import PIECE_BIT, Cursor, Planner, is_piece, piece_key
+from musicfs.cache.prefetch import NextTrack, Prefetcher
 from musicfs.cache.settings import CacheSettings
 from musicfs.cache.space import HIGH_WATERMARK
 from musicfs.cache.store import ChunkStore, PutResult, Rejected, StoreStatistics
@@ -50,9 +52,14 @@ Fetch = Callable[[Track, int, int], Awaitable[bytes]]
 
 
 class Reader(Protocol):
-    async def read(self, track: Track, offset: int, size: int) -> bytes:
-        """Bytes ``[offset, offset + size)`` of ``track`` (short only at its end).
-        Raises ``OSError`` with the errno the player should see."""
+    async def read(self, track: Track, offset: int, size: int, *, handle: object = None) -> bytes:
+        """Bytes ``[offset, offset + size)`` of ``track`` (short only at its end), read
+        through the file handle ``handle`` (each has its own cursor). Raises ``OSError``
+        with the errno the player should see."""
+        ...
+
+    def closed(self, handle: object) -> None:
+        """The file handle was released."""
         ...
 
     async def aclose(self) -> None: ...
@@ -64,10 +71,13 @@ class DirectReader:
     def __init__(self, fetch: Fetch):
         self.fetch = fetch
 
-    async def read(self, track: Track, offset: int, size: int) -> bytes:
+    async def read(self, track: Track, offset: int, size: int, *, handle: object = None) -> bytes:
         if offset >= track.size:
             return b""
         return await self.fetch(track, offset, min(size, track.size - offset))
+
+    def closed(self, handle: object) -> None:
+        return None
 
     async def aclose(self) -> None:
         return None
@@ -110,7 +120,38 @@ class _Flight:
 
 ChunkKey = tuple[bytes, int]
 
+
+async def _result(flight: _Flight) -> bytes:
+    """The flight's bytes once it is done, or the OSError a player should see."""
+    await flight.done.wait()
+    if flight.error is not None:
+        err = flight.error
+        if isinstance(err, OSError):
+            raise OSError(err.errno, err.strerror or str(err)) from err
+        short = shortage(err)
+        if short is not None:
+            raise short from err
+        raise OSError(errno.EIO, f"chunk fetch failed: {describe(err)}") from err
+    assert flight.data is not None
+    return flight.data
+
+
+def _fail(flights: list[_Flight], exc: BaseException) -> None:
+    error = exc if isinstance(exc, Exception) else OSError(errno.EIO, "cancelled")
+    for flight in flights:
+        if not flight.done.is_set():
+            flight.error = error
+            flight.done.set()
+
+
+# The cursor MusicFS's own tag reads use (``read_metadata``): never streaming.
+_METADATA = object()
+# Pieces of a track's head and tail that tag reads keep protected (see ``read_metadata``).
+METADATA_BUDGET = 512 * 1024
+METADATA_TAIL = 128 * 1024
+
 STALLED_STORE_WAIT = 0.25  # per chunk, while the cache disk is not answering in time
+READAHEAD_IN_FLIGHT = 2  # chunks being read ahead at once, for all streams
 PLAYED_MEMORY = 4096  # chunk keys remembered as played (to promote each once)
 
 
@@ -127,8 +168,9 @@ class CachingReader:
         store: ChunkStore,
         fetch: Fetch,
         *,
-        readahead: int = 2,
+        readahead: int = 8,
         readahead_after: int = 256 * 1024,
+        part_bytes: int = 512 * 1024,
         memory_bytes: int = 16 * 1024 * 1024,
         retry_interval: float = 30.0,
         maintain_interval: float = 10.0,
@@ -140,8 +182,13 @@ class CachingReader:
     ):
         self.store = store
         self.fetch = fetch
-        self.readahead = readahead
+        self.readahead = readahead  # the largest read-ahead window, in chunks
         self.readahead_after = readahead_after
+        self.part_bytes = part_bytes  # a chunk is fetched in ranges of this size at once
+        self.planner = Planner(
+            chunk_size=store.chunk_size, stream_after=readahead_after, max_window=readahead
+        )
+        self.prefetch: Prefetcher | None = None
         self.memory_bytes = memory_bytes
         self.retry_interval = retry_interval
         self.maintain_interval = maintain_interval
@@ -161,8 +208,6 @@ class CachingReader:
         self._memory: OrderedDict[ChunkKey, bytes] = OrderedDict()
         self._memory_used = 0
         self._flights: dict[ChunkKey, _Flight] = {}
-        # version -> (end of the last read, bytes read sequentially up to it)
-        self._streams: OrderedDict[bytes, tuple[int, int]] = OrderedDict()
         # Write-behind: fetched chunks queue here and one task stores them in batches.
         self._put_queue: list[tuple[bytes, int, bytes]] = []
         # Chunks seen played (a sequential run): promoted to the eviction policy's
@@ -194,6 +239,8 @@ class CachingReader:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._housekeeping)
+                if self.prefetch is not None:
+                    await nursery.start(self.prefetch.run)
                 task_status.started()
                 try:
                     await trio.sleep_forever()
@@ -206,7 +253,9 @@ class CachingReader:
             self._nursery = None
 
     async def aclose(self) -> None:
-        await trio.to_thread.run_sync(self.store.close)
+        # Abandonable: a write stuck on a hung cache disk holds the store's lock, and the
+        # process must still get to exit (the store is crash-consistent without a close).
+        await trio.to_thread.run_sync(self.store.close, abandon_on_cancel=True)
 
     async def reconfigure(self, settings: CacheSettings) -> None:
         """A reload: new size limits apply at once, eviction catches up in the background
@@ -254,7 +303,7 @@ class CachingReader:
 
     # -- reads -----------------------------------------------------------------------
 
-    async def read(self, track: Track, offset: int, size: int) -> bytes:
+    async def read(self, track: Track, offset: int, size: int, *, handle: object = None) -> bytes:
         if offset < 0:
             raise OSError(errno.EINVAL, f"negative offset {offset}")
         if offset >= track.size or size <= 0:
@@ -265,82 +314,223 @@ class CachingReader:
             self.counters.passthrough_reads += 1
             if not self.store.serves_cached:
                 return await self.fetch(track, offset, end - offset)
+        cursor = self.planner.cursor(track.version_key, handle)
+        if not self.planner.advance(cursor, offset, end) and self.prefetch is not None:
+            self.prefetch.moved(track, handle)  # a seek: what was fetched ahead is moot
+        streak = cursor.streak  # as of this read: concurrent reads move the cursor on
+        playing = self.planner.streaming(cursor) and handle is not _METADATA
+        streaming = playing
+        if streaming:
+            self.planner.ensure_window(cursor)
         cs = self.store.chunk_size
         first, last = offset // cs, (end - 1) // cs
         parts: list[bytes] = []
+        waited = False
         for n in range(first, last + 1):
-            data = await self._chunk(track, n)
             base = n * cs
-            parts.append(data[max(offset, base) - base : min(end, base + cs) - base])
-            if len(data) < min(cs, track.size - base):
+            lo, hi = max(offset, base) - base, min(end, base + cs) - base
+            data, fetched = await self._range(track, n, lo, hi, whole=streaming)
+            waited = waited or fetched
+            parts.append(data)
+            if len(data) < hi - lo:
                 break  # the origin returned less than the catalog promised
-        self._note_stream(track, offset, end, last)
+        if playing:
+            run_start = (end - streak) // cs
+            if streak - (end - offset) < self.readahead_after and run_start < first:
+                # Streaming began past the chunks this run started in, which were read
+                # in pieces: complete them, so what was played is stored whole.
+                for n in range(run_start, first):
+                    key = (track.version_key, n)
+                    if key not in self._flights and key not in self._memory and self._nursery:
+                        self._nursery.start_soon(self._start_chunk, track, n)
+            self._note_played(track.version_key, run_start, last)
+            if streaming:
+                if waited:
+                    self.planner.stalled(cursor)
+                self._read_ahead(track, cursor, last)
+            if self.prefetch is not None:
+                self.prefetch.playing(track, handle, end)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def warm(self, track: Track, n: int) -> None:
-        """Make sure chunk ``n`` of ``track`` is fetched, verified and queued for the store
-        like any read's -- but without counting as a stream, so it starts no read-ahead
-        or prefetch (pins pace their own fetching, ``musicfs/pins.py``)."""
-        if n * self.store.chunk_size < track.size:
-            await self._chunk(track, n)
+        """Make sure chunk ``n`` of ``track`` is fetched whole, verified and queued for the
+        store like any read's -- but without counting as a stream, so it starts no
+        read-ahead or prefetch (pins pace their own fetching, ``musicfs/pins.py``)."""
+        cs = self.store.chunk_size
+        if n * cs < track.size:
+            await self._range(track, n, 0, min(cs, track.size - n * cs), whole=True)
 
-    async def _chunk(self, track: Track, n: int) -> bytes:
-        key = (track.version_key, n)
-        data = self._memory.get(key)
-        if data is not None:
+    async def read_metadata(self, track: Track, offset: int, size: int) -> bytes:
+        """A read by MusicFS's own tag reader: always in pieces, never read ahead, and the
+        pieces of the first ``METADATA_BUDGET`` bytes and of the tail kept in the
+        protected segment, so a scanner after the sync finds the headers cached."""
+        data = await self.read(track, offset, size, handle=_METADATA)
+        if self._nursery is not None:
+            ps = self.planner.piece
+            keep = [
+                (track.version_key, piece_key(p))
+                for p in range(offset // ps, (offset + max(1, len(data)) - 1) // ps + 1)
+                if p * ps < METADATA_BUDGET or p * ps >= track.size - METADATA_TAIL
+            ]
+            for key in keep:
+                self._played[key] = None
+            self._promote_queue.extend(keep)
+            self._kick_writer()
+        return data
+
+    async def _range(
+        self, track: Track, n: int, lo: int, hi: int, *, whole: bool
+    ) -> tuple[bytes, bool]:
+        """Bytes ``[lo, hi)`` of chunk ``n``, and whether they had to be waited for. A
+        ``whole`` read (a streaming cursor) loads the whole chunk; otherwise only the
+        pieces the range touches are loaded."""
+        version = track.version_key
+        key = (version, n)
+        chunk = self._memory.get(key)
+        if chunk is not None:
             self._memory.move_to_end(key)
             self.counters.memory_hits += 1
-            return data
-        flight = self._flights.get(key)
-        if flight is None:
-            flight = self._start_flight(track, n, key)
-            if self._nursery is None:
-                await self._load(track, n, key, flight)
-        else:
-            self.counters.shared_fetches += 1
-        await flight.done.wait()
-        if flight.error is not None:
-            err = flight.error
-            if isinstance(err, OSError):
-                raise OSError(err.errno, err.strerror or str(err)) from err
-            short = shortage(err)
-            if short is not None:
-                raise short from err
-            raise OSError(errno.EIO, f"chunk fetch failed: {describe(err)}") from err
-        assert flight.data is not None
-        return flight.data
+            return chunk[lo:hi], False
+        cs = self.store.chunk_size
+        whole = whole or (lo == 0 and hi >= min(cs, track.size - n * cs))  # all of it asked
+        if whole and key not in self._flights:
+            started = await self._start_chunk(track, n)
+            if started.done.is_set():  # loaded inline (no background nursery)
+                return (await _result(started))[lo:hi], True
+        ps = self.planner.piece
+        base = n * cs
+        p_first, p_last = (base + lo) // ps, (base + hi - 1) // ps
+        got: list[bytes | _Flight] = []
+        missing: dict[int, _Flight] = {}
+        for p in range(p_first, p_last + 1):
+            pkey = (version, piece_key(p))
+            data = self._memory.get(pkey)
+            if data is not None:
+                self._memory.move_to_end(pkey)
+                got.append(data)
+                continue
+            flight = self._flights.get(pkey)
+            if flight is None:
+                flight = missing[p] = self._new_flight(pkey)
+            else:
+                self.counters.shared_fetches += 1
+            got.append(flight)
+        if missing:
+            await self._spawn(self._load_pieces, track, n, missing)
+        waited = False
+        pieces: list[bytes] = []
+        for p, item in zip(range(p_first, p_last + 1), got, strict=True):
+            if isinstance(item, _Flight):
+                waited = True
+                data = await _result(item)
+            else:
+                self.counters.memory_hits += 1
+                data = item
+            pieces.append(data)
+            if len(data) < self._piece_len(track, p):
+                break
+        joined = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        start = base + lo - p_first * ps
+        return joined[start : start + hi - lo], waited
 
-    def _start_flight(self, track: Track, n: int, key: ChunkKey) -> _Flight:
-        flight = _Flight()
-        self._flights[key] = flight
-        if self._nursery is not None:
-            # The fetch outlives the read that started it: a read that hits its deadline
-            # does not waste the fetch, and the others waiting for it still get it.
-            self._nursery.start_soon(self._load, track, n, key, flight)
+    def _piece_len(self, track: Track, p: int) -> int:
+        ps = self.planner.piece
+        return max(0, min(ps, track.size - p * ps))
+
+    def _new_flight(self, key: ChunkKey) -> _Flight:
+        flight = self._flights[key] = _Flight()
         return flight
 
-    async def _load(self, track: Track, n: int, key: ChunkKey, flight: _Flight) -> None:
+    async def _spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run a load in the background -- it outlives the read that started it: a read
+        that hits its deadline does not waste the fetch, and the others waiting for it
+        still get it -- or inline when there is no background nursery."""
+        if self._nursery is not None:
+            self._nursery.start_soon(fn, *args)
+        else:
+            await fn(*args)
+
+    async def _start_chunk(self, track: Track, n: int, *, remember: bool = True) -> _Flight:
+        """Load chunk ``n`` whole: the pieces not in memory or in flight get flights of
+        their own, so reads waiting for one of them are answered when it arrives."""
+        chunk_flight = self._new_flight((track.version_key, n))
+        known, own = self._claim_pieces(track, n, {})
+        await self._spawn(self._load_chunk, track, n, chunk_flight, known, own, remember)
+        return chunk_flight
+
+    def _claim_pieces(
+        self, track: Track, n: int, mine: dict[int, _Flight]
+    ) -> tuple[dict[int, bytes | _Flight], dict[int, _Flight]]:
+        """The pieces of chunk ``n`` already in memory or in another load's flight, and
+        flights for the rest (with ``mine``, flights the caller already owns)."""
+        known: dict[int, bytes | _Flight] = {}
+        own = dict(mine)
+        for p in self._pieces_of(track, n):
+            if p in own:
+                continue
+            pkey = (track.version_key, piece_key(p))
+            data = self._memory.get(pkey)
+            if data is not None and len(data) == self._piece_len(track, p):
+                known[p] = data
+            elif pkey in self._flights:
+                known[p] = self._flights[pkey]
+            else:
+                own[p] = self._new_flight(pkey)
+        return known, own
+
+    def _pieces_of(self, track: Track, n: int) -> range:
+        cs, ps = self.store.chunk_size, self.planner.piece
+        end = min(track.size, (n + 1) * cs)
+        return range(n * cs // ps, -(-end // ps))
+
+    async def _load_chunk(
+        self,
+        track: Track,
+        n: int,
+        flight: _Flight,
+        known: dict[int, bytes | _Flight],
+        own: dict[int, _Flight],
+        remember: bool,
+        found: Rejected | None = None,
+    ) -> None:
+        key = (track.version_key, n)
         try:
-            flight.data = await self._load_chunk(track, n, key)
+            data = await self._assemble(track, n, known, own, remember, found)
+            flight.data = data
         except BaseException as exc:
-            flight.error = exc if isinstance(exc, Exception) else OSError(errno.EIO, "cancelled")
+            _fail([flight, *own.values()], exc)
             if not isinstance(exc, Exception):
                 raise
         finally:
             flight.done.set()
             self._flights.pop(key, None)
+            self._settle(track, own)
 
-    async def _load_chunk(self, track: Track, n: int, key: ChunkKey) -> bytes:
+    async def _assemble(
+        self,
+        track: Track,
+        n: int,
+        known: dict[int, bytes | _Flight],
+        own: dict[int, _Flight],
+        remember: bool,
+        found: bytes | Rejected | _Skipped | None,
+    ) -> bytes:
+        """Chunk ``n`` whole: from the store (unless ``found`` says what it had), else its
+        pieces ``own`` from the origin and ``known`` as they are; stored whole."""
         cs = self.store.chunk_size
+        key = (track.version_key, n)
         expected = min(cs, track.size - n * cs)
-        found = await self._from_store(track, n, expected)
+        if found is None:
+            found = await self._from_store(track, n, expected)
         if isinstance(found, bytes):
             self.counters.store_hits += 1
-            self._remember(key, found)
+            self._resolve_from_chunk(track, n, found, own)
+            if remember:
+                self._remember(key, found)
             return found
         await async_fail_point("reader.fetch")
         try:
-            data = await self.fetch(track, n * cs, expected)
+            fetched = await self._fetch_pieces(track, own)
         except Exception:
             if found is not _SKIPPED:
                 raise
@@ -350,27 +540,166 @@ class CachingReader:
             if not isinstance(again, bytes):
                 raise
             self.counters.store_hits += 1
-            self._remember(key, again)
+            self._resolve_from_chunk(track, n, again, own)
+            if remember:
+                self._remember(key, again)
             return again
-        self.counters.origin_fetches += 1
-        self.counters.origin_bytes += len(data)
         if isinstance(found, Rejected):
-            self.counters.repaired += 1
-            log.warning(
-                "cache: %r chunk %d repaired: served %s from the origin (%s)",
-                track.path,
-                n,
-                "(not re-stored: read-only cache)" if self.store.serves_cached else "and re-stored",
-                found.problem,
-            )
+            self._log_repaired(track, n, found)
+        pieces: list[bytes] = []
+        for p in self._pieces_of(track, n):
+            item = fetched[p] if p in fetched else known[p]
+            data = await _result(item) if isinstance(item, _Flight) else item
+            pieces.append(data)
+            if len(data) < self._piece_len(track, p):
+                break
+        data = b"".join(pieces)
         if len(data) != expected:
             # Never cache a chunk of the wrong length: the origin's file is not the
             # version the catalog knows. The short read is passed on as it is.
             self.counters.uncached += 1
             return data
-        self._remember(key, data)
+        if remember:
+            self._remember(key, data)
+        for p in self._pieces_of(track, n):  # the whole chunk serves them from now on
+            self._forget_memory((track.version_key, piece_key(p)))
         await self._store(track.version_key, n, data)
         return data
+
+    async def _load_pieces(self, track: Track, n: int, own: dict[int, _Flight]) -> None:
+        """Load the pieces ``own`` of chunk ``n``: from the whole chunk if it is stored,
+        else each from the store, else from the origin (stored as pieces)."""
+        try:
+            cs = self.store.chunk_size
+            found = await self._from_store(track, n, min(cs, track.size - n * cs))
+            if isinstance(found, bytes):
+                self.counters.store_hits += 1
+                self._remember((track.version_key, n), found)
+                self._resolve_from_chunk(track, n, found, own)
+                return
+            if isinstance(found, Rejected) and (track.version_key, n) not in self._flights:
+                # The whole chunk was stored and is bad: fetch it whole again.
+                await self._repair_chunk(track, n, own, found)
+                return
+            rest: dict[int, _Flight] = {}
+            # A stalled cache disk is given one wait per load, not one more per piece.
+            for p, flight in ({} if self._store_stalled else own).items():
+                stored = await self._from_store(track, piece_key(p), self._piece_len(track, p))
+                if isinstance(stored, bytes):
+                    self.counters.store_hits += 1
+                    self._resolve(flight, (track.version_key, piece_key(p)), stored)
+                else:
+                    if isinstance(stored, Rejected):
+                        self._log_repaired(track, piece_key(p), stored)
+                    rest[p] = flight
+            if self._store_stalled:
+                rest = dict(own)
+            if not rest:
+                return
+            await async_fail_point("reader.fetch")
+            try:
+                fetched = await self._fetch_pieces(track, rest)
+            except Exception:
+                if found is not _SKIPPED:
+                    raise
+                # As in ``_assemble``: the origin cannot help, so the disk gets its time.
+                again = await self._from_store(track, n, min(cs, track.size - n * cs), patient=True)
+                if not isinstance(again, bytes):
+                    raise
+                self.counters.store_hits += 1
+                self._remember((track.version_key, n), again)
+                self._resolve_from_chunk(track, n, again, own)
+                return
+            for p, data in fetched.items():
+                if len(data) == self._piece_len(track, p):
+                    await self._store(track.version_key, piece_key(p), data)
+                else:
+                    self.counters.uncached += 1
+        except BaseException as exc:
+            _fail(list(own.values()), exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._settle(track, own)
+
+    async def _repair_chunk(
+        self, track: Track, n: int, mine: dict[int, _Flight], found: Rejected
+    ) -> None:
+        chunk_flight = self._new_flight((track.version_key, n))
+        known, own = self._claim_pieces(track, n, mine)
+        await self._load_chunk(track, n, chunk_flight, known, own, True, found)
+
+    async def _fetch_pieces(self, track: Track, flights: dict[int, _Flight]) -> dict[int, bytes]:
+        """Fetch the pieces ``flights`` from the origin: each contiguous run in ranges of at
+        most ``part_bytes``, all at once; each piece's flight is resolved as soon as its
+        range has arrived. Raises the first failure (after failing every flight left)."""
+        ps = self.planner.piece
+        per_part = max(1, self.part_bytes // ps)
+        runs: list[list[int]] = []
+        for p in sorted(flights):
+            if runs and runs[-1][-1] == p - 1 and len(runs[-1]) < per_part:
+                runs[-1].append(p)
+            else:
+                runs.append([p])
+        out: dict[int, bytes] = {}
+
+        async def fetch_run(run: list[int]) -> None:
+            offset = run[0] * ps
+            length = min(track.size, (run[-1] + 1) * ps) - offset
+            data = await self.fetch(track, offset, length)
+            self.counters.origin_fetches += 1
+            self.counters.origin_bytes += len(data)
+            for p in run:
+                piece = data[p * ps - offset : (p + 1) * ps - offset]
+                out[p] = piece
+                remember = len(piece) == self._piece_len(track, p)
+                self._resolve(flights[p], (track.version_key, piece_key(p)), piece, remember)
+
+        if len(runs) == 1:
+            await fetch_run(runs[0])
+        else:
+            async with trio.open_nursery() as nursery:
+                for run in runs:
+                    nursery.start_soon(fetch_run, run)
+        return out
+
+    def _resolve(self, flight: _Flight, key: ChunkKey, data: bytes, remember: bool = True) -> None:
+        if flight.done.is_set():
+            return
+        flight.data = data
+        if remember:
+            self._remember(key, data)
+        flight.done.set()
+
+    def _resolve_from_chunk(
+        self, track: Track, n: int, chunk: bytes, flights: dict[int, _Flight]
+    ) -> None:
+        ps = self.planner.piece
+        base = n * self.store.chunk_size
+        for p, flight in flights.items():
+            if not flight.done.is_set():
+                flight.data = chunk[p * ps - base : (p + 1) * ps - base]
+                flight.done.set()
+
+    def _settle(self, track: Track, flights: dict[int, _Flight]) -> None:
+        """A load ended: every flight it owned is done, and leaves the table."""
+        for p, flight in flights.items():
+            if not flight.done.is_set():
+                flight.error = OSError(errno.EIO, "piece load ended without data")
+                flight.done.set()
+            key = (track.version_key, piece_key(p))
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+
+    def _log_repaired(self, track: Track, n: int, found: Rejected) -> None:
+        self.counters.repaired += 1
+        log.warning(
+            "cache: %r %s repaired: served %s from the origin (%s)",
+            track.path,
+            f"piece {n & ~PIECE_BIT}" if is_piece(n) else f"chunk {n}",
+            "(not re-stored: read-only cache)" if self.store.serves_cached else "and re-stored",
+            found.problem,
+        )
 
     async def _from_store(
         self, track: Track, n: int, expected: int, *, patient: bool = False
@@ -423,6 +752,11 @@ class CachingReader:
                 STALLED_STORE_WAIT,
             )
         return None
+
+    def _forget_memory(self, key: ChunkKey) -> None:
+        old = self._memory.pop(key, None)
+        if old is not None:
+            self._memory_used -= len(old)
 
     def _remember(self, key: ChunkKey, data: bytes) -> None:
         if self.memory_bytes <= 0:
@@ -485,7 +819,9 @@ class CachingReader:
         scope = self._drain_scope()
         try:
             with scope:
-                await trio.to_thread.run_sync(self.store.promote, keys, limiter=self._put_limiter)
+                await trio.to_thread.run_sync(
+                    self.store.promote, keys, limiter=self._put_limiter, abandon_on_cancel=True
+                )
         except Exception as exc:  # protection is advisory: the bytes are all still there
             log.warning("cache: cannot mark %d played chunks protected: %s", len(keys), exc)
         finally:
@@ -513,7 +849,11 @@ class CachingReader:
             fresh = True
         while len(self._played) > PLAYED_MEMORY:
             self._played.popitem(last=False)
-        if fresh and self._nursery is not None and not self._writing:
+        if fresh:
+            self._kick_writer()
+
+    def _kick_writer(self) -> None:
+        if self._nursery is not None and not self._writing:
             self._writing = True
             self._nursery.start_soon(self._write_behind)
 
@@ -522,7 +862,10 @@ class CachingReader:
         try:
             with scope:
                 results = await trio.to_thread.run_sync(
-                    self.store.put_many, batch, limiter=self._put_limiter
+                    self.store.put_many,
+                    batch,
+                    limiter=self._put_limiter,
+                    abandon_on_cancel=True,  # when the drain time is up, on a hung disk
                 )
             if scope.cancelled_caught:
                 return
@@ -544,33 +887,66 @@ class CachingReader:
 
     # -- read-ahead ------------------------------------------------------------------
 
-    def _note_stream(self, track: Track, offset: int, end: int, last: int) -> None:
-        version = track.version_key
-        previous_end, streak = self._streams.pop(version, (-1, 0))
-        streak = streak + (end - offset) if previous_end == offset else end - offset
-        self._streams[version] = (end, streak)
-        if len(self._streams) > 256:
-            self._streams.popitem(last=False)
-        # Playback, not a tag parser nibbling at a header (sync reads tags through here):
-        # only a run of ``readahead_after`` sequential bytes starts read-ahead.
-        if streak < self.readahead_after or self._nursery is None:
+    def _read_ahead(self, track: Track, cursor: Cursor, last: int) -> None:
+        """Start the chunks of the cursor's window after chunk ``last``, fetched from the
+        origin if missing, read and verified from disk if cached (the hashing then
+        overlaps with serving the current chunk instead of stalling the next read)."""
+        if self._nursery is None:
             return
-        cs = self.store.chunk_size
-        self._note_played(version, (end - streak) // cs, last)  # the whole run was played
-        if self.readahead <= 0:
-            return
-        for n in range(last + 1, last + 1 + self.readahead):
-            if n * cs >= track.size:
-                break
-            key = (version, n)
+        if self.planner.window_bytes() > self.memory_bytes // 2:
+            self.planner.shrink()  # more read ahead than the memory cache holds
+        for n in self.planner.ahead(cursor, last, track.size):
+            key = (track.version_key, n)
             if key in self._memory or key in self._flights:
                 continue
-            if self._pending_readahead >= 2 * self.readahead:
+            # The window says how far ahead; this says how many chunks are fetched at once
+            # for it (all streams together): an origin has few connections, and a player's
+            # own read must not queue behind a window's worth of requests when the link
+            # stalls and every request holds its connection until it times out.
+            if self._pending_readahead >= READAHEAD_IN_FLIGHT:
+                cursor.ahead_to = n  # started up to here; the next read continues
                 break
             self._pending_readahead += 1
-            self._nursery.start_soon(self._read_ahead, track, n, key)
+            self._note_played(track.version_key, n, n)
+            self._nursery.start_soon(self._read_ahead_chunk, track, n, key)
 
-    async def _read_ahead(self, track: Track, n: int, key: ChunkKey) -> None:
+    # -- playback prefetch -------------------------------------------------------------
+
+    def enable_prefetch(self, next_track: NextTrack | None = None, **kw: int) -> Prefetcher:
+        """Fetch the rest of a track being played, then the next of its album
+        (``prefetch.py``); runs under ``run``."""
+        self.prefetch = Prefetcher(self, self.store.chunk_size, next_track, **kw)
+        return self.prefetch
+
+    def closed(self, handle: object) -> None:
+        """A file handle was released: its cursor and its prefetch go."""
+        self.planner.forget(handle)
+        if self.prefetch is not None:
+            self.prefetch.closed(handle)
+
+    async def prefetch_chunk(self, track: Track, n: int) -> bool:
+        key = (track.version_key, n)
+        if key in self._memory:
+            return True
+        flight = self._flights.get(key)
+        if flight is None:
+            has = await trio.to_thread.run_sync(
+                self.store.has, track.version_key, n, limiter=self._get_limiter
+            )
+            if has:
+                await trio.to_thread.run_sync(self.store.promote, [key], limiter=self._put_limiter)
+                return True
+            flight = self._flights.get(key)
+        if flight is None:
+            self._note_played(track.version_key, n, n)
+            await self._start_chunk(track, n, remember=False)
+            flight = self._flights.get(key)
+        if flight is not None:
+            await flight.done.wait()
+            return flight.error is None
+        return True
+
+    async def _read_ahead_chunk(self, track: Track, n: int, key: ChunkKey) -> None:
         try:
             if self.memory_bytes <= 0:
                 # Nowhere to keep a verified chunk: only fetch what the cache lacks.
@@ -581,14 +957,12 @@ class CachingReader:
                     return
             if key in self._flights or key in self._memory:
                 return
-            # A cached chunk is read and verified ahead too: its hashing then overlaps
-            # with serving the current chunk instead of stalling the next read.
             self.counters.readahead += 1
-            self._note_played(track.version_key, n, n)
-            flight = _Flight()
-            self._flights[key] = flight
-            await self._load(track, n, key, flight)
-        except Exception as exc:
-            log.info("cache: read-ahead of %r chunk %d failed: %s", track.path, n, exc)
+            await self._start_chunk(track, n)
+            flight = self._flights.get(key)
+            if flight is not None:
+                await flight.done.wait()
+            if flight is not None and flight.error is not None:
+                log.info("cache: read-ahead of %r chunk %d failed: %s", track.path, n, flight.error)
         finally:
             self._pending_readahead -= 1

@@ -212,7 +212,7 @@ def _scan_files(
                 report.deleted += 1
                 report.note(f"{path}: unknown to the index and {why}; deleted")
                 continue
-            adopt.append((why.version, why.offset // chunk_size, digest, why.length))
+            adopt.append((why.version, why.chunk_no(chunk_size), digest, why.length))
             known[digest] = why.length
             report.adopted += 1
     if report.adopted:

@@ -36,6 +36,7 @@ from musicfs.cache.chunkfile import HEADER_SIZE, chunk_hash, encode_header, veri
 from musicfs.cache.disk import CacheDisk
 from musicfs.cache.index import VERSION_LEN, ChunkIndex, IndexUnusable
 from musicfs.cache.modes import FULL, UNUSABLE, CacheCondition, CacheMode
+from musicfs.cache.planner import PIECE_BIT, is_piece, piece_size
 from musicfs.cache.policy import PROTECTED_SHARE, ChunkLedger
 from musicfs.cache.repair import StartupReport
 from musicfs.cache.settings import CacheSettings
@@ -453,7 +454,7 @@ class ChunkStore:
                 self._make_room(sum(HEADER_SIZE + len(d) for _, _, d in fresh.values()), hard=False)
                 self.disk.write_chunks(
                     [
-                        (digest, encode_header(version, n * self.chunk_size, len(data)), data)
+                        (digest, self._header(version, n, len(data)), data)
                         for digest, (version, n, data) in fresh.items()
                     ]
                 )
@@ -494,9 +495,7 @@ class ChunkStore:
                 self._make_room(need, hard=attempt > 0)
                 if self.condition.mode is CacheMode.PASSTHROUGH:  # eviction may have set it
                     return PutResult.SKIPPED
-                self.disk.write_chunk(
-                    digest, encode_header(version, chunk_no * self.chunk_size, len(data)), data
-                )
+                self.disk.write_chunk(digest, self._header(version, chunk_no, len(data)), data)
             except OSError as exc:
                 self.counters.write_errors += 1
                 if exc.errno in FULL:
@@ -534,6 +533,12 @@ class ChunkStore:
             f"min_free {self.min_free})",
         )
         return PutResult.FULL
+
+    def _header(self, version: bytes, chunk_no: int, length: int) -> bytes:
+        if is_piece(chunk_no):
+            offset = (chunk_no & ~PIECE_BIT) * piece_size(self.chunk_size)
+            return encode_header(version, offset, length, piece=True)
+        return encode_header(version, chunk_no * self.chunk_size, length)
 
     def _map_full(self, exc: BaseException) -> None:
         """More index records than the map was sized for. Not even deletes fit in a full

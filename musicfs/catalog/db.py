@@ -11,6 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,12 +21,13 @@ import trio
 from musicfs.catalog.inodes import ROOT_INODE, ROOT_KEY, file_key
 from musicfs.catalog.model import Source, Track
 from musicfs.catalog.tags import Tags
+from musicfs.catalog.tree import TreeRow
 from musicfs.failpoints import fail_point
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class CatalogError(Exception):
@@ -89,8 +91,60 @@ def _migrate_1_to_2(db: apsw.Connection) -> None:
     )
 
 
+def _migrate_2_to_3(db: apsw.Connection) -> None:
+    db.execute(
+        """
+        -- The tree the mount serves, one row per folder and file; published by a sync in
+        -- one transaction (readers see the old rows or the new, never a mix).
+        CREATE TABLE tree(
+            ino INTEGER PRIMARY KEY,
+            parent INTEGER NOT NULL,
+            name BLOB NOT NULL,
+            track_id INTEGER,  -- NULL for a folder
+            size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            subdirs INTEGER NOT NULL
+        );
+        CREATE UNIQUE INDEX tree_by_parent ON tree(parent, name);
+        """
+    )
+
+
 # Index i migrates from version i to i + 1. Append, never edit.
-MIGRATIONS: list[Callable[[apsw.Connection], None]] = [_migrate_0_to_1, _migrate_1_to_2]
+MIGRATIONS: list[Callable[[apsw.Connection], None]] = [
+    _migrate_0_to_1,
+    _migrate_1_to_2,
+    _migrate_2_to_3,
+]
+
+# SQLite's page cache of the read connection, in KiB: the tree table and its index of
+# 100,000 tracks take about 15 MB of pages.
+READ_CACHE_KIB = 16 * 1024
+
+# Bumped in the transaction of every change to tracks or sources: a tree published from
+# catalog version N is current while the catalog is still at N (a restart needs no new
+# tree).
+_VERSION_KEY = "catalog_version"
+# The published tree: its generation, counts, template and the catalog version it is of.
+_TREE_KEYS = (
+    "tree_generation",
+    "tree_files",
+    "tree_bytes",
+    "tree_nodes",
+    "tree_template",
+    "tree_catalog_version",
+)
+
+
+@dataclass(frozen=True)
+class TreeState:
+    generation: int = 0  # 0: no tree published yet
+    files: int = 0
+    total_bytes: int = 0
+    nodes: int = 0
+    template: str = ""
+    catalog_version: int = -1
+
 
 _TAG_COLUMNS = (
     "title",
@@ -126,6 +180,7 @@ class Catalog:
         # One thread at a time: SQLite serialises writers anyway, and a limiter of one
         # keeps a slow query from piling up worker threads.
         self.limiter = trio.CapacityLimiter(1)
+        self._reader: apsw.Connection | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
         fail_point("catalog.open")
         try:
@@ -176,9 +231,27 @@ class Catalog:
                 return [str(exc)]
         return [] if rows == ["ok"] else rows
 
-    def close(self) -> None:
+    def close(self, keep_reader: bool = False) -> None:
+        """Close the catalog. ``keep_reader`` closes only the writer: the daemon's mount
+        answers metadata from the read connection until it is unmounted, which comes
+        after the stores are closed (then ``close_reader``)."""
         with self._lock:
             self.db.close()
+        if not keep_reader:
+            self.close_reader()
+
+    def close_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+
+    def reader(self) -> apsw.Connection:
+        """The read-only connection the served tree queries from the trio loop (its
+        queries take microseconds and never wait for the writer: WAL)."""
+        if self._reader is None:
+            self._reader = apsw.Connection(str(self.path), flags=apsw.SQLITE_OPEN_READONLY)
+            self._reader.set_busy_timeout(1000)
+            self._reader.execute(f"PRAGMA cache_size=-{READ_CACHE_KIB}")
+        return self._reader
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
@@ -208,6 +281,7 @@ class Catalog:
         now = time.time_ns()
         fail_point("catalog.upsert")
         with self._lock, self.db:
+            self._changed()
             for path, size, mtime_ns, etag, tags, tag_error in batch:
                 t = tags or Tags()
                 values = [getattr(t, c) for c in _TAG_COLUMNS]
@@ -237,6 +311,7 @@ class Catalog:
     def add_source(self, origin: str, batch: Iterable[tuple[str, int, int, str | None]]) -> None:
         """Record that ``origin`` also holds these already-catalogued files."""
         with self._lock, self.db:
+            self._changed()
             for path, size, mtime_ns, etag in batch:
                 self.db.execute(
                     """
@@ -252,6 +327,7 @@ class Catalog:
         """Forget ``origin``'s copies of ``paths``; tracks left with no copy are removed."""
         removed = 0
         with self._lock, self.db:
+            self._changed()
             for path in paths:
                 self.db.execute(
                     "DELETE FROM sources WHERE origin = ? AND track_id = "
@@ -266,33 +342,28 @@ class Catalog:
             self.db.executemany("DELETE FROM inodes WHERE key = ?", [(file_key(i),) for i in ids])
         return removed
 
+    def _changed(self) -> None:
+        self.db.execute(
+            "INSERT INTO meta(key, value) VALUES (?, 1) "
+            "ON CONFLICT(key) DO UPDATE SET value = value + 1",
+            (_VERSION_KEY,),
+        )
+
+    def catalog_version(self) -> int:
+        with self._lock:
+            return self._meta_int(_VERSION_KEY, 0)
+
+    def _meta_int(self, key: str, default: int) -> int:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else int(row[0])
+
+    def track(self, track_id: int) -> Track | None:
+        with self._lock:
+            return read_track(self.db, track_id)
+
     def tracks(self) -> list[Track]:
         with self._lock:
-            sources: dict[int, list[Source]] = {}
-            for track_id, origin, size, mtime, etag in self.db.execute(
-                "SELECT track_id, origin, size, mtime_ns, etag FROM sources"
-            ):
-                sources.setdefault(track_id, []).append(Source(origin, size, mtime, etag))
-            result = []
-            for row in self.db.execute(
-                f"SELECT id, path, size, mtime_ns, etag, {', '.join(_TAG_COLUMNS)}, tag_error "
-                "FROM tracks ORDER BY path"
-            ):
-                tag_values = dict(zip(_TAG_COLUMNS, row[5:-1], strict=True))
-                tag_values["compilation"] = bool(tag_values["compilation"])
-                result.append(
-                    Track(
-                        id=row[0],
-                        path=fs_path(row[1]),
-                        size=row[2],
-                        mtime_ns=row[3],
-                        etag=row[4],
-                        tags=Tags(**tag_values),
-                        tag_error=row[-1],
-                        sources=tuple(sources.get(row[0], ())),
-                    )
-                )
-            return result
+            return read_tracks(self.db)
 
     def track_sizes(self) -> dict[str, int]:
         with self._lock:
@@ -320,6 +391,70 @@ class Catalog:
                 assert row is not None
                 known[key] = row[0]
         return {k: known[k] for k in keys}
+
+    # -- the published tree ----------------------------------------------------------
+
+    def tree_state(self) -> TreeState:
+        with self._lock:
+            return self._tree_state()
+
+    def _tree_state(self) -> TreeState:
+        values = dict(
+            self.db.execute(
+                f"SELECT key, value FROM meta WHERE key IN ({', '.join('?' * len(_TREE_KEYS))})",
+                _TREE_KEYS,
+            )
+        )
+        if "tree_generation" not in values:
+            return TreeState()
+        return TreeState(
+            generation=int(values["tree_generation"]),
+            files=int(values["tree_files"]),
+            total_bytes=int(values["tree_bytes"]),
+            nodes=int(values["tree_nodes"]),
+            template=str(values["tree_template"]),
+            catalog_version=int(values.get("tree_catalog_version", -1)),
+        )
+
+    def publish_tree(
+        self, rows: dict[int, TreeRow], template: str, catalog_version: int
+    ) -> TreeState:
+        """Make ``rows`` the served tree in one transaction, writing only what differs
+        from the tree served now. A crash before the commit leaves the old tree."""
+        with self._lock, self.db:
+            old = {r[0]: r for r in self.db.execute("SELECT * FROM tree")}
+            gone = [(ino,) for ino in old if ino not in rows]
+            changed = [r for ino, r in rows.items() if old.get(ino) != r]
+            del old
+            self.db.executemany("DELETE FROM tree WHERE ino = ?", gone)
+            # A name may move from one inode to another in the same publish (a collision
+            # renumbered): take every changed row out before putting them back.
+            self.db.executemany("DELETE FROM tree WHERE ino = ?", [(r[0],) for r in changed])
+            self.db.executemany("INSERT INTO tree VALUES (?, ?, ?, ?, ?, ?, ?)", changed)
+            fail_point("tree.publish")
+            previous = self._tree_state()
+            files = [r for r in rows.values() if r[3] is not None]
+            state = TreeState(
+                generation=previous.generation + 1,
+                files=len(files),
+                total_bytes=sum(r[4] for r in files),
+                nodes=len(rows),
+                template=template,
+                catalog_version=catalog_version,
+            )
+            values = {
+                "tree_generation": state.generation,
+                "tree_files": state.files,
+                "tree_bytes": state.total_bytes,
+                "tree_nodes": state.nodes,
+                "tree_template": state.template,
+                "tree_catalog_version": state.catalog_version,
+            }
+            self.db.executemany(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", list(values.items())
+            )
+        log.debug("tree: %d rows removed, %d written", len(gone), len(changed))
+        return state
 
     # -- sync bookkeeping --------------------------------------------------------------
 
@@ -366,3 +501,49 @@ class Catalog:
                 "DELETE FROM pins WHERE kind = ? AND text = ? RETURNING id", (kind, text)
             ).fetchone()
         return row is not None
+
+
+def _track_of(row: Sequence[Any], sources: Iterable[Source]) -> Track:
+    """A track from a ``tracks`` row (id, path, size, mtime_ns, etag, tags..., tag_error)."""
+    tag_values = dict(zip(_TAG_COLUMNS, row[5:-1], strict=True))
+    tag_values["compilation"] = bool(tag_values["compilation"])
+    return Track(
+        id=row[0],
+        path=fs_path(row[1]),
+        size=row[2],
+        mtime_ns=row[3],
+        etag=row[4],
+        tags=Tags(**tag_values),
+        tag_error=row[-1],
+        sources=tuple(sources),
+    )
+
+
+_TRACK_SELECT = f"SELECT id, path, size, mtime_ns, etag, {', '.join(_TAG_COLUMNS)}, tag_error "
+
+
+def read_track(db: apsw.Connection, track_id: int) -> Track | None:
+    """One track with its sources (``db``: the catalog's, or a reader's connection)."""
+    row = db.execute(_TRACK_SELECT + "FROM tracks WHERE id = ?", (track_id,)).fetchone()
+    if row is None:
+        return None
+    sources = [
+        Source(origin, size, mtime, etag)
+        for origin, size, mtime, etag in db.execute(
+            "SELECT origin, size, mtime_ns, etag FROM sources WHERE track_id = ?", (track_id,)
+        )
+    ]
+    return _track_of(row, sources)
+
+
+def read_tracks(db: apsw.Connection) -> list[Track]:
+    """Every track with its sources, by path."""
+    sources: dict[int, list[Source]] = {}
+    for track_id, origin, size, mtime, etag in db.execute(
+        "SELECT track_id, origin, size, mtime_ns, etag FROM sources"
+    ):
+        sources.setdefault(track_id, []).append(Source(origin, size, mtime, etag))
+    return [
+        _track_of(row, sources.get(row[0], ()))
+        for row in db.execute(_TRACK_SELECT + "FROM tracks ORDER BY path")
+    ]

@@ -80,12 +80,13 @@ def open_catalog(path: Path) -> tuple[Catalog, Path | None]:
         log.warning("catalog %s: nothing salvaged (%s)", moved, exc)
     else:
         log.warning(
-            "catalog %s: salvaged %d tracks, %d sources, %d inode numbers from the old file; "
-            "the next sync re-reads them",
+            "catalog %s: salvaged %d tracks, %d sources, %d inode numbers, %d pins from the old "
+            "file; the next sync re-reads them",
             path,
             counts["tracks"],
             counts["sources"],
             counts["inodes"],
+            counts["pins"],
         )
     return catalog, moved
 
@@ -94,7 +95,7 @@ def open_catalog(path: Path) -> tuple[Catalog, Path | None]:
 # scan steps over doubling rowid ranges until it reads again: the rows on that page are
 # lost, the rest are kept.
 _SALVAGE_BATCH = 500
-_SALVAGE_TABLES = (("tracks", "id"), ("sources", "rowid"), ("inodes", "ino"))
+_SALVAGE_TABLES = (("tracks", "id"), ("sources", "rowid"), ("inodes", "ino"), ("pins", "id"))
 
 
 def _readable_rows(db: apsw.Connection, table: str, key: str) -> list[tuple[object, ...]]:
@@ -124,7 +125,7 @@ def _readable_rows(db: apsw.Connection, table: str, key: str) -> list[tuple[obje
 
 def salvage(old: Path, catalog: Catalog) -> dict[str, int]:
     """Copy the rows still readable in ``old`` into the fresh ``catalog``."""
-    counts = {"tracks": 0, "sources": 0, "inodes": 0}
+    counts = {"tracks": 0, "sources": 0, "inodes": 0, "pins": 0}
     db = apsw.Connection(str(old), flags=apsw.SQLITE_OPEN_READONLY)
     try:
         version = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
@@ -151,6 +152,9 @@ def salvage(old: Path, catalog: Catalog) -> dict[str, int]:
         for ino, key in found["inodes"]:
             catalog.db.execute("INSERT OR IGNORE INTO inodes(ino, key) VALUES (?, ?)", (ino, key))
             counts["inodes"] += 1
+        for row in found["pins"]:  # what the user asked to keep offline is kept asking
+            catalog.db.execute("INSERT OR IGNORE INTO pins VALUES (?, ?, ?, ?)", row)
+            counts["pins"] += 1
         counts["tracks"] = len(track_ids)
     return counts
 

@@ -1,7 +1,9 @@
-"""The immutable name tree served over FUSE, built from catalog tracks.
+"""The name tree built from catalog tracks: where each track goes and what it is called.
 
-A ``Tree`` is never changed after it is built: a sync builds a new one and the FUSE layer
-swaps the reference, so a reader never sees half an update.
+``place`` decides every folder and file name (the naming rules are ``naming.py``'s; name
+collisions are numbered here, deterministically by origin path). Its result becomes rows
+of the catalog's ``tree`` table, which the mount serves (``served.py``), or -- for a tree
+nobody mounts (``musicfs search`` without a daemon) -- an in-memory ``Tree``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import stat
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from musicfs.catalog.inodes import ROOT_INODE, dir_key, file_key
 from musicfs.catalog.model import Track
@@ -25,6 +28,8 @@ from musicfs.catalog.naming import (
 VARIOUS_ARTISTS = "Various Artists"
 UNKNOWN_ARTIST = "Unknown Artist"
 UNKNOWN_ALBUM = "Unknown Album"
+DIR_MODE = stat.S_IFDIR | 0o555
+FILE_MODE = stat.S_IFREG | 0o444
 
 
 @dataclass(slots=True)
@@ -40,14 +45,40 @@ class Node:
     # Sorted child names: readdir offsets index into this list.
     listing: list[bytes] = field(default_factory=list)
     subdirs: int = 0
+    track_id: int = 0  # a file's catalog track (``track`` may not be loaded)
 
     @property
     def is_dir(self) -> bool:
         return stat.S_ISDIR(self.mode)
 
 
+class TreeView(Protocol):
+    """What the FUSE operations and the search index need of a tree: the served one
+    (``served.ServedTree``) or an in-memory ``Tree``."""
+
+    @property
+    def generation(self) -> int: ...
+    @property
+    def file_count(self) -> int: ...
+    @property
+    def total_bytes(self) -> int: ...
+    @property
+    def node_count(self) -> int: ...
+    def get(self, ino: int) -> Node | None: ...
+    def lookup(self, parent: int, name: bytes) -> Node | None: ...
+    def entries(self, node: Node) -> list[tuple[bytes, Node]]: ...
+    def track_of(self, node: Node) -> Track | None: ...
+    def resolve(self, path: str) -> Node | None: ...
+    def path_of(self, ino: int) -> str: ...
+    def files(self) -> Iterable[Node]: ...
+    def files_with_paths(self) -> Iterable[tuple[str, Node]]: ...
+
+
 @dataclass(frozen=True)
 class Tree:
+    """An in-memory tree: for trees nobody mounts, and the interface ``ServedTree``
+    offers the FUSE operations too."""
+
     nodes: dict[int, Node]
     generation: int = 0
     # Counted once when the tree is built: statfs and status ask all the time.
@@ -82,6 +113,16 @@ class Tree:
     def files(self) -> Iterable[Node]:
         return (n for n in self.nodes.values() if n.track is not None)
 
+    def entries(self, node: Node) -> list[tuple[bytes, Node]]:
+        """A folder's children in readdir order (a snapshot: offsets index into it)."""
+        return [(name, self.nodes[node.children[name]]) for name in node.listing]
+
+    def track_of(self, node: Node) -> Track | None:
+        return node.track
+
+    def files_with_paths(self) -> Iterable[tuple[str, Node]]:
+        return ((self.path_of(n.ino), n) for n in self.files())
+
     def path_of(self, ino: int) -> str:
         parts = []
         node = self.nodes[ino]
@@ -91,7 +132,7 @@ class Tree:
         return "/" + "/".join(reversed(parts))
 
 
-def _stem_and_ext(path: str) -> tuple[str, str]:
+def stem_and_ext(path: str) -> tuple[str, str]:
     base = path.rsplit("/", 1)[-1]
     stem, dot, ext = base.rpartition(".")
     if not dot or not stem:
@@ -101,7 +142,7 @@ def _stem_and_ext(path: str) -> tuple[str, str]:
 
 def track_values(track: Track, multi_disc: bool) -> dict[str, str]:
     t = track.tags
-    stem, ext = _stem_and_ext(track.path)
+    stem, ext = stem_and_ext(track.path)
     stem = display_text(stem)
     albumartist = (
         VARIOUS_ARTISTS
@@ -172,27 +213,31 @@ def plan_paths(tracks: list[Track], template: Template) -> dict[int, list[str]]:
             else:
                 suffix = f" [{sorted(albums).index(ident) + 1}]"
         parts = [sanitize_component(s.replace(AUNIQUE_MARKER, suffix)) for s in segs[:-1]]
-        _, ext = _stem_and_ext(by_id[tid].path)
+        _, ext = stem_and_ext(by_id[tid].path)
         parts.append(sanitize_component(segs[-1].replace(AUNIQUE_MARKER, suffix), suffix=ext))
         result[tid] = parts
     return result
 
 
-def build_tree(
-    tracks: list[Track],
-    template: Template,
-    allocate_inodes: Callable[[Iterable[str]], dict[str, int]],
-    *,
-    generation: int = 0,
-    mtime_ns: int = 0,
-) -> Tree:
-    """Build the tree. ``allocate_inodes`` maps stable keys to inode numbers (the catalog
-    keeps them, so names keep their inodes across restarts)."""
+@dataclass
+class Placement:
+    """Every folder (as name components; () is the root) and where each track goes."""
+
+    dirs: dict[tuple[str, ...], dict[str, int]]  # folder -> file name -> track id
+    placed: dict[int, tuple[tuple[str, ...], str]]  # track id -> (folder, file name)
+
+    def keys(self) -> list[str]:
+        """The inode keys of every folder and file."""
+        return [dir_key(folder) for folder in self.dirs] + [file_key(t) for t in self.placed]
+
+
+def place(tracks: list[Track], template: Template) -> Placement:
+    """Plan the tree: deterministic for a given catalog (same tracks, same names)."""
     paths = plan_paths(tracks, template)
     by_id = {t.id: t for t in tracks}
 
     # Place files, resolving name collisions deterministically by origin path.
-    dirs: dict[tuple[str, ...], dict[str, int]] = defaultdict(dict)  # folder -> name -> id
+    dirs: dict[tuple[str, ...], dict[str, int]] = defaultdict(dict)
     dirs[()] = {}
     order = sorted(paths, key=lambda tid: os.fsencode(by_id[tid].path))
     placed: dict[int, tuple[tuple[str, ...], str]] = {}
@@ -210,7 +255,7 @@ def build_tree(
         taken = dirs[folder]
         if name in taken or (*folder, name) in dirs:
             wanted = name
-            stem, ext = _stem_and_ext(name)
+            stem, ext = stem_and_ext(name)
             n = next_counter.get((folder, wanted), 2)
             while True:
                 candidate = with_counter(stem if ext else name, ext, n)
@@ -221,39 +266,74 @@ def build_tree(
             next_counter[folder, wanted] = n + 1
         taken[name] = tid
         placed[tid] = (folder, name)
+    return Placement(dict(dirs), placed)
 
-    keys = [dir_key(folder) for folder in dirs] + [file_key(tid) for tid in placed]
-    inos = allocate_inodes(keys)
 
-    nodes: dict[int, Node] = {}
-    for folder in sorted(dirs, key=len):
-        ino = inos[dir_key(folder)]
-        parent = inos[dir_key(folder[:-1])] if folder else ROOT_INODE
-        dname = folder[-1].encode("utf-8") if folder else b""
-        nodes[ino] = Node(ino, parent, dname, stat.S_IFDIR | 0o555, 0, mtime_ns)
+# One row of the catalog's ``tree`` table: (ino, parent, name, track id or None for a
+# folder, size, mtime_ns, subfolders).
+TreeRow = tuple[int, int, bytes, int | None, int, int, int]
+
+
+def tree_rows(
+    placement: Placement, tracks: dict[int, Track], inos: dict[str, int]
+) -> dict[int, TreeRow]:
+    """The rows of ``placement`` by inode. A folder's mtime is the newest of the files
+    directly in it (0 if none); its size 0."""
+    rows: dict[int, TreeRow] = {}
+    dir_ino = {folder: inos[dir_key(folder)] for folder in placement.dirs}
+    subdirs: dict[int, int] = defaultdict(int)
+    newest: dict[int, int] = defaultdict(int)
+    for folder in placement.dirs:
         if folder:
-            parent_node = nodes[parent]
-            parent_node.children[dname] = ino
-            parent_node.subdirs += 1
-    for tid, (folder, name) in placed.items():
-        tr = by_id[tid]
+            subdirs[dir_ino[folder[:-1]]] += 1
+    for tid, (folder, name) in placement.placed.items():
+        tr = tracks[tid]
+        parent = dir_ino[folder]
         ino = inos[file_key(tid)]
-        parent = inos[dir_key(folder)]
-        bname = name.encode("utf-8")
-        nodes[ino] = Node(ino, parent, bname, stat.S_IFREG | 0o444, tr.size, tr.mtime_ns, track=tr)
-        nodes[parent].children[bname] = ino
+        rows[ino] = (ino, parent, name.encode("utf-8"), tid, tr.size, tr.mtime_ns, 0)
+        newest[parent] = max(newest[parent], tr.mtime_ns)
+    for folder, ino in dir_ino.items():
+        parent = dir_ino[folder[:-1]] if folder else ROOT_INODE
+        dname = folder[-1].encode("utf-8") if folder else b""
+        rows[ino] = (ino, parent, dname, None, 0, newest[ino], subdirs[ino])
+    return rows
+
+
+def build_tree(
+    tracks: list[Track],
+    template: Template,
+    allocate_inodes: Callable[[Iterable[str]], dict[str, int]],
+    *,
+    generation: int = 0,
+) -> Tree:
+    """An in-memory tree. ``allocate_inodes`` maps stable keys to inode numbers (the
+    catalog keeps them, so names keep their inodes across restarts)."""
+    placement = place(tracks, template)
+    by_id = {t.id: t for t in tracks}
+    rows = tree_rows(placement, by_id, allocate_inodes(placement.keys()))
+    return tree_of_rows(rows.values(), by_id, generation)
+
+
+def tree_of_rows(rows: Iterable[TreeRow], tracks: dict[int, Track], generation: int = 0) -> Tree:
+    nodes: dict[int, Node] = {}
+    files = total = 0
+    for ino, parent, name, tid, size, mtime_ns, subdirs in rows:
+        if tid is None:
+            nodes[ino] = Node(ino, parent, name, DIR_MODE, 0, mtime_ns, subdirs=subdirs)
+        else:
+            nodes[ino] = Node(
+                ino, parent, name, FILE_MODE, size, mtime_ns, track=tracks[tid], track_id=tid
+            )
+            files += 1
+            total += size
+    for node in nodes.values():
+        if node.ino != ROOT_INODE:
+            nodes[node.parent].children[node.name] = node.ino
     for node in nodes.values():
         if node.is_dir:
             node.listing = sorted(node.children)
-            if node.mtime_ns == 0 and node.listing:
-                node.mtime_ns = max(nodes[c].mtime_ns for c in node.children.values())
-    return Tree(
-        nodes,
-        generation,
-        file_count=len(placed),
-        total_bytes=sum(by_id[tid].size for tid in placed),
-    )
+    return Tree(nodes, generation, file_count=files, total_bytes=total)
 
 
 def empty_tree() -> Tree:
-    return Tree({ROOT_INODE: Node(ROOT_INODE, ROOT_INODE, b"", stat.S_IFDIR | 0o555, 0, 0)})
+    return Tree({ROOT_INODE: Node(ROOT_INODE, ROOT_INODE, b"", DIR_MODE, 0, 0)})

@@ -19,6 +19,9 @@ class OriginSettings:
     known_hosts: Path | None = None  # default ~/.ssh/known_hosts
     trust_on_first_use: bool = False
     connections: int = 2  # SSH connections kept open to the server
+    # OpenSSH client config: Host aliases, HostName, Port, User, IdentityFile, ProxyJump,
+    # IdentitiesOnly (ssh_config.py). None: ~/.ssh/config if it exists.
+    config_file: Path | None = None
     # S3
     endpoint: str | None = None  # host[:port] or http(s)://host[:port]; default AWS
     region: str | None = None

@@ -38,6 +38,8 @@ from musicfs.failpoints import asyncio_fail_point, fail_point
 from musicfs.origins.aio_bridge import AsyncioThread, BridgeCancelled
 from musicfs.origins.base import Listing, OriginEntry, OriginError
 from musicfs.origins.settings import OriginSettings, OriginTimeouts
+from musicfs.origins.ssh_config import DEFAULT_PORT, Hop, SSHConfigError, SSHEndpoint
+from musicfs.origins.ssh_config import resolve as resolve_endpoint
 from musicfs.origins.urls import SFTPAddress
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,8 @@ class _Slot:
     sftp: asyncssh.SFTPClient | None = None
     files: OrderedDict[str, asyncssh.SFTPClientFile] = field(default_factory=OrderedDict)
     connecting: asyncio.Lock | None = None
+    # ProxyJump connections the SSH connection runs through, the first hop first.
+    tunnels: list[asyncssh.SSHClientConnection] = field(default_factory=list)
 
     def alive(self) -> bool:
         # is_closed() as well: a connection can die while nobody is watching the slot
@@ -71,6 +75,12 @@ class _Slot:
         self.files.clear()
         if conn is not None:
             conn.abort()
+        self.drop_tunnels()
+
+    def drop_tunnels(self) -> None:
+        tunnels, self.tunnels = self.tunnels, []
+        for tunnel in reversed(tunnels):
+            tunnel.abort()
 
 
 class _HostKeyCheck(asyncssh.SSHClient):  # type: ignore[misc]
@@ -111,6 +121,7 @@ class _HostKeyCheck(asyncssh.SSHClient):  # type: ignore[misc]
         )
         self.slot.conn, self.slot.sftp = None, None
         self.slot.files.clear()
+        self.slot.drop_tunnels()
 
 
 def _known_hosts_pattern(host: str, port: int) -> str:
@@ -133,6 +144,17 @@ class SFTPOrigin:
             settings.known_hosts or Path("~/.ssh/known_hosts").expanduser()
         ).expanduser()
         self._aio = AsyncioThread(f"sftp-{name}")
+        # Where the URL's host really is (ssh_config.py): worked out again at every connect,
+        # so an edited ~/.ssh/config applies without a restart.
+        self.endpoint = SSHEndpoint(
+            address.host,
+            address.host,
+            address.port or DEFAULT_PORT,
+            address.user,
+            address.host,
+            (),
+            (),
+        )
         self._slots = [_Slot(i) for i in range(settings.connections)]
         self._next_slot = 0
         self._connect_failures = 0
@@ -150,12 +172,11 @@ class SFTPOrigin:
     def display_url(self) -> str:
         a = self.address
         user = f"{a.user}@" if a.user else ""
-        port = f":{a.port}" if a.port != 22 else ""
+        port = f":{a.port}" if a.port is not None else ""
         return f"sftp://{user}{a.host}{port}{a.path}"
 
     def _where(self) -> str:
-        a = self.address
-        return f"{a.user + '@' if a.user else ''}{a.host}:{a.port}"
+        return self.endpoint.where()
 
     def _err(
         self, err: int, message: str, path: str | None = None, *, origin_wide: bool = False
@@ -171,9 +192,12 @@ class SFTPOrigin:
 
     # -- connections (asyncio side) ----------------------------------------------------
 
-    def _connect_options(self) -> dict[str, Any]:
+    def _connect_options(self, endpoint: SSHEndpoint) -> dict[str, Any]:
         options: dict[str, Any] = {
-            "port": self.address.port,
+            "port": endpoint.port,
+            # The same config file ssh would read (never asyncssh's own default): it
+            # applies IdentityFile, IdentitiesOnly and the rest of the host's block.
+            "config": list(endpoint.config),
             "connect_timeout": self.timeout,
             "login_timeout": self.timeout,
             # A silent peer is declared dead after ~2 intervals without an answer.
@@ -183,14 +207,14 @@ class SFTPOrigin:
             "password": None,
             "kbdint_auth": False,
         }
-        if self.address.user:
-            options["username"] = self.address.user
+        if endpoint.user:
+            options["username"] = endpoint.user
         if self.settings.key_file is not None:
             options["client_keys"] = [str(self.settings.key_file.expanduser())]
             options["agent_path"] = None
         return options
 
-    def _load_known_hosts(self) -> tuple[asyncssh.SSHKnownHosts, bool]:
+    def _load_known_hosts(self, endpoint: SSHEndpoint) -> tuple[asyncssh.SSHKnownHosts, bool]:
         """The known_hosts file and whether it lists this host at all."""
         path = self.known_hosts
         try:
@@ -201,7 +225,7 @@ class SFTPOrigin:
                     errno.EACCES,
                     f"known_hosts file {path} does not exist, so the host key of "
                     f"{self._where()} cannot be verified; add it (ssh-keyscan -p "
-                    f"{self.address.port} {self.address.host} >> {path}) or set "
+                    f"{endpoint.port} {endpoint.host} >> {path}) or set "
                     "trust_on_first_use = true",
                     origin_wide=True,
                 ) from None
@@ -211,12 +235,13 @@ class SFTPOrigin:
                 errno.EACCES, f"cannot read known_hosts file {path}: {exc}", origin_wide=True
             ) from None
         known = asyncssh.import_known_hosts(text)
-        keys = known.match(self.address.host, "", self.address.port)
+        keys = known.match(endpoint.key_name, "", endpoint.port)
         return known, bool(keys[0] or keys[1])
 
     def _save_host_key(self, key: asyncssh.SSHKey) -> None:
         line = key.export_public_key("openssh").decode().split()[:2]
-        entry = f"{_known_hosts_pattern(self.address.host, self.address.port)} {' '.join(line)}"
+        pattern = _known_hosts_pattern(self.endpoint.key_name, self.endpoint.port)
+        entry = f"{pattern} {' '.join(line)}"
         self.known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(self.known_hosts, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
@@ -233,8 +258,10 @@ class SFTPOrigin:
             self.known_hosts,
         )
 
-    def _connect_error(self, exc: BaseException, check: _HostKeyCheck | None) -> OriginError:
-        where = self._where()
+    def _connect_error(
+        self, exc: BaseException, check: _HostKeyCheck | None, hop: Hop | None = None
+    ) -> OriginError:
+        where = self._where() if hop is None else f"jump host {hop} (ProxyJump of {self._where()})"
         if isinstance(exc, OriginError):
             return exc
         if isinstance(exc, asyncssh.HostKeyNotVerifiable):
@@ -244,7 +271,8 @@ class SFTPOrigin:
                     f"host key of {where} does not match the one in {self.known_hosts}: "
                     "REFUSED (the server was reinstalled, or someone is intercepting the "
                     "connection; if the change is expected, remove the old line with "
-                    f"ssh-keygen -R {_known_hosts_pattern(self.address.host, self.address.port)}"
+                    "ssh-keygen -R "
+                    f"{_known_hosts_pattern(self.endpoint.key_name, self.endpoint.port)}"
                     f" -f {self.known_hosts})"
                 )
             else:
@@ -256,7 +284,9 @@ class SFTPOrigin:
         if isinstance(exc, asyncssh.PermissionDenied):
             how = (
                 f"key {self.settings.key_file}"
-                if self.settings.key_file
+                if self.settings.key_file and hop is None
+                else f"the IdentityFile of {self.endpoint.config[0]} / SSH agent / default keys"
+                if self.endpoint.config
                 else "SSH agent / default keys"
             )
             return self._err(
@@ -273,7 +303,8 @@ class SFTPOrigin:
             )
         if isinstance(exc, socket.gaierror):
             return self._err(
-                errno.EHOSTUNREACH, f"cannot resolve host {self.address.host!r}: {exc.strerror}"
+                errno.EHOSTUNREACH,
+                f"cannot resolve host {hop.host if hop else self.endpoint.host!r}: {exc.strerror}",
             )
         if isinstance(exc, TimeoutError | asyncio.TimeoutError):
             return self._err(errno.ETIMEDOUT, f"no answer from {where} within {self.timeout:g}s")
@@ -296,7 +327,9 @@ class SFTPOrigin:
         conn: asyncssh.SSHClientConnection | None = None
         try:
             fail_point("origin.sftp.connect")
-            known, host_known = self._load_known_hosts()
+            self.endpoint = self._resolve()
+            known, host_known = self._load_known_hosts(self.endpoint)
+            tunnel = await self._open_jumps(slot, known)
 
             def factory() -> _HostKeyCheck:
                 nonlocal check
@@ -305,10 +338,11 @@ class SFTPOrigin:
 
             conn = await asyncio.wait_for(
                 asyncssh.connect(
-                    self.address.host,
+                    self.endpoint.alias,
                     known_hosts=known,
                     client_factory=factory,
-                    **self._connect_options(),
+                    tunnel=tunnel if tunnel is not None else (),
+                    **self._connect_options(self.endpoint),
                 ),
                 self.timeout,
             )
@@ -327,6 +361,7 @@ class SFTPOrigin:
         except BaseException as exc:
             if conn is not None:
                 conn.abort()
+            slot.drop_tunnels()
             if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
                 raise
             raise self._connect_error(exc, check) from None
@@ -335,6 +370,42 @@ class SFTPOrigin:
         log.info(
             "sftp: origin=%s connected to %s (connection %d)", self._name, self._where(), slot.index
         )
+
+    def _resolve(self) -> SSHEndpoint:
+        # Read here like known_hosts is: a small local file, once per connection.
+        a = self.address
+        try:
+            return resolve_endpoint(a.host, a.user, a.port, self.settings.config_file)
+        except SSHConfigError as exc:
+            raise self._err(errno.EINVAL, str(exc), origin_wide=True) from None
+
+    async def _open_jumps(
+        self, slot: _Slot, known: asyncssh.SSHKnownHosts
+    ) -> asyncssh.SSHClientConnection | None:
+        """Connect through the ProxyJump hops, each verified against the same known_hosts
+        (never trusted on first use); the last one, to tunnel through, or None."""
+        slot.drop_tunnels()
+        tunnel: asyncssh.SSHClientConnection | None = None
+        for hop in self.endpoint.jumps:
+            options = self._connect_options(self.endpoint)
+            for key in ("port", "username", "client_keys", "agent_path"):
+                options.pop(key, None)  # the hop's own, from its config block or defaults
+            try:
+                tunnel = await asyncio.wait_for(
+                    asyncssh.connect(
+                        hop.host,
+                        hop.port if hop.port is not None else (),
+                        username=hop.user if hop.user else (),
+                        known_hosts=known,
+                        tunnel=tunnel if tunnel is not None else (),
+                        **options,
+                    ),
+                    self.timeout,
+                )
+            except Exception as exc:
+                raise self._connect_error(exc, None, hop) from None
+            slot.tunnels.append(tunnel)
+        return tunnel
 
     async def _session(self, *, force: bool = False) -> _Slot:
         """A connected slot, round-robin. A dead slot is reconnected in the background

@@ -25,8 +25,8 @@ class OriginConfigError(ValueError):
 @dataclass(frozen=True)
 class SFTPAddress:
     user: str | None
-    host: str
-    port: int
+    host: str  # a host name, an address, or a Host alias of the SSH config
+    port: int | None  # None: from the SSH config, else 22
     path: str
 
 
@@ -40,7 +40,7 @@ def is_local(url: str, parts: SplitResult) -> bool:
     return parts.scheme == "" or (len(parts.scheme) == 1 and url[1:2] == ":")
 
 
-def _port(url: str, parts: SplitResult, default: int) -> int:
+def _port(url: str, parts: SplitResult, default: int | None) -> int | None:
     try:
         port = parts.port
     except ValueError:
@@ -60,7 +60,7 @@ def parse_sftp(url: str) -> SFTPAddress:
     return SFTPAddress(
         unquote(parts.username) if parts.username else None,
         parts.hostname,
-        _port(url, parts, 22),
+        _port(url, parts, None),
         path.rstrip("/") or "/",
     )
 

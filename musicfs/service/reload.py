@@ -31,6 +31,7 @@ RESTART_ONLY = (
     "fuse.max_tasks",
     "fuse.max_background",
     "cache.chunk_size",
+    "metrics.listen",
 )
 # Settings that change which origins exist or how they are reached: the pool is rebuilt.
 _ORIGIN_KEYS = ("origins", "timeouts")

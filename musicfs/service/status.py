@@ -9,13 +9,18 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+import trio
+
 from musicfs.cache.reader import CachingReader
 from musicfs.fuse_ops import MusicOperations
 from musicfs.library import SyncCoordinator
 from musicfs.pin_manager import PinManager
 from musicfs.service.fuse_session import FuseSession
+from musicfs.service.notify import Notifier
 from musicfs.service.supervisor import Supervisor
 from musicfs.service.watchdog import Watchdog
+
+STATUS_INTERVAL = 1.0  # how often the STATUS= line is checked
 
 
 class DaemonState(enum.StrEnum):
@@ -111,6 +116,17 @@ def status_report(daemon: Running) -> dict[str, Any]:
             "requests": dict(st.by_op),
         }
     return report
+
+
+async def send_status_lines(daemon: Running, notifier: Notifier) -> None:
+    """Keep sd_notify's STATUS= current: checked every second, sent when it changed."""
+    last = ""
+    while True:
+        line = status_line(daemon)
+        if line != last:
+            notifier.send_status(line)
+            last = line
+        await trio.sleep(STATUS_INTERVAL)
 
 
 def status_of(component: object) -> object:

@@ -528,6 +528,11 @@ def test_a_flapping_link_never_serves_wrong_bytes_and_settles(request, which: st
 
     play = threading.Thread(target=player, daemon=True)
     play.start()
+    # The link starts flapping once the player is playing (its first bytes came through;
+    # the start-up sync cached only the tracks' headers, not their first chunks).
+    waited_until = time.monotonic() + 10
+    while served == 0 and time.monotonic() < waited_until:
+        time.sleep(0.01)
     rng = random.Random(7)
     flaps = 0
     try:

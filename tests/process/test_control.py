@@ -143,3 +143,86 @@ def test_sighup_reloads_origins_without_unmounting(tmp_path: Path) -> None:
         assert d.wait(timeout=20) == 0
     finally:
         d.stop()
+
+
+def _env_without_runtime_dir(home: Path) -> dict[str, str]:
+    """A shell with no $XDG_RUNTIME_DIR (su, cron, ssh without a session) and another
+    home: the client's own defaults point nowhere near the daemon's state dir."""
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_RUNTIME_DIR", "RUNTIME_DIRECTORY")}
+    env["HOME"] = str(home)
+    return env
+
+
+def test_the_mount_point_alone_finds_the_daemon(tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    make_library(lib, albums=1, tracks=2)
+    (tmp_path / "somewhere").mkdir()
+    state = tmp_path / "somewhere" / "state"  # its control socket is in state/run
+    d = MountedDaemon(tmp_path / "mnt", [lib], state)
+    d.env = _env_without_runtime_dir(tmp_path / "daemon-home")
+    d.start()
+    client = _env_without_runtime_dir(tmp_path / "client-home")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            musicfs_cmd(*args), capture_output=True, text=True, timeout=60, env=client
+        )
+
+    try:
+        d.wait_for_log("tree: generation")
+        proc = run("status", "--json", str(d.mountpoint))
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["pid"] == d.pid
+        proc = run("status", str(d.mountpoint))
+        assert proc.returncode == 0 and "serving" in proc.stdout, proc.stderr
+        proc = run("unmount", str(d.mountpoint))
+        assert proc.returncode == 0, proc.stderr
+        assert d.wait(timeout=20) == 0
+        assert find_mount(d.mountpoint) is None
+    finally:
+        d.stop()
+    # Nothing left registered: the mount point no longer finds a daemon.
+    proc = run("status", "--json", str(d.mountpoint))
+    assert proc.returncode == 1
+    assert json.loads(proc.stdout) == {
+        "running": False,
+        "error": proc.stderr.strip().removeprefix("musicfs: "),
+    }
+
+
+def test_unmount_with_a_config_uses_its_mount_point(tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    make_library(lib, albums=1, tracks=1)
+    mnt, state = tmp_path / "mnt", tmp_path / "state"
+    config = tmp_path / "musicfs.toml"
+    config.write_text(f'mountpoint = "{mnt}"\nstate_dir = "{state}"\n[[origin]]\nurl = "{lib}"\n')
+    d = MountedDaemon(mnt, [], state, config=config)
+    d.env = _env_without_runtime_dir(tmp_path / "home")
+    d.args.remove(str(mnt))  # the config names it
+    d.start()
+    try:
+        proc = subprocess.run(
+            musicfs_cmd("unmount", "--config", str(config)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=d.env,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert d.wait(timeout=20) == 0
+    finally:
+        d.stop()
+
+
+def test_status_json_without_a_daemon_answers_on_stdout(tmp_path: Path) -> None:
+    (tmp_path / "mnt").mkdir()
+    proc = subprocess.run(
+        musicfs_cmd("status", "--json", str(tmp_path / "mnt")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env_without_runtime_dir(tmp_path / "home"),
+    )
+    assert proc.returncode == 1
+    answer = json.loads(proc.stdout)
+    assert answer["running"] is False and "no running MusicFS" in answer["error"]

@@ -313,3 +313,33 @@ def test_switching_origins_leaves_no_ghost_tracks(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2, proc.stderr
     assert "(ENOENT)" in proc.stderr and "nothing is catalogued from there" in proc.stderr
+
+
+def test_state_and_cache_are_owner_only(tmp_path: Path, library: Path) -> None:
+    """Run by hand with a 022 umask: the catalog (and its WAL), the search index, the
+    cache index and chunks are still not readable by other users."""
+    import stat
+
+    state, cache = tmp_path / "state", tmp_path / "cache"
+    cache.mkdir(mode=0o755)  # made by the user beforehand: closed to others at start
+    os.chmod(cache, 0o755)
+    old = os.umask(0o022)
+    try:
+        with MountedDaemon(tmp_path / "mnt", [library], state, cache_dir=cache) as d:
+            d.wait_for_log("search index: +")
+            for f in mounted_files(d.mountpoint)[:3]:
+                f.read_bytes()  # chunks in the cache
+            deadline = time.monotonic() + 20  # chunks are written behind the reads
+            while not any(p.is_file() for p in (cache / "chunks").rglob("*")):
+                assert time.monotonic() < deadline, "no chunk was stored"
+                time.sleep(0.1)
+            made = [p for root in (state, cache) for p in [root, *root.rglob("*")]]
+            assert (state / "catalog.sqlite-wal").exists() and (state / "search").is_dir()
+            open_to_others = {
+                str(p): oct(stat.S_IMODE(p.lstat().st_mode))
+                for p in made
+                if not p.is_symlink() and not p.is_socket() and p.lstat().st_mode & 0o077
+            }
+            assert open_to_others == {}
+    finally:
+        os.umask(old)

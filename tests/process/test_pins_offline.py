@@ -89,9 +89,12 @@ def test_pinned_tracks_play_with_the_origin_gone_and_unpinned_ones_fail_fast(
                 break
         assert evicted_start is not None, "every unpinned track's start was still cached"
 
-        # Restart with the origin still gone: the pin is still there and still held.
+        # Restart with the origin still gone and the search index broken (it is rebuilt
+        # from the catalog): the pin is still there and still held.
         d.stop()
+        (state / "search" / "meta.json").write_text("corrupted")
         d = MountedDaemon(tmp_path / "mnt", [lib], state, config=config, env=env).start()
+        d.wait_for_log("rebuilding from the catalog")
         listing = musicfs("pins", "--json", "--state-dir", str(state), env=env)
         assert listing.returncode == 0, listing.stderr
         pins = json.loads(listing.stdout)

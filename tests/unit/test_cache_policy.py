@@ -10,6 +10,7 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from musicfs.cache.planner import piece_key
 from musicfs.cache.policy import PROTECTED_SHARE, ChunkLedger
 from musicfs.cache.reader import CachingReader
 from tests.support.faulty_store import FaultyStore, TrackOrigin
@@ -117,9 +118,9 @@ def play_then_scan(tmp_path: Path, *, pin_one: bool = False) -> tuple[TrackOrigi
             await wait_until_written(reader)
             if pin_one:
                 lone = origin.add("lone.flac", CS)
-                assert await reader.read(lone, 0, 100)  # a head only: probationary
+                assert await reader.read(lone, 0, 100)  # a head only: a probationary piece
                 await wait_until_written(reader)
-                assert await trio.to_thread.run_sync(store.pin, lone.version_key, 0)
+                assert await trio.to_thread.run_sync(store.pin, lone.version_key, piece_key(0))
             for track in library:
                 await reader.read(track, 0, 3000)  # ffprobe: the head ...
                 await reader.read(track, track.size - 128, 128)  # ... and the tags at the end
@@ -153,10 +154,12 @@ def test_played_album_survives_a_scan_of_ten_times_the_cache(tmp_path: Path) -> 
                 ), (name, n)
                 assert store.is_protected(track.version_key, n)  # and after a restart
         lone = origin.tracks["lone.flac"]
-        assert store.has(lone.version_key, 0)  # pinned in probation: still never evicted
+        assert store.has(lone.version_key, piece_key(0))  # pinned in probation: kept
         # The scan's chunks were cached too, as far as probation had room.
         scanned = sum(
-            store.has(t.version_key, 0) for n, t in origin.tracks.items() if n.startswith("lib")
+            store.has(t.version_key, piece_key(0))
+            for n, t in origin.tracks.items()
+            if n.startswith("lib")
         )
         assert scanned > 0
         assert store.ledger.protected_used <= CACHE_CHUNKS * CS * PROTECTED_SHARE

@@ -1,4 +1,5 @@
-"""Layer 1 property: whatever interleaving of reads, evictions, crashes at write-path and
+"""Layer 1 property: whatever interleaving of reads (one after the other or several at
+once, at any offsets, each in pieces or whole chunks), evictions, crashes at write-path and
 eviction failpoints (simulated in-process: the failpoint panics, the store is dropped
 without a clean close and opened again), corrupted chunk files, full and read-only cache
 disks -- every byte the reader serves equals the origin's, and every restart leaves a
@@ -23,7 +24,7 @@ from musicfs.cache.reader import CachingReader
 from musicfs.failpoints import FailpointPanic
 from tests.support.faulty_store import FaultyStore, TrackOrigin
 
-CS = 4096
+CS = 16384  # pieces are 4 KiB: reads are served from pieces, whole chunks, or both
 SIZES = [3 * CS + 17, 5 * CS, 700, 2 * CS + 1, 4 * CS]
 CRASH_POINTS = [
     "cas.put.before_write",
@@ -44,12 +45,22 @@ _READ = st.tuples(
     st.just("read"), st.integers(0, len(SIZES) - 1), st.floats(0, 1), st.integers(1, 3 * CS)
 )
 _PLAY = st.tuples(st.just("play"), st.integers(0, len(SIZES) - 1))
+# Reads at once: they share (or race for) the same pieces and chunks.
+_BURST = st.tuples(
+    st.just("burst"),
+    st.lists(
+        st.tuples(st.integers(0, len(SIZES) - 1), st.floats(0, 1), st.integers(1, 2 * CS)),
+        min_size=2,
+        max_size=5,
+    ),
+)
 _DAMAGE = st.tuples(
     st.just("damage"), st.sampled_from(DAMAGE), st.integers(0, 10_000), st.integers(0, 5000)
 )
 # Listed twice: the interesting sequences (store, damage, read back) need them most.
 OPS = st.one_of(
     _READ,
+    _BURST,
     _PLAY,
     _PLAY,
     _DAMAGE,
@@ -147,6 +158,11 @@ class World:
             await self.read(op[1], int(op[2] * track.size), op[3])
         elif kind == "play":
             await self.play(op[1])
+        elif kind == "burst":
+            async with trio.open_nursery() as nursery:
+                for index, where, size in op[1]:
+                    offset = int(where * self.tracks[index].size)
+                    nursery.start_soon(self.read, index, offset, size)
         elif kind == "evict":
             self.store.evict(int(op[1] * self.store.used))
         elif kind == "crash":

@@ -163,6 +163,9 @@ def test_rows_on_undamaged_pages_are_salvaged_exactly_and_marked_for_rescan(
     filled(path, tracks=50)
     before = Catalog(path)
     tracks, inodes = before.tracks(), before.inodes([f"f:{t.id}" for t in before.tracks()])
+    before.add_pin("query", "artist:björk")
+    before.add_pin("path", "/Some/Album")
+    pins = before.pins()
     before.close()
     # Damage only an index: quick_check fails, every table row is still readable.
     scribble(path, (root_page(path, "sources_by_origin") - 1) * 4096, 4096)
@@ -178,4 +181,5 @@ def test_rows_on_undamaged_pages_are_salvaged_exactly_and_marked_for_rescan(
     assert cat.inodes(list(inodes)) == inodes
     assert {s.mtime_ns for t in salvaged for s in t.sources} == {-1}
     assert set(cat.known_sources("local").values()) == {(t.size, -1, None) for t in tracks}
+    assert cat.pins() == pins  # the pins too: what to keep offline is the user's, not derived
     cat.close()

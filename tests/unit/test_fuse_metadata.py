@@ -34,7 +34,7 @@ def test_statfs_reports_the_library_as_used_and_the_cache_disk_free(tmp_path: Pa
             assert abs(data.f_bavail - free) <= max(free // 100, 64)
             assert data.f_blocks == library_blocks + data.f_bfree
             assert data.f_ffree == data.f_favail > 0
-            assert data.f_files == len(tree.nodes) + data.f_ffree
+            assert data.f_files == tree.node_count + data.f_ffree
 
     trio.run(main)
 

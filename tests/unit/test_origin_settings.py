@@ -22,7 +22,7 @@ def test_sftp_urls() -> None:
     a = parse_sftp("sftp://music@nas.lan:2222/srv/My%20Music/")
     assert (a.user, a.host, a.port, a.path) == ("music", "nas.lan", 2222, "/srv/My Music")
     a = parse_sftp("sftp://nas")
-    assert (a.user, a.port, a.path) == (None, 22, "/")
+    assert (a.user, a.port, a.path) == (None, None, "/")  # the SSH config's, else 22
     for bad, message in [
         ("sftp://me:pw@nas/x", "must not contain a password"),
         ("sftp:///x", "expected sftp://user@host"),

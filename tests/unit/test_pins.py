@@ -187,7 +187,7 @@ def test_a_smart_pin_takes_in_what_a_sync_adds(tmp_path: Path) -> None:
                     "flac",
                     Tags(title="Added Later", artist="Artist 1", album="Later", track=1),
                 )
-                daemon._sync_now.set()
+                daemon.resync()
                 await until(lambda: len(manager.plan.tracks) == 3)
                 await until(lambda: all(p["complete"] for p in manager.status()["pins"]))
                 nursery.cancel_scope.cancel()

