@@ -10,6 +10,7 @@ and the command exits with status 2.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tomllib
@@ -48,6 +49,8 @@ __all__ = [
 ]
 
 EXIT_CONFIG = 2
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(Exception):
@@ -411,11 +414,21 @@ def settings_from_dict(
             origins.append(OriginSettings(**parsed))
         kwargs["origins"] = tuple(origins)
     kwargs["source"] = file
-    return finish(Settings(**kwargs))
+    settings = finish(Settings(**kwargs), text=text)
+    _warn_about(settings)
+    return settings
 
 
-def finish(settings: Settings) -> Settings:
-    """Fill derived defaults and check cross-field rules."""
+def finish(settings: Settings, *, text: str = "", origins_from_flags: bool = False) -> Settings:
+    """Fill derived defaults and check cross-field rules. ``text`` (the file's) lets an
+    error name its line; origins given as ``--origin`` are named as such."""
+
+    def error(message: str, key: str, index: int = 0) -> ConfigError:
+        table, _, name = key.rpartition(".")
+        if table == "origin" and origins_from_flags:
+            return ConfigError(message, key=f"--origin {settings.origins[index].url}")
+        line = _locate(text, table or None, name, index) if text else None
+        return ConfigError(message, file=settings.source, line=line, key=key)
 
     origins = []
     names: set[str] = set()
@@ -423,13 +436,13 @@ def finish(settings: Settings) -> Settings:
         try:
             validate_url(o.url)
         except OriginURLError as exc:
-            raise ConfigError(str(exc), file=settings.source, key="origin.url") from None
+            raise error(str(exc), "origin.url", i) from None
         name = o.name or _default_origin_name(o.url, i)
         if name in names:
-            raise ConfigError(
+            raise error(
                 f"two origins are named {name!r}; give each a unique name",
-                file=settings.source,
-                key="origin.name",
+                "origin.name" if o.name else "origin.url",
+                i,
             )
         names.add(name)
         origins.append(replace(o, name=name))
@@ -441,25 +454,38 @@ def finish(settings: Settings) -> Settings:
         ("cache.retry_interval", settings.cache.retry_interval),
     ):
         if value <= 0:
-            raise ConfigError("must be greater than zero", file=settings.source, key=key)
+            raise error("must be greater than zero", key)
     if settings.timeouts.health_max_backoff < settings.timeouts.health_interval:
-        raise ConfigError(
-            "must not be shorter than timeouts.health_interval",
-            file=settings.source,
-            key="timeouts.health_max_backoff",
+        raise error(
+            "must not be shorter than timeouts.health_interval", "timeouts.health_max_backoff"
         )
     fuse = settings.fuse
     if fuse.max_background > 65535:
-        raise ConfigError(
-            "must be at most 65535 (the kernel's limit)",
-            file=settings.source,
-            key="fuse.max_background",
-        )
-    if settings.cache.chunk_size < 4096 or settings.cache.chunk_size > 64 * 1024 * 1024:
-        raise ConfigError(
-            "must be between 4K and 64M", file=settings.source, key="cache.chunk_size"
+        raise error("must be at most 65535 (the kernel's limit)", "fuse.max_background")
+    cache = settings.cache
+    if cache.chunk_size < 4096 or cache.chunk_size > 64 * 1024 * 1024:
+        raise error("must be between 4K and 64M", "cache.chunk_size")
+    if cache.max_size < cache.chunk_size:
+        raise error(
+            f"{cache.max_size} bytes is less than one chunk ({cache.chunk_size} bytes): the "
+            "cache could store nothing (sizes take K/M/G/T, e.g. 10G)",
+            "cache.max_size",
         )
     return replace(settings, origins=tuple(origins))
+
+
+def _warn_about(settings: Settings) -> None:
+    """Accepted, but probably not what was meant: say what it will do."""
+    operation, deadline = settings.timeouts.operation, settings.fuse.read_deadline
+    if operation > deadline:
+        log.warning(
+            "%s: timeouts.operation (%gs) is longer than fuse.read_deadline (%gs): a slow "
+            "origin is cut off by the read deadline (EIO) before its own timeout, so a read "
+            "never fails over to another origin after it",
+            settings.source,
+            operation,
+            deadline,
+        )
 
 
 def _default_origin_name(url: str, index: int) -> str:
@@ -477,4 +503,4 @@ def with_overrides(settings: Settings, **overrides: Any) -> Settings:
     unknown = set(changes) - known
     if unknown:
         raise TypeError(f"unknown settings {sorted(unknown)}")
-    return finish(replace(settings, **changes))
+    return finish(replace(settings, **changes), origins_from_flags=bool(urls))

@@ -198,6 +198,7 @@ class Daemon:
         await self.reader.open()  # start-up repair; a bad cache means passthrough, not exit
         # Remote tag reads keep the headers in the cache, in pieces (no whole chunks).
         self.library.tag_reader = self.reader.read_metadata
+        self.reader.enable_prefetch(self._next_in_album)
         tree = await self.library.open_tree()
         self.ops = MusicOperations(tree, self.reader, s.fuse, free_space_of=s.cache_dir)
         self.ops.search_folder = SearchFolder(self._search_paths)
@@ -231,6 +232,12 @@ class Daemon:
 
     def _search_paths(self, query: str, limit: int) -> list[str]:
         return [hit.path for hit in self.search.search(query, limit)]
+
+    async def _next_in_album(self, track: Track) -> Track | None:
+        """What playback prefetch fetches after ``track`` (``cache/prefetch.py``)."""
+        assert self.library is not None
+        catalog = self.library.catalog
+        return await catalog.run(catalog.next_in_album, track.id)
 
     async def _fetch(self, track: Track, offset: int, length: int) -> bytes:
         # Through the current pool, which a reload may have replaced.

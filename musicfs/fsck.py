@@ -14,6 +14,7 @@ Exit status 0 when nothing is wrong or everything found was repaired, 1 otherwis
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,10 +66,50 @@ def check_cache(settings: Settings, *, repair: bool = False) -> CacheCheck:
         result.problems.append(f"cache {root}: not a directory (the daemon runs in passthrough)")
         return result
     if repair:
-        _repair(ChunkStore.from_settings(root, settings.cache), result)
+        cache_settings = settings.cache
+        stored = stored_chunk_size(CacheDisk(root))
+        if stored is not None and stored != cache_settings.chunk_size:
+            # A config change still waiting for a restart must not empty the index: the
+            # daemon decides that at its next start.
+            result.notes.append(
+                f"cache {root}: written with {stored}-byte chunks (the config says "
+                f"{cache_settings.chunk_size}, effective at the next daemon start); "
+                f"repairing with {stored}"
+            )
+            cache_settings = dataclasses.replace(cache_settings, chunk_size=stored)
+        _repair(ChunkStore.from_settings(root, cache_settings), result)
     else:
         _check(CacheDisk(root), result)
     return result
+
+
+def stored_chunk_size(disk: CacheDisk) -> int | None:
+    """The chunk size the cache's index says its chunks were written with, if it can say."""
+    if check_structure(disk.index_path) is not None or not (disk.index_path / "data.mdb").exists():
+        return None
+    try:
+        index = ChunkIndex(disk.index_path, map_size=2**20, readonly=True)
+    except (IndexUnusable, lmdb.Error):
+        return None
+    try:
+        raw = index.get_meta(b"chunk_size")
+    finally:
+        index.close()
+    try:
+        return int(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def daemon_using(settings: Settings) -> str | None:
+    """The pid (as its lock file says) of a daemon using this cache or state dir."""
+    for lock in (settings.cache_dir / "lock", settings.state_dir / "musicfs.lock"):
+        if is_held(lock):
+            try:
+                return lock.read_text().strip() or "?"
+            except OSError:
+                return "?"
+    return None
 
 
 def _repair(store: ChunkStore, result: CacheCheck) -> None:
@@ -162,7 +203,18 @@ def _check_files(
             result.problems.append(f"{path}: temp file left by a crash")
 
 
+EXIT_IN_USE = 2
+
+
 def run_fsck(settings: Settings, *, repair: bool = False) -> int:
+    holder = daemon_using(settings) if repair else None
+    if holder is not None:
+        print(
+            f"musicfs: the daemon pid {holder} is using this cache ({settings.cache_dir}); "
+            "stop it or run fsck without --repair",
+            file=sys.stderr,
+        )
+        return EXIT_IN_USE
     problems = fsck_catalog(settings)
     for problem in problems:
         print(problem, file=sys.stderr)

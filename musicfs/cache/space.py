@@ -70,6 +70,13 @@ def evict(disk: CacheDisk, index: ChunkIndex | None, ledger: ChunkLedger, target
                 index.drop_blobs(done)
             except (lmdb.Error, OSError) as exc:
                 log.warning("cache: eviction index commit failed: %s", describe(exc))
-    if done:
-        log.debug("cache: evicted %d chunks (%d bytes)", result.chunks, result.bytes)
+    if done:  # one line per round, for the operator watching the cache
+        log.info(
+            "cache: evicted %d chunks (%.1f MiB); %.1f MiB in %d chunks kept (target %.1f MiB)",
+            result.chunks,
+            result.bytes / 2**20,
+            ledger.used / 2**20,
+            len(ledger),
+            target / 2**20,
+        )
     return result

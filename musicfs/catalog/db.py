@@ -365,6 +365,23 @@ class Catalog:
         with self._lock:
             return read_tracks(self.db)
 
+    def next_in_album(self, track_id: int) -> Track | None:
+        """The track after ``track_id`` on its album -- disc, then track number, then path
+        -- for playback prefetch; None at the album's end or for a track without one."""
+        with self._lock:
+            row = self.db.execute(
+                f"SELECT album, {_ALBUM_ARTIST}, {_ALBUM_ORDER} FROM tracks WHERE id = ?",
+                (track_id,),
+            ).fetchone()
+            if row is None or row[0] is None:
+                return None
+            following = self.db.execute(
+                f"SELECT id FROM tracks WHERE album = ? AND {_ALBUM_ARTIST} IS ? "
+                f"AND ({_ALBUM_ORDER}) > (?, ?, ?) ORDER BY {_ALBUM_ORDER} LIMIT 1",
+                tuple(row),
+            ).fetchone()
+            return None if following is None else read_track(self.db, following[0])
+
     def track_sizes(self) -> dict[str, int]:
         with self._lock:
             return {
@@ -520,6 +537,10 @@ def _track_of(row: Sequence[Any], sources: Iterable[Source]) -> Track:
 
 
 _TRACK_SELECT = f"SELECT id, path, size, mtime_ns, etag, {', '.join(_TAG_COLUMNS)}, tag_error "
+
+
+_ALBUM_ARTIST = "coalesce(albumartist, artist)"
+_ALBUM_ORDER = "coalesce(disc, 1), coalesce(track, 0), path"
 
 
 def read_track(db: apsw.Connection, track_id: int) -> Track | None:

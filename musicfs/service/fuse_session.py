@@ -9,6 +9,7 @@ each is done, so that the composition root reads as the sequence it is.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,30 @@ class FuseStatistics:
 
 class MountFailed(Exception):
     """pyfuse3 could not mount; the message says what to check."""
+
+
+FUSE_CONF = Path("/etc/fuse.conf")
+
+
+def _fuse_conf() -> str:
+    try:
+        return FUSE_CONF.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def mount_failure_hint(allow_other: bool, euid: int, fuse_conf: str) -> str:
+    """What to check when the mount failed: for a user's ``allow_other`` that is almost
+    always a missing ``user_allow_other`` (fusermount3 refuses the option without it)."""
+    allowed = any(
+        line.split("#", 1)[0].strip() == "user_allow_other" for line in fuse_conf.splitlines()
+    )
+    if allow_other and euid != 0 and not allowed:
+        return (
+            f"fuse.allow_other needs `user_allow_other` in {FUSE_CONF} (as root: "
+            f"echo user_allow_other >> {FUSE_CONF}), or set fuse.allow_other = false"
+        )
+    return "is fuse3 installed and /dev/fuse usable?"
 
 
 class FuseSession:
@@ -86,10 +111,8 @@ class FuseSession:
         try:
             pyfuse3.init(self.ops, str(self.mountpoint), mount_options(self.ops.settings))
         except RuntimeError as exc:
-            raise MountFailed(
-                f"{self.mountpoint}: FUSE mount failed ({exc}); is fuse3 "
-                "installed and /dev/fuse usable?"
-            ) from None
+            hint = mount_failure_hint(self.ops.settings.allow_other, os.geteuid(), _fuse_conf())
+            raise MountFailed(f"{self.mountpoint}: FUSE mount failed ({exc}); {hint}") from None
         self.mounted = True
 
     async def serve(self) -> None:

@@ -367,3 +367,24 @@ def test_a_hung_cache_disk_stalls_the_player_once_not_on_every_chunk(
 def _threads(d: MountedDaemon) -> int:
     assert d.proc is not None
     return len(os.listdir(f"/proc/{d.proc.pid}/task"))
+
+
+def test_fsck_repair_beside_a_running_daemon_refuses_naming_its_pid(tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    make_library(lib, albums=1, tracks=2)
+    with MountedDaemon(tmp_path / "mnt", [lib], tmp_path / "state") as d:
+        proc = subprocess.run(
+            musicfs_cmd(
+                "fsck", "--repair", "--state-dir", str(d.state_dir), "--cache-dir", str(d.cache_dir)
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert proc.stderr.strip() == (
+            f"musicfs: the daemon pid {d.pid} is using this cache ({d.cache_dir}); "
+            "stop it or run fsck without --repair"
+        )
+        assert "passthrough" not in proc.stdout + proc.stderr
+        assert "ERROR" not in d.log()  # and the daemon's cache was not touched

@@ -114,8 +114,14 @@ def test_repair_refuses_a_cache_in_use(
     running = ChunkStore(cache.root, min_free=0)
     assert running.open() is not None
     try:
-        assert fsck(tmp_path, "--repair") == 1
-        assert "in use by another MusicFS" in capsys.readouterr().err
+        assert fsck(tmp_path, "--repair") == 2
+        err = capsys.readouterr().err
+        # One clear line naming who holds it, not ERROR lines about passthrough.
+        assert (
+            f"musicfs: the daemon pid {os.getpid()} is using this cache ({cache.root}); "
+            "stop it or run fsck without --repair"
+        ) in err.splitlines()
+        assert "passthrough" not in err
         # ...but a read-only check next to it works (another process, as in real life:
         # LMDB refuses a second open of one environment within a process)
         proc = subprocess.run(
@@ -132,6 +138,29 @@ def test_repair_refuses_a_cache_in_use(
         assert "a running MusicFS uses it" in proc.stdout
     finally:
         running.close()
+
+
+def test_repair_uses_the_chunk_size_the_cache_was_written_with(
+    tmp_path: Path, cache: ChunkStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A chunk_size change waiting for a daemon restart must not empty the index, nor
+    delete the full-size chunks the new size would not fit."""
+    big = ChunkStore(cache.root, min_free=0)
+    assert big.open() is not None
+    for i in range(2):
+        big.put(b"w" * 16, i, noise(2**20, f"big{i}"))
+    big.close()
+    config = tmp_path / "musicfs.toml"
+    config.write_text('[cache]\nchunk_size = "512K"\n')
+    args = ["--config", str(config)]
+    assert fsck(tmp_path, *args, "--repair") == 0
+    out = capsys.readouterr().out
+    assert "written with 1048576-byte chunks" in out and "repairing with 1048576" in out
+    assert "index rebuilt" not in out and "deleted" not in out, out
+    assert fsck(tmp_path) == 0
+    assert "8 chunks" in capsys.readouterr().out and all(
+        path_of(cache, i).exists() for i in range(6)
+    )
 
 
 def test_a_cache_dir_that_is_a_file_is_a_problem(

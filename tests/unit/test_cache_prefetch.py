@@ -145,3 +145,36 @@ def test_a_closed_handle_stops_its_prefetch(tmp_path: Path) -> None:
         assert prefetch.active() == []
 
     run(reader, body)
+
+
+def test_the_next_track_is_the_next_on_the_album_by_disc_and_number(tmp_path: Path) -> None:
+    from musicfs.catalog.db import Catalog
+    from musicfs.catalog.tags import Tags
+
+    cat = Catalog(tmp_path / "c.sqlite")
+
+    def tags(album: str, disc: int | None, number: int | None) -> Tags:
+        return Tags(title="t", albumartist="A", album=album, disc=disc, track=number)
+
+    cat.upsert(
+        "o",
+        [
+            ("z/d1-02.flac", 1, 1, None, tags("Album", 1, 2), None),
+            ("a/d2-01.flac", 1, 1, None, tags("Album", 2, 1), None),
+            ("m/d1-01.flac", 1, 1, None, tags("Album", 1, 1), None),
+            ("other.flac", 1, 1, None, tags("Other", 1, 3), None),
+            ("loose.flac", 1, 1, None, Tags(title="loose"), None),
+        ],
+    )
+    by_path = {t.path: t for t in cat.tracks()}
+
+    def following(path: str) -> str | None:
+        nxt = cat.next_in_album(by_path[path].id)
+        return None if nxt is None else nxt.path
+
+    assert following("m/d1-01.flac") == "z/d1-02.flac"
+    assert following("z/d1-02.flac") == "a/d2-01.flac"  # disc 2 after disc 1
+    assert following("a/d2-01.flac") is None  # the album's end
+    assert following("other.flac") is None
+    assert following("loose.flac") is None  # no album: nothing to prefetch
+    cat.close()

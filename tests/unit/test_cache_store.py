@@ -432,16 +432,23 @@ def test_min_free_shrinks_the_budget_when_the_disk_fills(store: FaultyStore) -> 
     assert store.used <= before - CS
 
 
-def test_background_maintenance_evicts_down_to_the_low_watermark(root: Path) -> None:
+def test_background_maintenance_evicts_down_to_the_low_watermark(
+    root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     store = make_store(root, max_size=100 * CS)
     try:
         for i in range(90):
             store.put(V1, i, chunk(i, CS // 4))
         before = store.used
         store.max_size = before  # now over the high watermark
+        caplog.set_level(logging.INFO, logger="musicfs.cache")
         store.maintain()
         assert store.used <= int(before * 0.85)
         assert store.used > int(before * 0.85) - CS
+        # One INFO line for the round, with what went and what stays.
+        rounds = [r for r in caplog.records if r.getMessage().startswith("cache: evicted")]
+        assert len(rounds) == 1 and rounds[0].levelno == logging.INFO
+        assert f"in {len(store.ledger)} chunks kept" in rounds[0].getMessage()
     finally:
         store.close()
 

@@ -54,6 +54,12 @@ url = "file:///mirror"
         ("[cache]\nmemory = '1M'\nretry_interval = 'soon'\n", 3, "cache.retry_interval"),
         ("[fuse]\nallow_other = 'yes'\n", 2, "fuse.allow_other"),
         ("[library]\ntemplate = '$nope'\n", 2, "library.template"),
+        # Rules checked once the whole file is read still name the line.
+        ("[[origin]]\nname = 'nas'\nurl = 'sftp://u:pw@nas/m'\n", 3, "origin.url"),
+        ("[[origin]]\nurl = '/a'\n[[origin]]\nurl = 'ftp://nas/m'\n", 4, "origin.url"),
+        ("log_level = 'info'\n[fuse]\nread_deadline = 0\n", 3, "fuse.read_deadline"),
+        ("[[origin]]\nurl='/a'\nname='x'\n[[origin]]\nurl='/b'\nname='x'\n", 6, "origin.name"),
+        ("[cache]\nchunk_size = '1M'\nmax_size = 10\n", 3, "cache.max_size"),
     ],
 )
 def test_errors_name_file_line_and_key(tmp_path: Path, text: str, line: int, key: str) -> None:
@@ -92,6 +98,28 @@ def test_duplicate_origin_names(tmp_path: Path) -> None:
         load_config(
             write(tmp_path, "[[origin]]\nurl='/a'\nname='x'\n[[origin]]\nurl='/b'\nname='x'\n")
         )
+
+
+def test_a_tiny_cache_says_what_it_would_do(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"less than one chunk .* e\.g\. 10G"):
+        load_config(write(tmp_path, "[cache]\nmax_size = 10\n"))
+
+
+def test_an_operation_timeout_past_the_read_deadline_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    load_config(write(tmp_path, "[fuse]\nread_deadline = '5s'\n[timeouts]\noperation = '10s'\n"))
+    assert "timeouts.operation (10s) is longer than fuse.read_deadline (5s)" in caplog.text
+    assert "never fails over" in caplog.text
+    caplog.clear()
+    load_config(write(tmp_path, "[fuse]\nread_deadline = '8s'\n[timeouts]\noperation = '5s'\n"))
+    assert "timeouts.operation" not in caplog.text
+
+
+def test_an_origin_flag_error_names_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["scan", "--origin", "ftp://nas/music"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("musicfs: --origin ftp://nas/music: "), err
 
 
 def test_units() -> None:
