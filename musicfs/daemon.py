@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -39,7 +40,7 @@ from musicfs.catalog.db import Catalog, SchemaTooNew
 from musicfs.catalog.integrity import open_catalog
 from musicfs.catalog.model import Track
 from musicfs.config import Settings
-from musicfs.fuse_ops import MusicOperations
+from musicfs.fuse_ops import GIL_SWITCH_INTERVAL, MusicOperations
 from musicfs.fuse_search import SearchFolder
 from musicfs.library import SyncCoordinator, open_pool
 from musicfs.locks import FileLock, LockHeld
@@ -301,6 +302,7 @@ class Daemon:
 
     async def run(self) -> int:
         install_hooks()
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         try:
             with signals.signal_handlers(
                 stop=self._first_stop_signal,
