@@ -146,6 +146,19 @@ def _fail(flights: list[_Flight], exc: BaseException) -> None:
 
 # The cursor MusicFS's own tag reads use (``read_metadata``): never streaming.
 _METADATA = object()
+# How much of a track's head a scanner's probe reads: ffprobe (Jellyfin, Navidrome's
+# ffmpeg, Plex) reads an MP3 or MP4 up to its first frames, ~128 KiB with a cover, and a
+# FLAC's metadata plus ~260 KiB of frames (measured with strace on tracks with 1200x1200
+# covers). The sync's first head read fetches this much, so a scan after it is cached.
+_HEAD_REGION = {".flac": 384 * 1024}
+_DEFAULT_HEAD = 128 * 1024
+
+
+def head_region(path: str) -> int:
+    dot = path.rfind(".")
+    return _HEAD_REGION.get(path[dot:].lower() if dot >= 0 else "", _DEFAULT_HEAD)
+
+
 # Pieces of a track's head and tail that tag reads keep protected (see ``read_metadata``).
 METADATA_BUDGET = 512 * 1024
 METADATA_TAIL = 128 * 1024
@@ -169,7 +182,10 @@ class CachingReader:
         fetch: Fetch,
         *,
         readahead: int = 8,
-        readahead_after: int = 256 * 1024,
+        # A library scanner reads a track's header in one run -- tags, the stream info and
+        # an embedded cover, commonly 100-700 KiB -- so only a longer run is playback.
+        readahead_after: int = 1024 * 1024,
+        prefetch_after: int = 2 * 1024 * 1024,
         part_bytes: int = 512 * 1024,
         memory_bytes: int = 16 * 1024 * 1024,
         retry_interval: float = 30.0,
@@ -184,6 +200,7 @@ class CachingReader:
         self.fetch = fetch
         self.readahead = readahead  # the largest read-ahead window, in chunks
         self.readahead_after = readahead_after
+        self.prefetch_after = prefetch_after
         self.part_bytes = part_bytes  # a chunk is fetched in ranges of this size at once
         self.planner = Planner(
             chunk_size=store.chunk_size, stream_after=readahead_after, max_window=readahead
@@ -215,6 +232,7 @@ class CachingReader:
         # promotion never overtakes the write of its chunk.
         self._played: OrderedDict[ChunkKey, None] = OrderedDict()
         self._promote_queue: list[ChunkKey] = []
+        self._heads: OrderedDict[bytes, None] = OrderedDict()  # head regions fetched
         self._put_pending = 0  # bytes queued or being written
         self._put_progress = trio.Event()  # set (and replaced) after every batch
         self._writing = False
@@ -348,7 +366,7 @@ class CachingReader:
                 if waited:
                     self.planner.stalled(cursor)
                 self._read_ahead(track, cursor, last)
-            if self.prefetch is not None:
+            if self.prefetch is not None and streak >= self.prefetch_after:
                 self.prefetch.playing(track, handle, end)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
@@ -364,12 +382,23 @@ class CachingReader:
         """A read by MusicFS's own tag reader: always in pieces, never read ahead, and the
         pieces of the first ``METADATA_BUDGET`` bytes and of the tail kept in the
         protected segment, so a scanner after the sync finds the headers cached."""
+        head = min(track.size, head_region(track.path))
+        first = offset
+        if offset < head and track.version_key not in self._heads:
+            # The first look at the head fetches the whole head region in one request:
+            # what a scanner's probe reads next (``head_region``) is then cached too.
+            self._heads[track.version_key] = None
+            while len(self._heads) > PLAYED_MEMORY:
+                self._heads.popitem(last=False)
+            await self.read(track, 0, head, handle=_METADATA)
+            first = 0
         data = await self.read(track, offset, size, handle=_METADATA)
         if self._nursery is not None:
             ps = self.planner.piece
+            last = max(offset + max(1, len(data)), head if first == 0 else 0) - 1
             keep = [
                 (track.version_key, piece_key(p))
-                for p in range(offset // ps, (offset + max(1, len(data)) - 1) // ps + 1)
+                for p in range(first // ps, last // ps + 1)
                 if p * ps < METADATA_BUDGET or p * ps >= track.size - METADATA_TAIL
             ]
             for key in keep:
