@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -592,7 +593,9 @@ class CachingReader:
             self._remember(key, data)
         for p in self._pieces_of(track, n):  # the whole chunk serves them from now on
             self._forget_memory((track.version_key, piece_key(p)))
-        await self._store(track.version_key, n, data)
+        # Prefetch (``remember`` false) waits for room in the write queue as long as it
+        # takes: it is in the background, and a chunk it drops is a hole offline.
+        await self._store(track.version_key, n, data, patient=not remember)
         return data
 
     async def _load_pieces(self, track: Track, n: int, own: dict[int, _Flight]) -> None:
@@ -600,7 +603,10 @@ class CachingReader:
         else each from the store, else from the origin (stored as pieces)."""
         try:
             cs = self.store.chunk_size
-            found = await self._from_store(track, n, min(cs, track.size - n * cs))
+            # A stalled cache disk is given one wait per load, not one more per piece.
+            stored: dict[int, bytes | Rejected | None] | None
+            stored = None if self._store_stalled else dict.fromkeys(own)
+            found = await self._from_store(track, n, min(cs, track.size - n * cs), pieces=stored)
             if isinstance(found, bytes):
                 self.counters.store_hits += 1
                 self._remember((track.version_key, n), found)
@@ -611,18 +617,15 @@ class CachingReader:
                 await self._repair_chunk(track, n, own, found)
                 return
             rest: dict[int, _Flight] = {}
-            # A stalled cache disk is given one wait per load, not one more per piece.
-            for p, flight in ({} if self._store_stalled else own).items():
-                stored = await self._from_store(track, piece_key(p), self._piece_len(track, p))
-                if isinstance(stored, bytes):
+            for p, flight in own.items():
+                piece = None if stored is None or self._store_stalled else stored.get(p)
+                if isinstance(piece, bytes):
                     self.counters.store_hits += 1
-                    self._resolve(flight, (track.version_key, piece_key(p)), stored)
+                    self._resolve(flight, (track.version_key, piece_key(p)), piece)
                 else:
-                    if isinstance(stored, Rejected):
-                        self._log_repaired(track, piece_key(p), stored)
+                    if isinstance(piece, Rejected):
+                        self._log_repaired(track, piece_key(p), piece)
                     rest[p] = flight
-            if self._store_stalled:
-                rest = dict(own)
             if not rest:
                 return
             await async_fail_point("reader.fetch")
@@ -731,18 +734,33 @@ class CachingReader:
         )
 
     async def _from_store(
-        self, track: Track, n: int, expected: int, *, patient: bool = False
+        self,
+        track: Track,
+        n: int,
+        expected: int,
+        *,
+        patient: bool = False,
+        pieces: dict[int, bytes | Rejected | None] | None = None,
     ) -> bytes | Rejected | _Skipped | None:
         """The stored chunk, a rejected one, or None: not stored, or the store failed or
         did not answer in time (``_SKIPPED`` when that was the short wait of a stalled
-        cache disk)."""
+        cache disk). ``pieces``: if the chunk is not stored, these pieces of it are looked
+        up too, in the same worker thread (a thread hop costs a cold read a millisecond)."""
         stalled = self._store_stalled and not patient
+
+        def lookup() -> bytes | Rejected | None:
+            version = track.version_key
+            found = self.store.get(version, n, expected, label=track.path)
+            if found is None and pieces is not None:
+                for p in list(pieces):
+                    size = self._piece_len(track, p)
+                    pieces[p] = self.store.get(version, piece_key(p), size, label=track.path)
+            return found
+
         with trio.move_on_after(STALLED_STORE_WAIT if stalled else self.store_deadline):
             try:
                 found = await trio.to_thread.run_sync(
-                    lambda: self.store.get(track.version_key, n, expected, label=track.path),
-                    limiter=self._get_limiter,
-                    abandon_on_cancel=True,
+                    lookup, limiter=self._get_limiter, abandon_on_cancel=True
                 )
                 if self._store_stalled:
                     self._store_stalled = False
@@ -801,7 +819,7 @@ class CachingReader:
 
     # -- storing ---------------------------------------------------------------------
 
-    async def _store(self, version: bytes, n: int, data: bytes) -> None:
+    async def _store(self, version: bytes, n: int, data: bytes, *, patient: bool = False) -> None:
         if self.store.mode is CacheMode.PASSTHROUGH:
             self.counters.uncached += 1
             return
@@ -811,7 +829,7 @@ class CachingReader:
         # Back-pressure: a reader outrunning the cache disk waits for room in the queue
         # (``max_pending_bytes`` bounds the memory it holds), but only briefly -- if the
         # disk is that slow, serve now and store next time.
-        with trio.move_on_after(self.put_wait):
+        with trio.move_on_after(math.inf if patient else self.put_wait):
             while self._put_pending and self._put_pending + len(data) > self.max_pending_bytes:
                 await self._put_progress.wait()
             self._put_queue.append((version, n, data))
