@@ -20,20 +20,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from bench import Report
-from bench.bench_remote import (
-    foreign_mount,
-    make_library,
-    musicfs_mount,
-    read_cold,
-    sshfs_cmd,
-    wait_for_files,
-)
+from bench.peers import MusicFS, Sshfs, make_album, wait_for_tracks
+from bench.workloads import read_all
 
 log = logging.getLogger("bench.pins")
 
@@ -67,10 +60,6 @@ def _pin_seconds(mnt: Path, query: str) -> float:
         time.sleep(0.02)
 
 
-def _spread(values: list[float]) -> str:
-    return f"median of {len(values)}, {min(values):.1f}–{max(values):.1f}"
-
-
 def main() -> Report:
     from tests.support.netns import NetNS, SSHServer
 
@@ -92,7 +81,7 @@ def main() -> Report:
     os.chmod(work, 0o755)
     try:
         lib = work / "lib"
-        made = make_library(lib, files, size)
+        made = make_album(lib, files, size)
         total = sum(p.stat().st_size for p in made)
         for p in made:
             p.read_bytes()  # the server's page cache is warm for every run alike
@@ -105,38 +94,33 @@ def main() -> Report:
                 "key_file": sshd.client_key,
                 "known_hosts": sshd.known_hosts,
             }
+            sshfs_peer = Sshfs(sshd, lib, work)
             for run in range(repeats):
                 log.info("run %d: MusicFS cold sequential read", run + 1)
-                with musicfs_mount(work, f"cold{run}", origin, {}) as mnt:
-                    found = wait_for_files(mnt, files)
-                    cold.append(read_cold(list(found.values())).mb_s)
+                with MusicFS(f"cold{run}", origin, work).mount(fresh=True) as mounted:
+                    cold.append(read_all(wait_for_tracks(mounted.path, files)).mb_s)
                 log.info("run %d: musicfs pin", run + 1)
-                with musicfs_mount(work, f"pin{run}", origin, {}) as mnt:
-                    wait_for_files(mnt, files)
-                    pinned.append(total / _pin_seconds(mnt, "album") / 1e6)
+                with MusicFS(f"pin{run}", origin, work).mount(fresh=True) as mounted:
+                    wait_for_tracks(mounted.path, files)
+                    pinned.append(total / _pin_seconds(mounted.path, "album") / 1e6)
                 log.info("run %d: sshfs cold sequential read", run + 1)
-                sshfs_mnt = work / f"sshfs{run}"
-                with foreign_mount(
-                    sshfs_cmd(sshd, lib, sshfs_mnt), sshfs_mnt, work / "sshfs.log"
-                ) as mnt:
-                    sshfs.append(read_cold([mnt / p.relative_to(lib) for p in made]).mb_s)
-        report.add(
+                with sshfs_peer.mount(fresh=True) as mounted:
+                    sshfs.append(read_all([mounted.path / p.relative_to(lib) for p in made]).mb_s)
+        report.add_runs(
             "pin throughput (whole library)",
-            statistics.median(pinned),
+            pinned,
             "MB/s",
-            baseline=statistics.median(cold),
+            baseline_samples=cold,
             baseline_name="MusicFS cold sequential read",
             higher_is_better=True,
-            note=f"{_spread(pinned)}; baseline {_spread(cold)}",
         )
-        report.add(
+        report.add_runs(
             "MusicFS cold sequential read",
-            statistics.median(cold),
+            cold,
             "MB/s",
-            baseline=statistics.median(sshfs),
+            baseline_samples=sshfs,
             baseline_name="sshfs",
             higher_is_better=True,
-            note=f"{_spread(cold)}; sshfs {_spread(sshfs)}",
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)

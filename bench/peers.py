@@ -14,6 +14,7 @@ tbf`` in both directions.
 
 from __future__ import annotations
 
+import random
 import re
 import shutil
 import subprocess
@@ -186,6 +187,24 @@ class MusicFS:
                 yield Mounted(daemon.mountpoint, daemon.pid)
             finally:
                 self.daemon = None
+
+
+def make_album(root: Path, files: int, size: int) -> list[Path]:
+    """``files`` tagged MP3s of about ``size`` bytes in one album (random bytes after the
+    audio, distinct sizes), readable by any server user."""
+    from musicfs.catalog.tags import Tags
+    from tests.support.library import tagged_file
+
+    made = []
+    for i in range(files):
+        path = root / "Artist" / "Album" / f"{i + 1:02d}.mp3"
+        tagged_file(path, "mp3", Tags(title=f"Track {i}", artist="Artist", album="Album"))
+        with path.open("ab") as f:
+            f.write(random.Random(i).randbytes(size + i * 4096 - path.stat().st_size))
+        made.append(path)
+    for p in [root, *root.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    return made
 
 
 def wait_for_tracks(mnt: Path, count: int, timeout: float = 300) -> list[Path]:

@@ -10,4 +10,5 @@ SCENARIOS = (
     "library",  # 10,000 generated tracks on a local origin: scan, ls -R, reads, RSS
     "cache",  # the chunk cache: hits, misses, verification, time to first byte
     "storm",  # cached reads while 100 uncached reads hang on the origin
+    "pins",  # musicfs pin filling the cache vs a cold read and sshfs
 )

@@ -382,7 +382,7 @@ def cmd_pin(args: argparse.Namespace) -> int:
         "unpin": pin_commands.cmd_unpin,
         "pins": pin_commands.cmd_pins,
     }
-    return commands[args.command](args, resolve_settings(args), _control_path)
+    return commands[args.command](args, resolve_settings(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

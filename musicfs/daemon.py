@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -39,7 +40,7 @@ from musicfs.catalog.db import Catalog, SchemaTooNew
 from musicfs.catalog.integrity import open_catalog
 from musicfs.catalog.model import Track
 from musicfs.config import Settings
-from musicfs.fuse_ops import MusicOperations
+from musicfs.fuse_ops import GIL_SWITCH_INTERVAL, MusicOperations
 from musicfs.fuse_search import SearchFolder
 from musicfs.library import SyncCoordinator, open_pool
 from musicfs.locks import FileLock, LockHeld
@@ -169,7 +170,7 @@ class Daemon:
         pool = open_pool(s)
         first_run = not s.catalog_path.exists()
         if first_run:
-            _refuse_missing_origins(pool, {})
+            _refuse_missing_origins(pool, lambda origin: False)
         tighten(s.state_dir)
         tighten(s.cache_dir)
         self.lock.acquire()
@@ -180,11 +181,15 @@ class Daemon:
         except SchemaTooNew as exc:
             raise StartupError(str(exc)) from None
         if not first_run:
-            recorded = {
-                o.name: await catalog.run(catalog.get_state, identity_key(o.name)) for o in pool
-            }
+
+            def catalogued_from(origin: LocalOrigin) -> bool:
+                recorded = catalog.get_state(identity_key(origin.name))
+                if recorded is None:  # listed before identities were kept, or never listed
+                    return bool(catalog.known_sources(origin.name))
+                return recorded == origin_identity(origin)
+
             try:
-                _refuse_missing_origins(pool, recorded)
+                await catalog.run(_refuse_missing_origins, pool, catalogued_from)
             except StartupError:
                 catalog.close()
                 raise
@@ -297,6 +302,7 @@ class Daemon:
 
     async def run(self) -> int:
         install_hooks()
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         try:
             with signals.signal_handlers(
                 stop=self._first_stop_signal,
@@ -476,18 +482,17 @@ class Daemon:
         log.info("shutdown: stores committed and closed")
 
 
-def _refuse_missing_origins(pool: OriginPool, recorded: dict[str, str | None]) -> None:
+def _refuse_missing_origins(
+    pool: OriginPool, catalogued_from: Callable[[LocalOrigin], bool]
+) -> None:
     """A local origin folder that does not exist, or is a file, is a mistake in the
     command line or config -- unless the catalog holds tracks from that very folder (then
-    it is a disk not mounted today: the offline case, served from the catalog and cache).
-    ``recorded``: where each origin pointed when last listed (empty on a first run)."""
+    it is a disk not mounted today: the offline case, served from the catalog and cache)."""
     for origin in pool:
         if not isinstance(origin, LocalOrigin):
             continue  # a server that does not answer yet is the offline case
-        if origin.name in recorded and recorded[origin.name] in (None, origin_identity(origin)):
-            continue  # catalogued from here (or before identities were recorded)
         problem = origin.root_problem()
-        if problem is not None:
+        if problem is not None and not catalogued_from(origin):
             code = errno.errorcode.get(problem.errno or 0, "?")
             raise StartupError(
                 f"origin {origin.name} ({origin.root}): {problem.strerror} ({code}); "

@@ -231,6 +231,7 @@ class PinManager:
     def status(self) -> dict[str, Any]:
         elapsed = time.monotonic() - self._pass_started
         return {
+            "catalog": str(self.catalog.path),  # whose pins these are
             "pins": [self.pin_status(p.id) for p in self.pins],
             "tracks": len(self.plan.tracks),
             "bytes": self.plan.bytes,

@@ -343,3 +343,19 @@ def test_state_and_cache_are_owner_only(tmp_path: Path, library: Path) -> None:
             assert open_to_others == {}
     finally:
         os.umask(old)
+
+
+def test_a_catalog_with_nothing_from_a_missing_origin_still_refuses_it(tmp_path: Path) -> None:
+    """`musicfs scan` with a typo made a catalog but listed nothing from that folder: the
+    mount that follows is still a configuration error, not an offline library."""
+    origin, state = tmp_path / "Musci", tmp_path / "state"
+    scanned = subprocess.run(
+        musicfs_cmd("scan", "--origin", str(origin), "--state-dir", str(state)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert scanned.returncode != 0 and (state / "catalog.sqlite").exists()
+    proc = mount_refused(["--origin", str(origin), "--state-dir", str(state)], tmp_path / "mnt")
+    assert proc.returncode == 2, proc.stderr
+    assert "(ENOENT)" in proc.stderr and find_mount(tmp_path / "mnt") is None

@@ -189,12 +189,15 @@ class Mpd:
 
     def mpc(self, *args: str, timeout: float = 10.0) -> str:
         """``mpc -h 127.0.0.1 -p PORT args``; its output. Fails on a non-zero exit."""
-        proc = subprocess.run(
-            ["mpc", "-h", "127.0.0.1", "-p", str(self.port), *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        try:
+            proc = subprocess.run(
+                ["mpc", "-h", "127.0.0.1", "-p", str(self.port), *args],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise AssertionError(f"mpc {args}: no answer in {timeout}s\n{self.log()}") from exc
         assert proc.returncode == 0, f"mpc {args}: {proc.stderr}\n{self.log()[-3000:]}"
         return proc.stdout
 
