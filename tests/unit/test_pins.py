@@ -373,3 +373,33 @@ def test_pin_commands_work_on_the_catalog_and_cache_without_a_daemon(
         assert "no pin" in capsys.readouterr().err
         assert main(["pins", "--json", *where]) == 0
         assert json.loads(capsys.readouterr().out)["pins"] == []
+
+
+def test_an_unusable_cache_fetches_nothing_for_pins(tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    make_padded_library(lib, albums=1, tracks=2, size=TRACK)
+    (tmp_path / "cache").write_text("not a directory")  # passthrough from the start
+
+    async def main() -> None:
+        async with running(small_cache(tmp_path, lib, max_size=10_000_000)) as daemon:
+            assert daemon.reader is not None and daemon.library is not None
+            await daemon.search.update_async(daemon.ops.tree)  # type: ignore[union-attr]
+            peaks: list[int] = []
+            manager = PinManager(
+                daemon.library.catalog,
+                daemon.reader.store,
+                _counting(daemon.reader.warm, peaks),
+                PinSettings(),
+                tree=lambda: daemon.ops.tree,  # type: ignore[union-attr]
+                search=daemon._search_paths,
+            )
+            status = await manager.add(PinSpec("query", "song"))
+            assert status["tracks"] == 2  # kept in the catalog all the same
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(manager.run)
+                await until(lambda: "unusable" in str(manager.last_error))
+                await trio.sleep(0.2)
+                nursery.cancel_scope.cancel()
+            assert peaks == []  # nothing fetched that could not be kept
+
+    trio.run(main)
