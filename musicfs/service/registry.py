@@ -80,7 +80,7 @@ def unregister(entry: Path, socket: Path) -> None:
             entry.unlink()
 
 
-def _answers(socket_path: Path) -> bool:
+def answers(socket_path: Path) -> bool:
     """Does a daemon listen there? A killed one leaves its socket file behind, and a
     connection to it is refused at once."""
     if not socket_path.is_socket():
@@ -103,7 +103,7 @@ def lookup(mountpoint: Path) -> Path | None:
             continue
         with contextlib.suppress(OSError):
             target = Path(os.readlink(directory / name))
-            if _answers(target):
+            if answers(target):
                 return target
     return None
 
@@ -118,6 +118,6 @@ def registered_sockets() -> list[Path]:
             for entry in directory.iterdir():
                 with contextlib.suppress(OSError):
                     target = Path(os.readlink(entry))
-                    if not entry.name.startswith(".") and _answers(target):
+                    if not entry.name.startswith(".") and answers(target):
                         found.add(target)
     return sorted(found)
