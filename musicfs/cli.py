@@ -265,9 +265,8 @@ def _control_path(settings: Settings) -> Path:
         own = socket_path(settings.run_dir, settings.mountpoint)
         # Without the daemon's --state-dir/--config the registry knows where it listens.
         return own if own.is_socket() else registry.lookup(settings.mountpoint) or own
-    sockets = sorted(
-        set(settings.run_dir.glob("control-*.sock")) | set(registry.registered_sockets())
-    )
+    # This state dir's daemon if it has one; else any the registry knows of.
+    sockets = sorted(settings.run_dir.glob("control-*.sock")) or registry.registered_sockets()
     if len(sockets) == 1:
         return sockets[0]
     where = f"in {settings.run_dir}"
