@@ -15,6 +15,7 @@ from musicfs.cache.reader import CachingReader
 from musicfs.fuse_ops import MusicOperations
 from musicfs.library import SyncCoordinator
 from musicfs.pin_manager import PinManager
+from musicfs.resources import describe
 from musicfs.service.fuse_session import FuseSession
 from musicfs.service.notify import Notifier
 from musicfs.service.supervisor import Supervisor
@@ -137,4 +138,4 @@ def status_of(component: object) -> object:
     try:
         return status()
     except Exception as exc:
-        return {"error": f"{type(exc).__name__}: {exc}"}
+        return {"error": describe(exc)}
