@@ -43,10 +43,10 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench import Report, Row, drop_page_cache
 from bench.peers import (
-    Counter,
     Mounted,
     MusicFS,
     Native,
@@ -58,6 +58,9 @@ from bench.peers import (
     wait_for_tracks,
 )
 from bench.workloads import during_fault, ls, percentile, read_all, read_parallel, scan
+
+if TYPE_CHECKING:
+    from tests.support.netns import ByteCounter
 from musicfs.config import FuseSettings, OriginTimeouts
 from musicfs.service.mounts import find_mount, lazy_unmount
 
@@ -160,7 +163,7 @@ class Matrix:
 
 
 def main() -> Report:
-    from tests.support.netns import NetNS, S3Server, SSHServer
+    from tests.support.netns import ByteCounter, NetNS, S3Server, SSHServer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s bench: %(message)s")
     repeat = int(_env("MUSICFS_BENCH_REPEAT", "3"))
@@ -205,7 +208,7 @@ def main() -> Report:
     try:
         with NetNS() as ns:
             sshd = SSHServer(ns, work_dir, user="root").start()
-            counter = Counter(ns)
+            counter = ByteCounter(ns)
             origin = {
                 "url": sshd.url(lib),
                 "name": "nas",
@@ -297,7 +300,7 @@ def _files_of(rels: list[Path]) -> Callable[[Mounted], list[Path]]:
     return files
 
 
-def _listing_and_reads(matrix: Matrix, run: int, counter: Counter) -> None:
+def _listing_and_reads(matrix: Matrix, run: int, counter: ByteCounter) -> None:
     def listing(long: bool) -> Callable[[str, Mounted, list[Path]], None]:
         name = "ls -lR" if long else "ls -R"
 

@@ -7,8 +7,9 @@ sshd (or over S3). ``peer.mount(fresh=...)`` yields a ``Mounted`` (path + the se
 process, for its RSS); ``fresh`` empties the peer's own data cache first (rclone's VFS
 cache, MusicFS's chunk cache; MusicFS keeps its catalog, as it does across a reboot).
 
-``Counter`` counts the bytes a server sends (an nftables counter inside its namespace);
-``shaped`` limits the veth link to a rate with ``tc ... tbf`` in both directions.
+``tests.support.netns.ByteCounter`` counts the bytes a server sends (an nftables
+counter inside its namespace); ``shaped`` limits the veth link to a rate with ``tc ...
+tbf`` in both directions.
 """
 
 from __future__ import annotations
@@ -216,30 +217,6 @@ def wait_for_tracks(mnt: Path, count: int, timeout: float = 300) -> list[Path]:
             return files
         time.sleep(0.2)
     raise RuntimeError(f"{mnt}: {len(files)} of {count} files after {timeout}s")
-
-
-class Counter:
-    """Bytes the namespace sends out of its veth (the server's replies), from an nftables
-    counter: what a scanner really costs a NAS, whatever the client caches."""
-
-    TABLE = "mfs_bytes"
-
-    def __init__(self, ns: NetNS):
-        self.ns = ns
-        ns.exec("nft", "add", "table", "inet", self.TABLE)
-        ns.exec(
-            "nft",
-            f"add chain inet {self.TABLE} out {{ type filter hook output priority 0 ; "
-            "policy accept ; }",
-        )
-        ns.exec("nft", "add", "rule", "inet", self.TABLE, "out", "oifname", ns.ns_if, "counter")
-
-    def bytes(self) -> int:
-        out = self.ns.exec("nft", "list", "chain", "inet", self.TABLE, "out").stdout
-        match = re.search(r"counter packets \d+ bytes (\d+)", out)
-        if match is None:
-            raise RuntimeError(f"no counter in:\n{out}")
-        return int(match.group(1))
 
 
 @contextmanager

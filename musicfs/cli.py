@@ -207,7 +207,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     settings = resolve_settings(args)
     try:
-        reply = request(_control_path(settings), "status")
+        reply = request(_control_path(settings, _names_state(args)), "status")
     except (ControlError, ConfigError) as exc:
         if args.json:  # a script asked: it gets an answer it can parse
             print(json.dumps({"running": False, "error": str(exc)}, indent=2))
@@ -232,7 +232,7 @@ def cmd_unmount(args: argparse.Namespace) -> int:
     if mountpoint is None:
         raise ConfigError("no mount point given (argument or `mountpoint` in the config)")
     try:
-        reply = request(_control_path(settings), "unmount")
+        reply = request(_control_path(settings, _names_state(args)), "unmount")
     except ControlError as exc:
         entry = find_mount(mountpoint)
         if entry is not None and is_musicfs(entry) and probe(mountpoint, 3.0) != 0:
@@ -257,7 +257,12 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     return run_fsck(resolve_settings(args), repair=args.repair)
 
 
-def _control_path(settings: Settings) -> Path:
+def _names_state(args: argparse.Namespace) -> bool:
+    """Did the user say which daemon (its --state-dir or --config)?"""
+    return bool(getattr(args, "state_dir", None) or getattr(args, "config", None))
+
+
+def _control_path(settings: Settings, names_state: bool) -> Path:
     from musicfs.service import registry
     from musicfs.service.control import socket_path
 
@@ -265,9 +270,11 @@ def _control_path(settings: Settings) -> Path:
         own = socket_path(settings.run_dir, settings.mountpoint)
         # Without the daemon's --state-dir/--config the registry knows where it listens.
         return own if own.is_socket() else registry.lookup(settings.mountpoint) or own
-    sockets = sorted(
-        set(settings.run_dir.glob("control-*.sock")) | set(registry.registered_sockets())
-    )
+    # This state dir's daemon if it has one (a killed one's socket file is no daemon);
+    # any the registry knows of only when no state dir or config was named.
+    sockets = [s for s in sorted(settings.run_dir.glob("control-*.sock")) if registry.answers(s)]
+    if not sockets and not names_state:
+        sockets = registry.registered_sockets()
     if len(sockets) == 1:
         return sockets[0]
     where = f"in {settings.run_dir}"
@@ -382,13 +389,13 @@ def cmd_pin(args: argparse.Namespace) -> int:
         "unpin": pin_commands.cmd_unpin,
         "pins": pin_commands.cmd_pins,
     }
-    return commands[args.command](args, resolve_settings(args), _control_path)
+    return commands[args.command](args, resolve_settings(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from musicfs.catalog.db import SchemaTooNew
-    from musicfs.daemon import StartupError
     from musicfs.service.logs import setup_logging
+    from musicfs.service.startup import StartupError
 
     parser = build_parser()
     args = parser.parse_args(argv)

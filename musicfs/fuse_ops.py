@@ -27,7 +27,7 @@ import pyfuse3
 import trio
 
 from musicfs.cache.reader import Reader
-from musicfs.catalog.tree import Node, TreeView
+from musicfs.catalog.tree import DIR_MODE, FILE_MODE, Node, TreeView
 from musicfs.failpoints import async_fail_point
 from musicfs.fuse_search import SearchFolder
 from musicfs.fuse_settings import FuseSettings
@@ -42,6 +42,11 @@ BLOCK_SIZE = 128 * 1024
 # Errnos a player may usefully see; everything else is reported as EIO.
 _PASS_THROUGH = {errno.EACCES, errno.EIO, errno.EROFS}
 
+
+# How long a worker thread running Python (a tree publish, the search index, a sync's
+# bookkeeping) may hold the GIL while the event loop waits for it to answer a FUSE
+# request. CPython's default of 5 ms is the p99 of every lookup during a publish.
+GIL_SWITCH_INTERVAL = 0.0005
 
 # statfs is called very often (every `df`, file managers, some players): the free space
 # it reports is read at most this often, in a worker thread with a short deadline.
@@ -85,7 +90,7 @@ class DirSnapshot:
     whatever is published meanwhile."""
 
     listing: list[bytes]
-    nodes: list[Node]
+    attrs: list[pyfuse3.EntryAttributes]
 
 
 @dataclass
@@ -205,23 +210,43 @@ class MusicOperations(pyfuse3.Operations):  # type: ignore[misc]
         return node
 
     def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
-        attr = pyfuse3.EntryAttributes()
-        attr.st_ino = node.ino
-        attr.generation = 0
+        nlink = 2 + node.subdirs if node.is_dir else 1
+        return self._attributes(node.ino, node.mode, nlink, node.size, node.mtime_ns)
+
+    def _attributes(
+        self, ino: int, mode: int, nlink: int, size: int, mtime_ns: int
+    ) -> pyfuse3.EntryAttributes:
+        attr = pyfuse3.EntryAttributes()  # generation and st_rdev: 0
+        attr.st_ino = ino
         attr.entry_timeout = self.settings.attr_timeout
         attr.attr_timeout = self.settings.attr_timeout
-        attr.st_mode = node.mode
-        attr.st_nlink = 2 + node.subdirs if node.is_dir else 1
+        attr.st_mode = mode
+        attr.st_nlink = nlink
         attr.st_uid = self.uid
         attr.st_gid = self.gid
-        attr.st_rdev = 0
-        attr.st_size = node.size
+        attr.st_size = size
         attr.st_blksize = BLOCK_SIZE
-        attr.st_blocks = (node.size + 511) // 512
-        attr.st_atime_ns = node.mtime_ns
-        attr.st_mtime_ns = node.mtime_ns
-        attr.st_ctime_ns = node.mtime_ns
+        attr.st_blocks = (size + 511) // 512
+        attr.st_atime_ns = mtime_ns
+        attr.st_mtime_ns = mtime_ns
+        attr.st_ctime_ns = mtime_ns
         return attr
+
+    def _listing(self, node: Node) -> DirSnapshot:
+        rows = getattr(self.tree, "entry_rows", None)
+        if rows is None or node.children:
+            entries = self.tree.entries(node)
+            return DirSnapshot([n for n, _ in entries], [self._attrs(c) for _, c in entries])
+        # The served tree's rows straight to attributes: no node objects per entry (a
+        # warm `ls -R` is mostly this).
+        names, attrs = [], []
+        for ino, _, name, track_id, size, mtime_ns, subdirs in rows(node.ino):
+            names.append(name)
+            if track_id is None:
+                attrs.append(self._attributes(ino, DIR_MODE, 2 + subdirs, 0, mtime_ns))
+            else:
+                attrs.append(self._attributes(ino, FILE_MODE, 1, size, mtime_ns))
+        return DirSnapshot(names, attrs)
 
     # -- metadata --------------------------------------------------------------------
 
@@ -261,9 +286,9 @@ class MusicOperations(pyfuse3.Operations):  # type: ignore[misc]
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         if self.search_folder is not None:
             node = await self.search_folder.refresh(node, self.tree)
-        entries = self.tree.entries(node)
+        snapshot = self._listing(node)
         fh = next(self._next_fh)
-        self._dir_handles[fh] = DirSnapshot([n for n, _ in entries], [c for _, c in entries])
+        self._dir_handles[fh] = snapshot
         return fh
 
     @_guard("readdir")
@@ -271,9 +296,9 @@ class MusicOperations(pyfuse3.Operations):  # type: ignore[misc]
         snapshot = self._dir_handles.get(fh)
         if snapshot is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        names, nodes = snapshot.listing, snapshot.nodes
+        names, attrs = snapshot.listing, snapshot.attrs
         for index in range(start_id, len(names)):
-            if not pyfuse3.readdir_reply(token, names[index], self._attrs(nodes[index]), index + 1):
+            if not pyfuse3.readdir_reply(token, names[index], attrs[index], index + 1):
                 break
 
     @_guard("releasedir")

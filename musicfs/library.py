@@ -12,8 +12,7 @@ import trio
 
 from musicfs.catalog.db import Catalog
 from musicfs.catalog.naming import Template
-from musicfs.catalog.served import ServedTree
-from musicfs.catalog.tree import place, tree_rows
+from musicfs.catalog.served import ServedTree, publish
 from musicfs.config import ConfigError, Settings
 from musicfs.failpoints import fail_point
 from musicfs.origins.base import OriginError
@@ -82,15 +81,9 @@ class SyncCoordinator:
         fail_point("tree.build")
         # Cleared before reading: a commit that lands meanwhile marks it stale again.
         self.tree_stale = False
-        version = self.catalog.catalog_version()
-        tracks = self.catalog.tracks()
-        placement = place(tracks, self.template)
-        inos = self.catalog.inodes(placement.keys())
-        rows = tree_rows(placement, {t.id: t for t in tracks}, inos)
-        del tracks, placement, inos
-        state = self.catalog.publish_tree(rows, self.template.source, version)
-        self.generation = state.generation
-        return ServedTree(self.catalog, state)
+        tree = publish(self.catalog, self.template)
+        self.generation = tree.generation
+        return tree
 
     def _open_tree(self) -> ServedTree:
         """The tree published last, served at once; planned again later if the catalog

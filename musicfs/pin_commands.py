@@ -10,9 +10,9 @@ import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 from rich.console import Console
@@ -29,7 +29,9 @@ from rich.table import Table
 from musicfs.config import ConfigError, Settings
 from musicfs.pin_manager import PinManager
 from musicfs.pins import PinError, PinSpec, mib, specs_from_args
+from musicfs.resources import leaves
 
+T = TypeVar("T")
 EXIT_FAILED = 1
 POLL = 0.25  # seconds between progress updates
 
@@ -48,33 +50,41 @@ def _mount_root(path: str) -> str | None:
         current = current.parent
 
 
-# The control socket ``musicfs status`` would ask (``cli._control_path``); raises
-# ConfigError when none or several are found.
-FindDaemon = Callable[[Settings], Path]
-
-
-def _daemon_socket(settings: Settings, mount_root: str | None, find: FindDaemon) -> Path | None:
-    """The control socket of the daemon to ask, or None when none seems to run."""
+def _daemon_socket(settings: Settings, mount_root: str | None) -> Path | None:
+    """The control socket of the daemon to ask, or None when none runs on this state
+    directory (then the commands work on it directly)."""
+    from musicfs.service import registry
     from musicfs.service.control import socket_path
 
-    if mount_root is not None:
-        return socket_path(settings.run_dir, Path(mount_root))
-    try:
-        return find(settings)
-    except ConfigError as exc:
-        if "several" in str(exc):
-            raise
-        return None
+    if mount_root is not None:  # the mount names its daemon
+        own = socket_path(settings.run_dir, Path(mount_root))
+        return own if own.is_socket() else registry.lookup(Path(mount_root)) or own
+    if settings.mountpoint is not None:
+        candidates = [socket_path(settings.run_dir, settings.mountpoint)]
+        candidates += [p for p in [registry.lookup(settings.mountpoint)] if p is not None]
+    else:
+        candidates = sorted(
+            set(settings.run_dir.glob("control-*.sock")) | set(registry.registered_sockets())
+        )
+    # Pins belong to a catalog: only the daemon serving this state directory's will do.
+    for socket in candidates:
+        try:
+            reply = _ask(socket, "pins", timeout=1.0)
+        except PinError:
+            continue  # a daemon that does not answer (or is not ours to ask)
+        if reply is not None and reply["pins"].get("catalog") == str(settings.catalog_path):
+            return socket
+    return None
 
 
-def _ask(socket: Path | None, cmd: str, **args: Any) -> dict[str, Any] | None:
+def _ask(socket: Path | None, cmd: str, timeout: float = 5.0, **args: Any) -> dict[str, Any] | None:
     """The daemon's reply, or None if no daemon listens there (work offline then)."""
     from musicfs.service.control import ControlError, request
 
     if socket is None:
         return None
     try:
-        return request(socket, cmd, **args)
+        return request(socket, cmd, timeout, **args)
     except ControlError as exc:
         message = str(exc)
         if message.startswith("no running MusicFS"):
@@ -130,6 +140,17 @@ class _Bar:
         return f"pinned {self.label}: {tracks} tracks, {mib(self.total)}, all cached{note}"
 
 
+def _offline(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """``trio.run(fn, *args)``, a lone error out of its nurseries raised as itself."""
+    try:
+        return trio.run(fn, *args)
+    except BaseExceptionGroup as group:
+        found = leaves(group)
+        if len(found) == 1:
+            raise found[0] from None
+        raise
+
+
 @contextlib.asynccontextmanager
 async def offline_manager(settings: Settings) -> AsyncIterator[PinManager]:
     """A pin manager on the catalog and cache themselves, fetching through the origins."""
@@ -179,22 +200,20 @@ async def offline_manager(settings: Settings) -> AsyncIterator[PinManager]:
         lock.release()
 
 
-def _targets(
-    settings: Settings, words: list[str], find: FindDaemon
-) -> tuple[list[PinSpec], str | None, Path | None]:
+def _targets(settings: Settings, words: list[str]) -> tuple[list[PinSpec], str | None, Path | None]:
     """The pins ``words`` name, the mount point they are paths in (if they are), and the
     control socket of the daemon to ask (None: work without one)."""
     specs = specs_from_args(words, _mount_root)
     root = _mount_root(os.path.abspath(words[0])) if specs[0].kind == "path" else None
-    return specs, root, _daemon_socket(settings, root, find)
+    return specs, root, _daemon_socket(settings, root)
 
 
 def _no_daemon(root: str) -> str:
     return f"no MusicFS daemon answers for {root}; pass the --config or --state-dir it runs with"
 
 
-def cmd_pin(args: argparse.Namespace, settings: Settings, find: FindDaemon) -> int:
-    specs, root, socket = _targets(settings, args.query, find)
+def cmd_pin(args: argparse.Namespace, settings: Settings) -> int:
+    specs, root, socket = _targets(settings, args.query)
     try:
         pinned = [_ask(socket, "pin", kind=s.kind, text=s.text) for s in specs]
         if all(reply is not None for reply in pinned):
@@ -216,7 +235,7 @@ def cmd_pin(args: argparse.Namespace, settings: Settings, find: FindDaemon) -> i
             return 0
         if root is not None:
             raise PinError(_no_daemon(root))
-        return trio.run(_pin_offline, settings, specs, args.no_wait)
+        return _offline(_pin_offline, settings, specs, args.no_wait)
     except PinError as exc:
         print(f"musicfs: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -242,14 +261,14 @@ async def _pin_offline(settings: Settings, specs: list[PinSpec], no_wait: bool) 
         return 0
 
 
-def cmd_unpin(args: argparse.Namespace, settings: Settings, find: FindDaemon) -> int:
-    specs, root, socket = _targets(settings, args.query, find)
+def cmd_unpin(args: argparse.Namespace, settings: Settings) -> int:
+    specs, root, socket = _targets(settings, args.query)
     try:
         for spec in specs:
             if _ask(socket, "unpin", kind=spec.kind, text=spec.text) is None:
                 if root is not None:
                     raise PinError(_no_daemon(root))
-                trio.run(_unpin_offline, settings, spec)
+                _offline(_unpin_offline, settings, spec)
             print(f"unpinned {spec.text}")
     except PinError as exc:
         print(f"musicfs: {exc}", file=sys.stderr)
@@ -262,9 +281,9 @@ async def _unpin_offline(settings: Settings, spec: PinSpec) -> None:
         await manager.remove(spec)
 
 
-def cmd_pins(args: argparse.Namespace, settings: Settings, find: FindDaemon) -> int:
-    reply = _ask(_daemon_socket(settings, None, find), "pins")
-    status = reply["pins"] if reply is not None else trio.run(_status_offline, settings)
+def cmd_pins(args: argparse.Namespace, settings: Settings) -> int:
+    reply = _ask(_daemon_socket(settings, None), "pins")
+    status = reply["pins"] if reply is not None else _offline(_status_offline, settings)
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
         return 0

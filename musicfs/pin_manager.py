@@ -23,6 +23,7 @@ from typing import Any
 import trio
 
 from musicfs.backoff import backoff_delay
+from musicfs.cache.modes import CacheMode
 from musicfs.cache.store import ChunkStore
 from musicfs.catalog.db import Catalog
 from musicfs.catalog.model import Track
@@ -48,6 +49,7 @@ Warm = Callable[[Track, int], Awaitable[None]]
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 ChunkKey = tuple[bytes, int]
 FAILURES_PER_PASS = 3  # consecutive failed chunks that pause a pass (the origin is down)
+PASSTHROUGH_RECHECK = 30.0  # seconds between looks at an unusable cache
 SETTLE_TIME = 2.0  # how long fetched chunks may take to reach the store after a pass
 
 
@@ -231,6 +233,7 @@ class PinManager:
     def status(self) -> dict[str, Any]:
         elapsed = time.monotonic() - self._pass_started
         return {
+            "catalog": str(self.catalog.path),  # whose pins these are
             "pins": [self.pin_status(p.id) for p in self.pins],
             "tracks": len(self.plan.tracks),
             "bytes": self.plan.bytes,
@@ -265,6 +268,14 @@ class PinManager:
                 continue
             generation = self._generation
             self._changed = trio.Event()
+            if self.store.mode == CacheMode.PASSTHROUGH:
+                # Nothing fetched now could be kept: wait for the cache to come back.
+                self.last_error = f"the cache is unusable ({self.store.reason}); waiting"
+                with trio.move_on_after(PASSTHROUGH_RECHECK):
+                    await self._changed.wait()
+                async with self._lock:
+                    await self._look_at_store()
+                continue
             errors = await self._fetch_pass(missing, generation)
             await self._settle(generation)
             if generation != self._generation or not self._missing():

@@ -158,6 +158,11 @@ MASS_REMOVAL_SHARE = 0.5
 MASS_REMOVAL_MIN = 50
 
 
+# Bumped when the tag reader learns to find names in files it found none in before; the
+# catalog's untagged tracks are then read again once.
+TAG_READER_REVISION = "tags-2"
+
+
 def identity_key(origin_name: str) -> str:
     """The catalog's record of what ``origin_name`` pointed at when it was last listed."""
     return f"origin.{origin_name}.identity"
@@ -226,6 +231,13 @@ async def sync_origin(
         )
     entries = [e for e in listing.entries if is_audio_path(e.path)]
     result.listed = len(entries)
+    marked = await catalog.run(catalog.reread_untagged_once, TAG_READER_REVISION)
+    if marked:
+        log.info(
+            "sync: %d tracks without tags are read again (WAV/AIFF text chunks, names from "
+            "their path)",
+            marked,
+        )
     known = await catalog.run(catalog.known_sources, origin.name)
     all_known = await catalog.run(catalog.track_sizes)
 

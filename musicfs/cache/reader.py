@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -146,6 +147,19 @@ def _fail(flights: list[_Flight], exc: BaseException) -> None:
 
 # The cursor MusicFS's own tag reads use (``read_metadata``): never streaming.
 _METADATA = object()
+# How much of a track's head a scanner's probe reads: ffprobe (Jellyfin, Navidrome's
+# ffmpeg, Plex) reads an MP3 or MP4 up to its first frames, ~128 KiB with a cover, and a
+# FLAC's metadata plus ~260 KiB of frames (measured with strace on tracks with 1200x1200
+# covers). The sync's first head read fetches this much, so a scan after it is cached.
+_HEAD_REGION = {".flac": 384 * 1024}
+_DEFAULT_HEAD = 128 * 1024
+
+
+def head_region(path: str) -> int:
+    dot = path.rfind(".")
+    return _HEAD_REGION.get(path[dot:].lower() if dot >= 0 else "", _DEFAULT_HEAD)
+
+
 # Pieces of a track's head and tail that tag reads keep protected (see ``read_metadata``).
 METADATA_BUDGET = 512 * 1024
 METADATA_TAIL = 128 * 1024
@@ -169,7 +183,10 @@ class CachingReader:
         fetch: Fetch,
         *,
         readahead: int = 8,
-        readahead_after: int = 256 * 1024,
+        # A library scanner reads a track's header in one run -- tags, the stream info and
+        # an embedded cover, commonly 100-700 KiB -- so only a longer run is playback.
+        readahead_after: int = 1024 * 1024,
+        prefetch_after: int = 2 * 1024 * 1024,
         part_bytes: int = 512 * 1024,
         memory_bytes: int = 16 * 1024 * 1024,
         retry_interval: float = 30.0,
@@ -184,6 +201,7 @@ class CachingReader:
         self.fetch = fetch
         self.readahead = readahead  # the largest read-ahead window, in chunks
         self.readahead_after = readahead_after
+        self.prefetch_after = prefetch_after
         self.part_bytes = part_bytes  # a chunk is fetched in ranges of this size at once
         self.planner = Planner(
             chunk_size=store.chunk_size, stream_after=readahead_after, max_window=readahead
@@ -215,6 +233,7 @@ class CachingReader:
         # promotion never overtakes the write of its chunk.
         self._played: OrderedDict[ChunkKey, None] = OrderedDict()
         self._promote_queue: list[ChunkKey] = []
+        self._heads: OrderedDict[bytes, None] = OrderedDict()  # head regions fetched
         self._put_pending = 0  # bytes queued or being written
         self._put_progress = trio.Event()  # set (and replaced) after every batch
         self._writing = False
@@ -348,7 +367,7 @@ class CachingReader:
                 if waited:
                     self.planner.stalled(cursor)
                 self._read_ahead(track, cursor, last)
-            if self.prefetch is not None:
+            if self.prefetch is not None and streak >= self.prefetch_after:
                 self.prefetch.playing(track, handle, end)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
@@ -364,12 +383,23 @@ class CachingReader:
         """A read by MusicFS's own tag reader: always in pieces, never read ahead, and the
         pieces of the first ``METADATA_BUDGET`` bytes and of the tail kept in the
         protected segment, so a scanner after the sync finds the headers cached."""
+        head = min(track.size, head_region(track.path))
+        first = offset
+        if offset < head and track.version_key not in self._heads:
+            # The first look at the head fetches the whole head region in one request:
+            # what a scanner's probe reads next (``head_region``) is then cached too.
+            self._heads[track.version_key] = None
+            while len(self._heads) > PLAYED_MEMORY:
+                self._heads.popitem(last=False)
+            await self.read(track, 0, head, handle=_METADATA)
+            first = 0
         data = await self.read(track, offset, size, handle=_METADATA)
         if self._nursery is not None:
             ps = self.planner.piece
+            last = max(offset + max(1, len(data)), head if first == 0 else 0) - 1
             keep = [
                 (track.version_key, piece_key(p))
-                for p in range(offset // ps, (offset + max(1, len(data)) - 1) // ps + 1)
+                for p in range(first // ps, last // ps + 1)
                 if p * ps < METADATA_BUDGET or p * ps >= track.size - METADATA_TAIL
             ]
             for key in keep:
@@ -563,7 +593,9 @@ class CachingReader:
             self._remember(key, data)
         for p in self._pieces_of(track, n):  # the whole chunk serves them from now on
             self._forget_memory((track.version_key, piece_key(p)))
-        await self._store(track.version_key, n, data)
+        # Prefetch (``remember`` false) waits for room in the write queue as long as it
+        # takes: it is in the background, and a chunk it drops is a hole offline.
+        await self._store(track.version_key, n, data, patient=not remember)
         return data
 
     async def _load_pieces(self, track: Track, n: int, own: dict[int, _Flight]) -> None:
@@ -571,7 +603,10 @@ class CachingReader:
         else each from the store, else from the origin (stored as pieces)."""
         try:
             cs = self.store.chunk_size
-            found = await self._from_store(track, n, min(cs, track.size - n * cs))
+            # A stalled cache disk is given one wait per load, not one more per piece.
+            stored: dict[int, bytes | Rejected | None] | None
+            stored = None if self._store_stalled else dict.fromkeys(own)
+            found = await self._from_store(track, n, min(cs, track.size - n * cs), pieces=stored)
             if isinstance(found, bytes):
                 self.counters.store_hits += 1
                 self._remember((track.version_key, n), found)
@@ -582,18 +617,15 @@ class CachingReader:
                 await self._repair_chunk(track, n, own, found)
                 return
             rest: dict[int, _Flight] = {}
-            # A stalled cache disk is given one wait per load, not one more per piece.
-            for p, flight in ({} if self._store_stalled else own).items():
-                stored = await self._from_store(track, piece_key(p), self._piece_len(track, p))
-                if isinstance(stored, bytes):
+            for p, flight in own.items():
+                piece = None if stored is None or self._store_stalled else stored.get(p)
+                if isinstance(piece, bytes):
                     self.counters.store_hits += 1
-                    self._resolve(flight, (track.version_key, piece_key(p)), stored)
+                    self._resolve(flight, (track.version_key, piece_key(p)), piece)
                 else:
-                    if isinstance(stored, Rejected):
-                        self._log_repaired(track, piece_key(p), stored)
+                    if isinstance(piece, Rejected):
+                        self._log_repaired(track, piece_key(p), piece)
                     rest[p] = flight
-            if self._store_stalled:
-                rest = dict(own)
             if not rest:
                 return
             await async_fail_point("reader.fetch")
@@ -702,18 +734,33 @@ class CachingReader:
         )
 
     async def _from_store(
-        self, track: Track, n: int, expected: int, *, patient: bool = False
+        self,
+        track: Track,
+        n: int,
+        expected: int,
+        *,
+        patient: bool = False,
+        pieces: dict[int, bytes | Rejected | None] | None = None,
     ) -> bytes | Rejected | _Skipped | None:
         """The stored chunk, a rejected one, or None: not stored, or the store failed or
         did not answer in time (``_SKIPPED`` when that was the short wait of a stalled
-        cache disk)."""
+        cache disk). ``pieces``: if the chunk is not stored, these pieces of it are looked
+        up too, in the same worker thread (a thread hop costs a cold read a millisecond)."""
         stalled = self._store_stalled and not patient
+
+        def lookup() -> bytes | Rejected | None:
+            version = track.version_key
+            found = self.store.get(version, n, expected, label=track.path)
+            if found is None and pieces is not None:
+                for p in list(pieces):
+                    size = self._piece_len(track, p)
+                    pieces[p] = self.store.get(version, piece_key(p), size, label=track.path)
+            return found
+
         with trio.move_on_after(STALLED_STORE_WAIT if stalled else self.store_deadline):
             try:
                 found = await trio.to_thread.run_sync(
-                    lambda: self.store.get(track.version_key, n, expected, label=track.path),
-                    limiter=self._get_limiter,
-                    abandon_on_cancel=True,
+                    lookup, limiter=self._get_limiter, abandon_on_cancel=True
                 )
                 if self._store_stalled:
                     self._store_stalled = False
@@ -772,7 +819,7 @@ class CachingReader:
 
     # -- storing ---------------------------------------------------------------------
 
-    async def _store(self, version: bytes, n: int, data: bytes) -> None:
+    async def _store(self, version: bytes, n: int, data: bytes, *, patient: bool = False) -> None:
         if self.store.mode is CacheMode.PASSTHROUGH:
             self.counters.uncached += 1
             return
@@ -782,7 +829,7 @@ class CachingReader:
         # Back-pressure: a reader outrunning the cache disk waits for room in the queue
         # (``max_pending_bytes`` bounds the memory it holds), but only briefly -- if the
         # disk is that slow, serve now and store next time.
-        with trio.move_on_after(self.put_wait):
+        with trio.move_on_after(math.inf if patient else self.put_wait):
             while self._put_pending and self._put_pending + len(data) > self.max_pending_bytes:
                 await self._put_progress.wait()
             self._put_queue.append((version, n, data))

@@ -475,6 +475,24 @@ class Catalog:
 
     # -- sync bookkeeping --------------------------------------------------------------
 
+    def reread_untagged_once(self, reason: str) -> int:
+        """Once per ``reason`` (a newer tag reader): make the next sync read again the
+        tags of tracks that have none to name them by, by forgetting their sources'
+        mtimes. Their path, size and mtime -- hence their cache keys -- stay as they were.
+        Returns how many tracks that marked."""
+        key = f"reread.{reason}"
+        with self._lock, self.db:
+            if self.db.execute("SELECT 1 FROM sync_state WHERE key = ?", (key,)).fetchone():
+                return 0
+            cur = self.db.execute(
+                "UPDATE sources SET mtime_ns = -1 WHERE track_id IN (SELECT id FROM tracks "
+                "WHERE title IS NULL AND artist IS NULL AND albumartist IS NULL "
+                "AND album IS NULL) RETURNING track_id"
+            )
+            marked = len({row[0] for row in cur})
+            self.db.execute("INSERT INTO sync_state(key, value) VALUES (?, '1')", (key,))
+        return marked
+
     def get_state(self, key: str) -> str | None:
         with self._lock:
             row = self.db.execute("SELECT value FROM sync_state WHERE key = ?", (key,)).fetchone()

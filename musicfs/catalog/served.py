@@ -21,7 +21,8 @@ import apsw
 from musicfs.catalog.db import Catalog, TreeState, read_track, read_tracks
 from musicfs.catalog.inodes import ROOT_INODE
 from musicfs.catalog.model import Track
-from musicfs.catalog.tree import DIR_MODE, FILE_MODE, Node
+from musicfs.catalog.naming import Template
+from musicfs.catalog.tree import DIR_MODE, FILE_MODE, Node, TreeRow, place, tree_rows
 
 _COLUMNS = "ino, parent, name, track_id, size, mtime_ns, subdirs"
 
@@ -69,6 +70,15 @@ class ServedTree:
                 (node.ino, ROOT_INODE),
             )
         ]
+
+    def entry_rows(self, ino: int) -> list[TreeRow]:
+        """A folder's children as raw rows, in readdir order (for attributes only)."""
+        return list(
+            self._db.execute(
+                f"SELECT {_COLUMNS} FROM tree WHERE parent = ? AND ino != ? ORDER BY name",
+                (ino, ROOT_INODE),
+            )
+        )
 
     def track_of(self, node: Node) -> Track | None:
         """The catalog track a file node serves (None: removed since this tree)."""
@@ -132,3 +142,15 @@ class ServedTree:
 
     def files(self) -> Iterator[Node]:
         return (node for _, node in self.files_with_paths())
+
+
+def publish(catalog: Catalog, template: Template) -> ServedTree:
+    """Plan the tree of the catalog as it is now and publish it: one transaction that
+    writes only the rows that changed. Blocking (a worker thread)."""
+    version = catalog.catalog_version()
+    tracks = catalog.tracks()
+    placement = place(tracks, template)
+    inos = catalog.inodes(placement.keys())
+    rows = tree_rows(placement, {t.id: t for t in tracks}, inos)
+    del tracks, placement, inos
+    return ServedTree(catalog, catalog.publish_tree(rows, template.source, version))

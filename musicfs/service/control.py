@@ -21,6 +21,8 @@ from typing import Any
 
 import trio
 
+from musicfs.resources import describe
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -114,7 +116,7 @@ class ControlServer:
             return {"ok": True, **await handler(request)}
         except Exception as exc:
             log.exception("control: %s failed", cmd)
-            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            return {"ok": False, "error": describe(exc)}
 
 
 async def _read_line(stream: trio.SocketStream) -> dict[str, Any]:

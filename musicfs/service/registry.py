@@ -7,7 +7,7 @@ its mount point, pointing at its socket, in a per-user directory that does not d
 either: ``/run/user/UID/musicfs-mounts`` when the login session has one, else
 ``/run/musicfs-mounts-0`` for root and ``/tmp/musicfs-mounts-UID`` for others. The
 directory is 0700 and must belong to the user (one made by someone else is not used).
-An entry whose socket is gone is just a miss: the socket path itself says nothing.
+An entry whose daemon is gone (its socket refuses connections, or is gone) is a miss.
 """
 
 from __future__ import annotations
@@ -16,9 +16,12 @@ import contextlib
 import hashlib
 import logging
 import os
+import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+
+from musicfs.service.control import _short_address as short_address
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,21 @@ def unregister(entry: Path, socket: Path) -> None:
             entry.unlink()
 
 
+def answers(socket_path: Path) -> bool:
+    """Does a daemon listen there? A killed one leaves its socket file behind, and a
+    connection to it is refused at once."""
+    if not socket_path.is_socket():
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        try:
+            with short_address(socket_path) as address:
+                sock.connect(address)
+        except OSError:
+            return False
+    return True
+
+
 def lookup(mountpoint: Path) -> Path | None:
     """The registered control socket for ``mountpoint`` that exists, if any."""
     name = _entry_name(mountpoint)
@@ -85,7 +103,7 @@ def lookup(mountpoint: Path) -> Path | None:
             continue
         with contextlib.suppress(OSError):
             target = Path(os.readlink(directory / name))
-            if target.is_socket():
+            if answers(target):
                 return target
     return None
 
@@ -100,6 +118,6 @@ def registered_sockets() -> list[Path]:
             for entry in directory.iterdir():
                 with contextlib.suppress(OSError):
                     target = Path(os.readlink(entry))
-                    if not entry.name.startswith(".") and target.is_socket():
+                    if not entry.name.startswith(".") and answers(target):
                         found.add(target)
     return sorted(found)

@@ -26,6 +26,7 @@ from typing import Any
 import trio
 
 from musicfs.backoff import RestartBackoff
+from musicfs.resources import describe
 from musicfs.service.crashlog import only_cancelled
 
 log = logging.getLogger(__name__)
@@ -202,12 +203,12 @@ class Supervisor:
                 if not isinstance(exc, Exception):
                     # A real error mixed with our own cancellation: report it, end quietly.
                     info.failures += 1
-                    info.last_error = f"{type(exc).__name__}: {exc}"
+                    info.last_error = describe(exc)
                     log.error("task %s crashed while being cancelled", info.name, exc_info=exc)
                     info.set(TaskState.FAILED)
                     return
                 info.failures += 1
-                info.last_error = f"{type(exc).__name__}: {exc}"
+                info.last_error = describe(exc)
                 now = trio.current_time()
                 # A task that ran well for a while starts the backoff over.
                 pause = backoff.pause_after(now - started)

@@ -226,3 +226,27 @@ def test_status_json_without_a_daemon_answers_on_stdout(tmp_path: Path) -> None:
     assert proc.returncode == 1
     answer = json.loads(proc.stdout)
     assert answer["running"] is False and "no running MusicFS" in answer["error"]
+
+
+def test_a_named_state_dir_finds_its_own_daemon_and_no_other(tmp_path: Path) -> None:
+    # Daemons are registered machine-wide, but `status --state-dir X` without a mount
+    # point must answer for X's daemon only: another one's status would be a wrong answer.
+    lib = tmp_path / "lib"
+    make_library(lib, albums=1, tracks=2)
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    with MountedDaemon(tmp_path / "mnt-a", [lib], first / "state") as a:
+        a.wait_for_log("tree: generation")
+        proc = cli({}, "status", "--json", "--state-dir", str(first / "state"))
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["pid"] == a.pid
+        proc = cli({}, "status", "--json", "--state-dir", str(second / "state"))
+        assert proc.returncode == 1, proc.stdout
+        assert json.loads(proc.stdout)["running"] is False
+        with MountedDaemon(tmp_path / "mnt-b", [lib], second / "state") as b:
+            b.wait_for_log("tree: generation")
+            for d, state in ((a, first / "state"), (b, second / "state")):
+                proc = cli({}, "status", "--json", "--state-dir", str(state))
+                assert proc.returncode == 0, proc.stderr
+                assert json.loads(proc.stdout)["pid"] == d.pid

@@ -70,27 +70,9 @@ def test_pinned_tracks_play_with_the_origin_gone_and_unpinned_ones_fail_fast(
         text = musicfs("status", "--state-dir", str(state), str(mnt), env=env).stdout
         assert "pins: 1 (2 tracks, 6.0 MiB" in text and "100% cached" in text, text
 
-        lib.rename(tmp_path / "lib-gone")  # the NAS is gone
-        for path in files:
-            forget_page_cache(path)
-        for path in pinned_files:
-            assert path.read_bytes() == files[path], path
-        # An unpinned track whose start was evicted fails fast, without hanging.
-        evicted_start = None
-        for path in unpinned:
-            started = time.monotonic()
-            try:
-                with path.open("rb") as f:
-                    f.read(4096)
-            except OSError as exc:
-                assert exc.errno == errno.EIO
-                assert time.monotonic() - started < 3.0
-                evicted_start = path
-                break
-        assert evicted_start is not None, "every unpinned track's start was still cached"
-
-        # Restart with the origin still gone and the search index broken (it is rebuilt
-        # from the catalog): the pin is still there and still held.
+        # The NAS is gone -- and the daemon restarted, so no file it had open keeps the
+        # origin readable; the search index is broken too (rebuilt from the catalog).
+        lib.rename(tmp_path / "lib-gone")
         d.stop()
         (state / "search" / "meta.json").write_text("corrupted")
         d = MountedDaemon(tmp_path / "mnt", [lib], state, config=config, env=env).start()
@@ -100,9 +82,25 @@ def test_pinned_tracks_play_with_the_origin_gone_and_unpinned_ones_fail_fast(
         pins = json.loads(listing.stdout)
         assert [p["query"] for p in pins["pins"]] == ['"Album 1"']
         assert pins["cached_bytes"] == pins["bytes"] == 2 * TRACK
-        for path in pinned_files:
+        for path in files:
             forget_page_cache(path)
+        for path in pinned_files:
             assert path.read_bytes() == files[path], path
+        # An unpinned track whose middle was evicted (the cache keeps every track's header
+        # region) fails fast there, without hanging.
+        evicted = None
+        for path in unpinned:
+            started = time.monotonic()
+            try:
+                with path.open("rb") as f:
+                    f.seek(2 * 1024 * 1024)
+                    f.read(4096)
+            except OSError as exc:
+                assert exc.errno == errno.EIO
+                assert time.monotonic() - started < 3.0
+                evicted = path
+                break
+        assert evicted is not None, "every unpinned track's middle was still cached"
     finally:
         d.stop()
         if (tmp_path / "lib-gone").exists():

@@ -151,3 +151,60 @@ def decode(path: Path, timeout: float = 120) -> Decoded:
     )
     md5 = proc.stdout.strip().removeprefix("MD5=")
     return Decoded(proc.returncode, md5, proc.stderr)
+
+
+def make_scanner_library(
+    root: Path, flac: int, mp3: int, *, flac_seconds: float, mp3_seconds: float
+) -> list[Path]:
+    """What library scanners meet: album-length tracks -- hi-res FLAC (~0.28 MB a second)
+    and 192k MP3 (~24 KB a second) -- each with a 1200x1200 JPEG cover embedded (a FLAC
+    picture block, an ID3 APIC frame). Returns the files, sorted."""
+    from mutagen.flac import FLAC, Picture
+    from mutagen.id3 import APIC, ID3
+
+    root.mkdir(parents=True, exist_ok=True)
+    cover = root / "cover.jpg"
+    subprocess.run(
+        [
+            *("ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i"),
+            *("testsrc2=size=1200x1200:duration=1", "-frames:v", "1", "-q:v", "3", str(cover)),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    art = cover.read_bytes()
+    cover.unlink()
+    made = []
+    for n in range(flac + mp3):
+        fmt = "flac" if n < flac else "mp3"
+        album = "Lossless Nights" if fmt == "flac" else "Compressed Days"
+        number = n + 1 if fmt == "flac" else n - flac + 1
+        path = root / "Bench Artist" / album / f"{number:02d}.{fmt}"
+        seconds = flac_seconds if fmt == "flac" else mp3_seconds
+        encode(path, fmt, seconds, 220 + 37 * n, 0.5 if fmt == "flac" else 0.05, fmt == "flac")
+        tags = Tags(
+            title=f"{album} {number}",
+            artist="Bench Artist",
+            albumartist="Bench Artist",
+            album=album,
+            track=number,
+            year=2024,
+            genre="Test",
+        )
+        write_tags(path, tags)
+        if fmt == "flac":
+            audio = FLAC(path)
+            picture = Picture()
+            picture.type, picture.mime, picture.data = 3, "image/jpeg", art
+            picture.width = picture.height = 1200
+            audio.add_picture(picture)
+            audio.save()
+        else:
+            id3 = ID3(path)
+            id3.add(APIC(encoding=3, mime="image/jpeg", type=3, desc="cover", data=art))
+            id3.save()
+        made.append(path)
+    for p in [root, *root.rglob("*")]:
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    return sorted(made)

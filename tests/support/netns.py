@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import shutil
 import signal
 import socket
@@ -340,3 +341,27 @@ class S3Server:
                 )
             )
         return len(files)
+
+
+class ByteCounter:
+    """Bytes the namespace sends out of its veth (the server's replies), from an nftables
+    counter: what a scanner really costs a NAS, whatever the client caches."""
+
+    TABLE = "mfs_bytes"
+
+    def __init__(self, ns: NetNS):
+        self.ns = ns
+        ns.exec("nft", "add", "table", "inet", self.TABLE)
+        ns.exec(
+            "nft",
+            f"add chain inet {self.TABLE} out {{ type filter hook output priority 0 ; "
+            "policy accept ; }",
+        )
+        ns.exec("nft", "add", "rule", "inet", self.TABLE, "out", "oifname", ns.ns_if, "counter")
+
+    def bytes(self) -> int:
+        out = self.ns.exec("nft", "list", "chain", "inet", self.TABLE, "out").stdout
+        match = re.search(r"counter packets \d+ bytes (\d+)", out)
+        if match is None:
+            raise RuntimeError(f"no counter in:\n{out}")
+        return int(match.group(1))

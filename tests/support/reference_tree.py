@@ -13,12 +13,11 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from musicfs.catalog.inodes import ROOT_INODE, dir_key, file_key
 from musicfs.catalog.model import Track
 from musicfs.catalog.naming import Template, with_counter
 from musicfs.catalog.tree import plan_paths
 from musicfs.catalog.tree import stem_and_ext as _stem_and_ext
-
-ROOT_INODE = 1
 
 
 @dataclass(slots=True)
@@ -117,13 +116,13 @@ def build_tree(
         taken[name] = tid
         placed[tid] = (folder, name)
 
-    keys = [f"d:{'/'.join(folder)}" for folder in dirs] + [f"f:{tid}" for tid in placed]
+    keys = [dir_key(folder) for folder in dirs] + [file_key(tid) for tid in placed]
     inos = allocate_inodes(keys)
 
     nodes: dict[int, Node] = {}
     for folder in sorted(dirs, key=len):
-        ino = inos[f"d:{'/'.join(folder)}"]
-        parent = inos[f"d:{'/'.join(folder[:-1])}"] if folder else ROOT_INODE
+        ino = inos[dir_key(folder)]
+        parent = inos[dir_key(folder[:-1])] if folder else ROOT_INODE
         dname = folder[-1].encode("utf-8") if folder else b""
         nodes[ino] = Node(ino, parent, dname, stat.S_IFDIR | 0o555, 0, mtime_ns)
         if folder:
@@ -132,8 +131,8 @@ def build_tree(
             parent_node.subdirs += 1
     for tid, (folder, name) in placed.items():
         tr = by_id[tid]
-        ino = inos[f"f:{tid}"]
-        parent = inos[f"d:{'/'.join(folder)}"]
+        ino = inos[file_key(tid)]
+        parent = inos[dir_key(folder)]
         bname = name.encode("utf-8")
         nodes[ino] = Node(ino, parent, bname, stat.S_IFREG | 0o444, tr.size, tr.mtime_ns, track=tr)
         nodes[parent].children[bname] = ino

@@ -37,7 +37,12 @@ def reader_for(
         return tracks[i + 1] if i + 1 < len(tracks) else None
 
     reader = CachingReader(
-        new_store(tmp_path), fetch, readahead=2, readahead_after=2 * READ, memory_bytes=4 * CS
+        new_store(tmp_path),
+        fetch,
+        readahead=2,
+        readahead_after=2 * READ,
+        prefetch_after=2 * READ,
+        memory_bytes=4 * CS,
     )
     reader.enable_prefetch(next_track)
     return reader

@@ -10,6 +10,7 @@ import pytest
 
 from musicfs import failpoints
 from musicfs.catalog.db import MIGRATIONS, Catalog, SchemaTooNew
+from musicfs.catalog.inodes import file_key
 from musicfs.catalog.integrity import check_catalog, open_catalog
 from musicfs.catalog.tags import Tags
 from musicfs.cli import main
@@ -162,7 +163,7 @@ def test_rows_on_undamaged_pages_are_salvaged_exactly_and_marked_for_rescan(
     path = tmp_path / "catalog.sqlite"
     filled(path, tracks=50)
     before = Catalog(path)
-    tracks, inodes = before.tracks(), before.inodes([f"f:{t.id}" for t in before.tracks()])
+    tracks, inodes = before.tracks(), before.inodes([file_key(t.id) for t in before.tracks()])
     before.add_pin("query", "artist:björk")
     before.add_pin("path", "/Some/Album")
     pins = before.pins()

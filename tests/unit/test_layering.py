@@ -2,9 +2,10 @@
 
 Imports flow one way: the CLI and the daemon's composition root build everything; the
 lifecycle (``musicfs.service``) may use every component; the components (origins, cache,
-catalog) never reach back into the config parser or the lifecycle; and no two modules of
-``musicfs`` import each other, directly or round a longer loop -- not even inside a
-function, where a cycle hides until the day it bites at import time.
+catalog, the FUSE operations, search, sync) never reach back into the config parser or
+the lifecycle; and no two modules of ``musicfs`` import each other, directly or round a
+longer loop -- not even inside a function, where a cycle hides until the day it bites at
+import time.
 """
 
 from __future__ import annotations
@@ -17,7 +18,16 @@ import pytest
 import musicfs
 
 PACKAGE = Path(musicfs.__file__).parent
-COMPONENTS = ("musicfs.cache", "musicfs.origins", "musicfs.catalog")
+COMPONENTS = (
+    "musicfs.cache",
+    "musicfs.origins",
+    "musicfs.catalog",
+    "musicfs.fuse_ops",
+    "musicfs.fuse_search",
+    "musicfs.fuse_settings",
+    "musicfs.search",
+    "musicfs.sync",
+)
 UPPER = ("musicfs.config", "musicfs.service", "musicfs.daemon", "musicfs.cli")
 
 

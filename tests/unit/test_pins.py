@@ -4,6 +4,7 @@ bandwidth, and hostile query text."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ from musicfs.pins import (
     specs_from_args,
 )
 from musicfs.search import QueryError, SearchIndex
+from tests.support.daemon import scan
 from tests.support.inprocess import read_through_fuse, running, settings_for
 from tests.support.library import indexed_library, make_padded_library, tagged_file
 
@@ -343,3 +345,61 @@ def test_path_pins_are_normalised_and_never_climb_out(text: str) -> None:
         return
     assert spec.text.startswith("/") and "//" not in spec.text
     assert ".." not in spec.text.split("/")
+
+
+def test_pin_commands_work_on_the_catalog_and_cache_without_a_daemon(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from musicfs.cli import main
+
+    lib = tmp_path / "lib"
+    make_padded_library(lib, albums=2, tracks=2, size=TRACK)
+    scan(lib, tmp_path / "state")
+    where = ["--origin", str(lib), "--state-dir", str(tmp_path / "state")]
+    where += ["--cache-dir", str(tmp_path / "cache")]
+    env_run = tmp_path / "run"  # no daemon's control socket anywhere
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_RUNTIME_DIR", str(env_run))
+        assert main(["pin", *where, '"Album 1"']) == 0
+        assert 'pinned "Album 1": 2 tracks' in capsys.readouterr().out
+        assert main(["pins", "--json", *where]) == 0
+        status = json.loads(capsys.readouterr().out)
+        assert [p["query"] for p in status["pins"]] == ['"Album 1"']
+        assert status["pins"][0]["complete"] and status["cached_bytes"] == 2 * TRACK
+        assert main(["pin", "--no-wait", *where, "nothing-matches-this"]) == 1
+        assert "matches no track" in capsys.readouterr().err
+        assert main(["unpin", *where, '"Album 1"']) == 0
+        assert main(["unpin", *where, '"Album 1"']) == 1
+        assert "no pin" in capsys.readouterr().err
+        assert main(["pins", "--json", *where]) == 0
+        assert json.loads(capsys.readouterr().out)["pins"] == []
+
+
+def test_an_unusable_cache_fetches_nothing_for_pins(tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    make_padded_library(lib, albums=1, tracks=2, size=TRACK)
+    (tmp_path / "cache").write_text("not a directory")  # passthrough from the start
+
+    async def main() -> None:
+        async with running(small_cache(tmp_path, lib, max_size=10_000_000)) as daemon:
+            assert daemon.reader is not None and daemon.library is not None
+            await daemon.search.update_async(daemon.ops.tree)  # type: ignore[union-attr]
+            peaks: list[int] = []
+            manager = PinManager(
+                daemon.library.catalog,
+                daemon.reader.store,
+                _counting(daemon.reader.warm, peaks),
+                PinSettings(),
+                tree=lambda: daemon.ops.tree,  # type: ignore[union-attr]
+                search=daemon._search_paths,
+            )
+            status = await manager.add(PinSpec("query", "song"))
+            assert status["tracks"] == 2  # kept in the catalog all the same
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(manager.run)
+                await until(lambda: "unusable" in str(manager.last_error))
+                await trio.sleep(0.2)
+                nursery.cancel_scope.cancel()
+            assert peaks == []  # nothing fetched that could not be kept
+
+    trio.run(main)

@@ -18,9 +18,8 @@ from musicfs import failpoints
 from musicfs.catalog.db import Catalog
 from musicfs.catalog.inodes import ROOT_INODE
 from musicfs.catalog.naming import DEFAULT_TEMPLATE, Template
-from musicfs.catalog.served import ServedTree
+from musicfs.catalog.served import ServedTree, publish
 from musicfs.catalog.tags import Tags
-from musicfs.catalog.tree import place, tree_rows
 from tests.support import reference_tree
 
 # A small vocabulary makes collisions, shared albums, compilations and multi-disc
@@ -48,14 +47,6 @@ files = st.dictionaries(
     st.tuples(st.integers(1, 10**6), st.integers(0, 5), tags),
     max_size=25,
 )
-
-
-def publish(catalog: Catalog, template: Template) -> ServedTree:
-    version = catalog.catalog_version()
-    tracks = catalog.tracks()
-    placement = place(tracks, template)
-    rows = tree_rows(placement, {t.id: t for t in tracks}, catalog.inodes(placement.keys()))
-    return ServedTree(catalog, catalog.publish_tree(rows, template.source, version))
 
 
 def shape(tree) -> dict[str, list[int]]:  # type: ignore[no-untyped-def]

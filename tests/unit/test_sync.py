@@ -263,3 +263,32 @@ def test_a_file_gone_before_its_worker_opens_it_is_skipped(tmp_path: Path) -> No
     assert tags is not None and tags.title == "Song 0-0" and error is None
     gone = decode(outcomes[1], open_error)
     assert isinstance(gone, OriginError) and gone.errno == errno.ENOENT
+
+
+def test_tracks_catalogued_without_tags_are_read_again_once(
+    tmp_path: Path, catalog: Catalog
+) -> None:
+    """A catalog from before the tag reader knew RIFF INFO and path names: its untagged
+    tracks are read again by the next sync, once, keeping their cache keys."""
+    lib = tmp_path / "lib"
+    make_library(lib, albums=1, tracks=2)
+    untagged = lib / "Band" / "Record" / "07 Song.flac"
+    untagged.parent.mkdir(parents=True)
+    untagged.write_bytes((FIXTURES / "tone.flac").read_bytes())
+    origin = LocalOrigin("local", lib)
+    sync(catalog, origin)
+    # What an older MusicFS left: no names, and no note that it was read again.
+    catalog.db.execute("UPDATE tracks SET title = NULL, artist = NULL, album = NULL, track = NULL")
+    catalog.db.execute("DELETE FROM sync_state WHERE key LIKE 'reread.%'")
+    before = {t.path: t.version_key for t in catalog.tracks()}
+    r = sync(catalog, origin)
+    assert r.added_or_changed == 3  # every track had lost its names here
+    song = next(t for t in catalog.tracks() if t.path == "Band/Record/07 Song.flac")
+    assert (song.tags.artist, song.tags.album, song.tags.track, song.tags.title) == (
+        "Band",
+        "Record",
+        7,
+        "Song",
+    )
+    assert {t.path: t.version_key for t in catalog.tracks()} == before
+    assert sync(catalog, origin).added_or_changed == 0  # once

@@ -1,0 +1,232 @@
+"""The cold path over SFTP, against sshfs on the same sshd in the same run: what a library
+scanner, MusicFS's own first sync and a track start cost in bytes from the server (an
+nftables counter in its namespace) and in time.
+
+Album-length tracks: ``MUSICFS_BENCH_COLD_FLAC`` (6) hi-res FLAC of ~21 MB and
+``MUSICFS_BENCH_COLD_MP3`` (6) MP3 of ~7 MB, each with a 1200x1200 JPEG cover embedded,
+encoded once by ffmpeg into ``/tmp/musicfs-bench-cold-lib`` and reused.
+
+Rows (medians of ``MUSICFS_BENCH_REPEAT`` = 2 runs; page cache dropped before each):
+
+* first sync: bytes ``musicfs mount`` moved from a fresh state until every track was
+  listed, against a bare ``mutagen.File`` loop over sshfs;
+* ``ffprobe -show_format -show_streams`` of every track right after that sync, then again
+  (a second scan), then with the chunk cache emptied (the catalog kept) -- bytes and time
+  against sshfs;
+* time to first byte (open + the first 128 KiB of each track) and cold sequential
+  throughput (every track, 1 MiB reads), against sshfs;
+* the cold scan over a 100 Mbit/s link (``tc ... tbf``; ``MUSICFS_BENCH_SHAPED``, ``0``
+  skips it).
+
+Run: ``python -m bench cold``. Needs root, sshd, nft, tc, sshfs, ffmpeg/ffprobe.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import Report, drop_page_cache
+from bench.peers import MusicFS, Sshfs, require_tools, shaped, wait_for_tracks
+from bench.workloads import read_all, scan
+
+log = logging.getLogger("bench")
+
+LIB_DIR = Path("/tmp/musicfs-bench-cold-lib")
+MiB = 1024 * 1024
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def make_library(flac: int, mp3: int) -> list[Path]:
+    """Album-length tracks with embedded covers, made once and reused."""
+    from tests.support.albums import make_scanner_library
+
+    stamp = LIB_DIR / f".made-v2-{flac}-{mp3}"
+    if stamp.exists():
+        return sorted(p for p in LIB_DIR.rglob("*") if p.suffix in (".flac", ".mp3"))
+    shutil.rmtree(LIB_DIR, ignore_errors=True)
+    log.info("encoding %d FLAC and %d MP3 tracks into %s", flac, mp3, LIB_DIR)
+    made = make_scanner_library(LIB_DIR, flac, mp3, flac_seconds=75, mp3_seconds=300)
+    stamp.touch()
+    return made
+
+
+def _mutagen_loop(files: list[Path]) -> float:
+    code = "import sys, mutagen\nfor p in sys.argv[1:]:\n    mutagen.File(p)\n"
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code, *map(str, files)], check=True, timeout=600)
+    return time.perf_counter() - started
+
+
+def _ttfb(files: list[Path]) -> float:
+    """Median seconds for open + the first 128 KiB, per track."""
+    times = []
+    for path in files:
+        started = time.perf_counter()
+        with path.open("rb", buffering=0) as f:
+            f.read(128 * 1024)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def _throughput(files: list[Path]) -> float:
+    """MB/s reading every track start to end (1 MiB reads)."""
+    return read_all(files).mb_s
+
+
+class Run:
+    """One measurement against the server's byte counter."""
+
+    def __init__(self, counter):  # type: ignore[no-untyped-def]
+        self.counter = counter
+
+    def measure(self, fn, files: list[Path]) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+        """(``fn(files)``, MiB the server sent meanwhile), page cache dropped first."""
+        drop_page_cache()
+        before = self.counter.bytes()
+        result = fn(files)
+        return result, (self.counter.bytes() - before) / MiB
+
+
+def main() -> Report:
+    from tests.support.netns import ByteCounter, NetNS, SSHServer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s bench: %(message)s")
+    require_tools("sshfs", "nft", "tc", "ffprobe", "ffmpeg", "/usr/sbin/sshd")
+    repeat = int(_env("MUSICFS_BENCH_REPEAT", "2"))
+    rate = _env("MUSICFS_BENCH_SHAPED", "100mbit")
+    lib_files = make_library(
+        int(_env("MUSICFS_BENCH_COLD_FLAC", "6")), int(_env("MUSICFS_BENCH_COLD_MP3", "6"))
+    )
+    rels = [p.relative_to(LIB_DIR) for p in lib_files]
+    total = sum(p.stat().st_size for p in lib_files)
+    report = Report(
+        "cold",
+        "The cold path over SFTP: scanner, first sync and track start against sshfs",
+        setup={"tracks": len(lib_files), "bytes": total, "repeat": repeat, "shaped": rate},
+    )
+    work = Path(tempfile.mkdtemp(prefix="musicfs-bench-cold-"))
+    os.chmod(work, 0o755)
+    samples: dict[str, list[float]] = {}
+
+    def add(metric: str, value: float) -> None:
+        samples.setdefault(metric, []).append(value)
+
+    try:
+        with NetNS() as ns:
+            sshd = SSHServer(ns, work, user="root").start()
+            run = Run(ByteCounter(ns))
+            origin = {
+                "url": sshd.url(LIB_DIR),
+                "name": "nas",
+                "key_file": sshd.client_key,
+                "known_hosts": sshd.known_hosts,
+            }
+            ours = MusicFS("musicfs", origin, work)
+            theirs = Sshfs(sshd, LIB_DIR, work)
+
+            def our_files(mnt: Path) -> list[Path]:
+                return wait_for_tracks(mnt, len(lib_files))
+
+            for r in range(repeat):
+                log.info("run %d/%d", r + 1, repeat)
+                with theirs.mount(fresh=True) as m:
+                    files = [m.path / rel for rel in rels]
+                    add("sshfs mutagen", run.measure(_mutagen_loop, files)[1])
+                    t, b = run.measure(scan, files)
+                    add("sshfs scan s", t)
+                    add("sshfs scan MiB", b)
+                    add("sshfs ttfb ms", run.measure(_ttfb, files)[0] * 1000)
+                    add("sshfs MB/s", run.measure(_throughput, files)[0])
+                shutil.rmtree(ours.base / "state", ignore_errors=True)  # a first mount
+                before = run.counter.bytes()
+                with ours.mount(fresh=True) as m:
+                    files = our_files(m.path)
+                    add("musicfs first sync MiB", (run.counter.bytes() - before) / MiB)
+                    t, b = run.measure(scan, files)
+                    add("musicfs scan after sync s", t)
+                    add("musicfs scan after sync MiB", b)
+                    add("musicfs second scan MiB", run.measure(scan, files)[1])
+                with ours.mount(fresh=True) as m:  # the cache emptied, the catalog kept
+                    files = our_files(m.path)
+                    t, b = run.measure(scan, files)
+                    add("musicfs scan s", t)
+                    add("musicfs scan MiB", b)
+                with ours.mount(fresh=True) as m:
+                    files = our_files(m.path)
+                    add("musicfs ttfb ms", run.measure(_ttfb, files)[0] * 1000)
+                with ours.mount(fresh=True) as m:
+                    files = our_files(m.path)
+                    add("musicfs MB/s", run.measure(_throughput, files)[0])
+            if rate != "0":
+                with shaped(ns, rate):
+                    for r in range(repeat):
+                        log.info("shaped run %d/%d", r + 1, repeat)
+                        with theirs.mount(fresh=True) as m:
+                            files = [m.path / rel for rel in rels]
+                            t, b = run.measure(scan, files)
+                            add("shaped sshfs scan s", t)
+                            add("shaped sshfs scan MiB", b)
+                        with ours.mount(fresh=True) as m:
+                            files = our_files(m.path)
+                            t, b = run.measure(scan, files)
+                            add("shaped musicfs scan s", t)
+                            add("shaped musicfs scan MiB", b)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    def row(metric: str, ours_key: str, theirs_key: str | None, unit: str) -> None:
+        report.add_runs(
+            metric,
+            samples[ours_key],
+            unit,
+            baseline_samples=samples[theirs_key] if theirs_key else None,
+        )
+
+    row(
+        "first sync: bytes from the server (baseline: mutagen loop over sshfs)",
+        "musicfs first sync MiB",
+        "sshfs mutagen",
+        "MiB",
+    )
+    row(
+        "ffprobe scan right after the sync: bytes",
+        "musicfs scan after sync MiB",
+        "sshfs scan MiB",
+        "MiB",
+    )
+    row("ffprobe scan right after the sync: time", "musicfs scan after sync s", "sshfs scan s", "s")
+    row("second ffprobe scan: bytes", "musicfs second scan MiB", None, "MiB")
+    row("ffprobe scan, empty cache: bytes", "musicfs scan MiB", "sshfs scan MiB", "MiB")
+    row("ffprobe scan, empty cache: time", "musicfs scan s", "sshfs scan s", "s")
+    row("time to first byte (open + 128 KiB), cold", "musicfs ttfb ms", "sshfs ttfb ms", "ms")
+    row("cold sequential read", "musicfs MB/s", "sshfs MB/s", "MB/s")
+    if rate != "0":
+        row(
+            f"ffprobe scan, empty cache, {rate}: bytes",
+            "shaped musicfs scan MiB",
+            "shaped sshfs scan MiB",
+            "MiB",
+        )
+        row(
+            f"ffprobe scan, empty cache, {rate}: time",
+            "shaped musicfs scan s",
+            "shaped sshfs scan s",
+            "s",
+        )
+    report.notes += [
+        f"{len(lib_files)} tracks, {total / 1e6:.0f} MB, each with a 1200x1200 cover; the "
+        "baseline is sshfs (or a bare mutagen loop over sshfs) on the same sshd, same run.",
+        "Bytes: what the server's namespace sent (nftables counter), SSH framing included.",
+    ]
+    return report
