@@ -22,12 +22,13 @@ def test_offline_bench_produces_every_figure() -> None:
         "MUSICFS_BENCH_OFFLINE_TRACKS": "6",
         "MUSICFS_BENCH_OFFLINE_SECONDS": "4",
         "MUSICFS_BENCH_OFFLINE_CACHE_MB": "4",
+        "MUSICFS_BENCH_OFFLINE_PLAYED": "2",
         "MUSICFS_BENCH_OFFLINE_TRACK_MB": "8",
         "MUSICFS_BENCH_OFFLINE_STALL_S": "5",
         "MUSICFS_BENCH_OFFLINE_REPEATS": "1",
     }
     figures = rows(run_bench("bench_offline", env))
-    scan = figures["played chunks still served offline after a full-library ffprobe scan"]
+    scan = figures["played bytes still served offline after a full-library ffprobe scan"]
     assert 0 <= scan["value"] <= 1 and 0 <= scan["baseline"] <= 1
     assert scan["baseline_name"].startswith("plain LRU")
     played = figures["MB played of the track (blackhole 3 s in)"]
