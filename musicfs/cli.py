@@ -394,8 +394,8 @@ def cmd_pin(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from musicfs.catalog.db import SchemaTooNew
-    from musicfs.daemon import StartupError
     from musicfs.service.logs import setup_logging
+    from musicfs.service.startup import StartupError
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -44,8 +44,6 @@ from musicfs.fuse_ops import GIL_SWITCH_INTERVAL, MusicOperations
 from musicfs.fuse_search import SearchFolder
 from musicfs.library import SyncCoordinator, open_pool
 from musicfs.locks import FileLock, LockHeld
-from musicfs.origins.local import LocalOrigin
-from musicfs.origins.pool import OriginPool
 from musicfs.pin_manager import PinManager
 from musicfs.private import tighten
 from musicfs.resources import leaves
@@ -56,13 +54,14 @@ from musicfs.service.allocator import limit_malloc_arenas
 from musicfs.service.control_api import serve_control
 from musicfs.service.crashlog import install_hooks, named_task
 from musicfs.service.fuse_session import FuseSession, MountFailed
-from musicfs.service.metrics import MetricsServer, Snapshot
+from musicfs.service.metrics import MetricsServer
 from musicfs.service.mounts import MountpointError, prepare_mountpoint
 from musicfs.service.notify import Notifier, watchdog_interval
+from musicfs.service.shutdown import Closer, close_in_order
+from musicfs.service.startup import StartupError, catalogued_by, refuse_missing_origins
 from musicfs.service.status import DaemonState
 from musicfs.service.supervisor import Policy, Supervisor
 from musicfs.service.watchdog import Watchdog, probe_mount
-from musicfs.sync import identity_key, origin_identity
 from musicfs.sync_loop import SyncLoop
 
 log = logging.getLogger(__name__)
@@ -75,10 +74,6 @@ EXIT_FORCED = 3  # a second SIGTERM/SIGINT cut the drain short: unmounted lazily
 
 READY_TIMEOUT = 15.0
 CLOSE_TIMEOUT = 10.0
-
-
-class StartupError(Exception):
-    """The daemon cannot start; the message says why and what to do."""
 
 
 class StateLock:
@@ -109,9 +104,6 @@ class StateLock:
 
     def release(self) -> None:
         self._lock.release()
-
-
-Closer = Callable[[], Awaitable[object]]
 
 
 class Daemon:
@@ -170,7 +162,7 @@ class Daemon:
         pool = open_pool(s)
         first_run = not s.catalog_path.exists()
         if first_run:
-            _refuse_missing_origins(pool, lambda origin: False)
+            refuse_missing_origins(pool, lambda origin: False)
         tighten(s.state_dir)
         tighten(s.cache_dir)
         self.lock.acquire()
@@ -181,15 +173,8 @@ class Daemon:
         except SchemaTooNew as exc:
             raise StartupError(str(exc)) from None
         if not first_run:
-
-            def catalogued_from(origin: LocalOrigin) -> bool:
-                recorded = catalog.get_state(identity_key(origin.name))
-                if recorded is None:  # listed before identities were kept, or never listed
-                    return bool(catalog.known_sources(origin.name))
-                return recorded == origin_identity(origin)
-
             try:
-                await catalog.run(_refuse_missing_origins, pool, catalogued_from)
+                await catalog.run(refuse_missing_origins, pool, catalogued_by(catalog))
             except StartupError:
                 catalog.close()
                 raise
@@ -305,8 +290,8 @@ class Daemon:
         sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         try:
             with signals.signal_handlers(
-                stop=self._first_stop_signal,
-                force=self._force_exit,
+                stop=lambda signum: self.request_shutdown(),
+                force=lambda signum: signals.exit_now(EXIT_FORCED, self._detach),
                 reload=lambda: self._spawn("reload", self.reload),
             ):
                 await self._open()
@@ -342,6 +327,10 @@ class Daemon:
             self.exit_code = code
         self._shutdown.set()
 
+    def _detach(self) -> None:
+        if self.session is not None:
+            self.session.detach()
+
     def _escalate(self, name: str, exc: BaseException) -> None:
         log.critical("critical task %s keeps failing; stopping with exit code 1", name)
         self.request_shutdown(EXIT_FAILURE)
@@ -373,52 +362,20 @@ class Daemon:
 
     # -- metrics endpoint --------------------------------------------------------------
 
-    def metrics_snapshot(self) -> Snapshot:
-        library = self.library
-        return Snapshot(
-            statistics={
-                "musicfs_fuse": self.session.statistics() if self.session else None,
-                "musicfs_reader": self.reader.statistics() if self.reader else None,
-                "musicfs_pool": library.pool.statistics() if library else None,
-            },
-            status=self.status(),
-        )
-
     def _start_metrics(self) -> None:
         """The opt-in Prometheus endpoint; its scrapes take status snapshots on our loop."""
-        if self.settings.metrics.address is None:
-            return
-        token = trio.lowlevel.current_trio_token()
-
-        def snapshot() -> Snapshot:
-            return trio.from_thread.run_sync(self.metrics_snapshot, trio_token=token)
-
-        self.metrics = MetricsServer(self.settings.metrics, snapshot)
-        self.metrics.start()
+        if self.settings.metrics.address is not None:
+            self.metrics = MetricsServer.on_loop(
+                self.settings.metrics, lambda: status.metrics_snapshot(self)
+            )
 
     # -- signals ---------------------------------------------------------------------
-
-    def _first_stop_signal(self, signum: int) -> None:
-        log.info(
-            "received %s: shutting down (send it again to unmount at once)",
-            signals.signal_name(signum),
-        )
-        self.request_shutdown()
 
     def _spawn(self, name: str, fn: Callable[[], Awaitable[object]]) -> None:
         if self._nursery is not None and not self.state.shutting_down:
             _start_named(self._nursery, name, fn)
         else:
             log.info("%s: ignored while the daemon is %s", name, self.state.value)
-
-    def _force_exit(self, signum: int) -> None:
-        log.warning(
-            "received %s again: unmounting at once, in-flight requests fail",
-            signals.signal_name(signum),
-        )
-        if self.session is not None:
-            self.session.detach()
-        signals.exit_now(EXIT_FORCED)
 
     # -- reload ----------------------------------------------------------------------
 
@@ -440,6 +397,8 @@ class Daemon:
         # The sync stops first; the cache's fetches and the health checks that reads in
         # flight wait on keep running until those reads are answered.
         await self.supervisor.stop("sync", timeout=CLOSE_TIMEOUT)
+        # No WATCHDOG=1 after STOPPING=1: the service is no longer running.
+        await self.supervisor.stop("watchdog", timeout=CLOSE_TIMEOUT)
         if self.session is not None:
             await self.session.drain()
         self.event("drained")
@@ -471,34 +430,7 @@ class Daemon:
             steps.append(
                 ("catalog", lambda: trio.to_thread.run_sync(catalog.close, True))  # keep_reader
             )
-        for name, close in steps:
-            with trio.move_on_after(CLOSE_TIMEOUT) as scope:
-                try:
-                    await close()
-                except Exception:
-                    log.exception("shutdown: closing %s failed", name)
-            if scope.cancelled_caught:
-                log.error("shutdown: closing %s took over %.0fs; moving on", name, CLOSE_TIMEOUT)
-        log.info("shutdown: stores committed and closed")
-
-
-def _refuse_missing_origins(
-    pool: OriginPool, catalogued_from: Callable[[LocalOrigin], bool]
-) -> None:
-    """A local origin folder that does not exist, or is a file, is a mistake in the
-    command line or config -- unless the catalog holds tracks from that very folder (then
-    it is a disk not mounted today: the offline case, served from the catalog and cache)."""
-    for origin in pool:
-        if not isinstance(origin, LocalOrigin):
-            continue  # a server that does not answer yet is the offline case
-        problem = origin.root_problem()
-        if problem is not None and not catalogued_from(origin):
-            code = errno.errorcode.get(problem.errno or 0, "?")
-            raise StartupError(
-                f"origin {origin.name} ({origin.root}): {problem.strerror} ({code}); "
-                "nothing is catalogued from there, so this is a wrong --origin or "
-                "[[origin]] url"
-            )
+        await close_in_order(steps, CLOSE_TIMEOUT)
 
 
 def _start_named(nursery: trio.Nursery, name: str, fn: Callable[[], Awaitable[object]]) -> None:

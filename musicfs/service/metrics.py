@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
 
+import trio
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -214,6 +215,15 @@ class MetricsServer:
         self.registry.register(StatusCollector(snapshot))
         self._server: Any = None
         self._thread: threading.Thread | None = None
+
+    @classmethod
+    def on_loop(cls, settings: MetricsSettings, snapshot: Callable[[], Snapshot]) -> MetricsServer:
+        """Started, its scrapes (in the server's thread) taking ``snapshot()`` on the
+        calling trio loop, where the components' figures are consistent."""
+        token = trio.lowlevel.current_trio_token()
+        server = cls(settings, lambda: trio.from_thread.run_sync(snapshot, trio_token=token))
+        server.start()
+        return server
 
     @property
     def port(self) -> int | None:

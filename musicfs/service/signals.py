@@ -39,8 +39,12 @@ def signal_handlers(
         nonlocal stops
         stops += 1
         if stops == 1:
-            token.run_sync_soon(stop, signum)
+            token.run_sync_soon(_first_stop, stop, signum)
         else:
+            log.warning(
+                "received %s again: unmounting at once, in-flight requests fail",
+                signal_name(signum),
+            )
             force(signum)
 
     def on_hup(signum: int, frame: FrameType | None) -> None:
@@ -67,12 +71,20 @@ def signal_handlers(
             signal.signal(signum, old)
 
 
+def _first_stop(stop: Callable[[int], None], signum: int) -> None:
+    log.info("received %s: shutting down (send it again to unmount at once)", signal_name(signum))
+    stop(signum)
+
+
 def signal_name(signum: int) -> str:
     return signal.Signals(signum).name
 
 
-def exit_now(code: int) -> None:
-    """Flush the log handlers and leave at once, skipping every cleanup (a forced exit)."""
+def exit_now(code: int, before: Callable[[], None] | None = None) -> None:
+    """``before()`` (e.g. a lazy unmount), flush the log handlers and leave at once,
+    skipping every other cleanup (a forced exit)."""
+    if before is not None:
+        before()
     for handler in logging.getLogger().handlers:
         with contextlib.suppress(Exception):
             handler.flush()

@@ -17,6 +17,7 @@ from musicfs.library import SyncCoordinator
 from musicfs.pin_manager import PinManager
 from musicfs.resources import describe
 from musicfs.service.fuse_session import FuseSession
+from musicfs.service.metrics import Snapshot
 from musicfs.service.notify import Notifier
 from musicfs.service.supervisor import Supervisor
 from musicfs.service.watchdog import Watchdog
@@ -139,3 +140,16 @@ def status_of(component: object) -> object:
         return status()
     except Exception as exc:
         return {"error": describe(exc)}
+
+
+def metrics_snapshot(daemon: Running) -> Snapshot:
+    """What a Prometheus scrape exports: the components' statistics and the status."""
+    library = daemon.library
+    return Snapshot(
+        statistics={
+            "musicfs_fuse": daemon.session.statistics() if daemon.session else None,
+            "musicfs_reader": daemon.reader.statistics() if daemon.reader else None,
+            "musicfs_pool": library.pool.statistics() if library else None,
+        },
+        status=status_report(daemon),
+    )
