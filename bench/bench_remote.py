@@ -45,7 +45,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench import Report, drop_page_cache
+from bench import Report, Row, drop_page_cache
 from bench.peers import (
     Mounted,
     MusicFS,
@@ -77,14 +77,21 @@ WHY: dict[tuple[str, str], str] = {
     ("sshfs", "first byte"): "sshfs asks the server for the 128 KiB the player asked for; "
     "MusicFS fetches the whole 1 MiB chunk around it first (then keeps it)",
     ("sshfs", "recovered"): "sshfs's blocked reads carry on over the same TCP connection "
-    "once packets flow; MusicFS has declared the origin unhealthy and serves uncached reads "
-    "again once a health check passes (every 2 s at most while reads wait)",
+    "once packets flow; MusicFS has declared the origin unhealthy and fails uncached reads "
+    "fast until a health check passes, and with the shipped health_interval (10 s, backing "
+    "off to 60 s) the next check comes late",
     ("sshfs", "MB sent"): "sshfs fetches only the bytes ffprobe asks for (a few KiB a "
     "track); MusicFS fetches the whole 1 MiB chunk around them",
     ("sshfs", "library scan"): "ffprobe reads a few KiB at the head of each track and sshfs "
     "fetches just those; MusicFS fetches the whole 1 MiB chunk around them (then keeps it)",
     ("rclone", "recovered"): "rclone retries the read as soon as the server answers; "
-    "MusicFS waits for a health check to pass",
+    "MusicFS fails uncached reads fast until its next health check passes (shipped "
+    "health_interval 10 s, backing off to 60 s)",
+    ("rclone", "parallel readers"): f"rclone streams each file into its VFS cache; {_CHUNKS}",
+    ("rclone", "library scan"): "rclone's VFS fetches what ffprobe asks for into its cache "
+    "file; MusicFS fetches and verifies whole 1 MiB chunks",
+    ("minio", "parallel readers"): "16 streamed GETs at once; MusicFS makes one ranged GET "
+    "per chunk through its fetch queue",
     ("rclone", "sequential read"): "rclone streams each file into its VFS cache and serves "
     "reads as the bytes arrive",
     ("rclone", "first byte"): "rclone returns the first bytes of its download while it goes "
@@ -110,6 +117,8 @@ LS_WHY = (
 def _why(peer: str, metric: str) -> str:
     if peer == "native":
         return NATIVE_WHY
+    if metric.startswith("peak RSS"):
+        return RSS_WHY.get(peer, "not analysed")
     for (who, topic), text in WHY.items():
         if who == peer and topic in metric:
             return text
@@ -235,7 +244,7 @@ def main() -> Report:
                 log.info("run %d/%d: faults", run + 1, fault_repeat)
                 _faults(faults, run, ns, sshd, fault_s, recover_cap)
             matrix.samples.update(faults.samples)
-            _rows(report, matrix, "musicfs")
+            _rows(report, matrix, "musicfs", recover_cap)
             for name, rss in matrix.rss.items():
                 report.setup.setdefault("peak_rss_mib", {})[name] = rss
             _rss_rows(report, matrix.rss)
@@ -417,7 +426,7 @@ def _unit(metric: str) -> tuple[str, bool]:
     raise KeyError(metric)
 
 
-def _rows(report: Report, matrix: Matrix, ours: str) -> None:
+def _rows(report: Report, matrix: Matrix, ours: str, cap: float = 0.0) -> None:
     for metric, per_peer in matrix.samples.items():
         unit, higher = _unit(metric)
         mine = per_peer.get(ours)
@@ -435,8 +444,38 @@ def _rows(report: Report, matrix: Matrix, ours: str) -> None:
                 baseline_name=peer,
                 higher_is_better=higher,
             )
-            if row.peer_wins:
-                row.note = f"{peer} wins: {_why(peer, metric)}"
+            annotate(row, cap)
+
+
+def annotate(row: Row, cap: float) -> None:
+    """Say who wins a row and why, and when a recovery hit the cap (no good read)."""
+    notes = []
+    if "recovered" in row.metric and cap > 0:
+        for who, samples in (("MusicFS", row.samples), (row.baseline_name, row.baseline_samples)):
+            hits = sum(v >= cap for v in samples)
+            if hits:
+                notes.append(
+                    f"{who}: no good uncached read within the {cap:g} s cap "
+                    f"in {hits} of {len(samples)} runs"
+                )
+    if row.peer_wins:
+        notes.append(f"{row.baseline_name} wins: {_why(row.baseline_name, row.metric)}")
+    row.note = "; ".join(notes)
+
+
+def renote(path: Path) -> None:
+    """Recompute the notes of a saved report (the figures are left as measured)."""
+    import json
+
+    data = json.loads(path.read_text())
+    cap = float(data["setup"]["recover_cap_s"])
+    for raw in data["rows"]:
+        fields = {k: v for k, v in raw.items() if k != "slowdown"}
+        row = Row(**fields)
+        if row.baseline_name:
+            annotate(row, cap)
+            raw["note"] = row.note
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def _rss_rows(report: Report, rss: dict[str, float]) -> None:
@@ -449,8 +488,8 @@ def _rss_rows(report: Report, rss: dict[str, float]) -> None:
             "MiB",
             baseline=value,
             baseline_name=peer,
-            note=f"{peer} wins: {RSS_WHY[peer]}" if rss.get("musicfs", 0) > 1.1 * value else "",
         )
+        annotate(report.rows[-1], 0.0)
 
 
 _OURS_RSS = (

@@ -116,15 +116,21 @@ def headline(report: dict[str, Any]) -> list[str]:
         if entry is None:
             continue
         unit = entry["unit"]
-        cells = [metric, f"{_fmt(entry['ours'][0])} {unit}"]
+        cells = [metric, _capped(entry, "MusicFS") + f"{_fmt(entry['ours'][0])} {unit}"]
         for peer in PEERS:
             if peer in entry["peers"]:
                 value, _, ratio = entry["peers"][peer]
-                cells.append(f"{_fmt(value)} {unit}" + (f" ({ratio:.2f}×)" if ratio else ""))
+                text = _capped(entry, peer) + f"{_fmt(value)} {unit}"
+                cells.append(text + (f" ({ratio:.2f}×)" if ratio else ""))
             else:
                 cells.append("—")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _capped(entry: dict[str, Any], who: str) -> str:
+    """ "≥ " when ``who``'s figure is a cap it reached (no good read before it)."""
+    return "≥ " if any(f"{who}: no good" in n for n in entry["notes"]) else ""
 
 
 def machine(reports: list[dict[str, Any]]) -> list[str]:
@@ -185,7 +191,7 @@ def write(
             "",
             "MusicFS over SFTP against the same sshd through sshfs and rclone, the native "
             "folder, and MusicFS over S3 against the minio client; medians (ratio: how "
-            "many times slower MusicFS is, below 1 = faster).",
+            "many times slower MusicFS is, below 1 = faster; ≥: nothing within the cap).",
             "",
             *headline(remote),
             "",

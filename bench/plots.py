@@ -68,7 +68,7 @@ def plot_report(report: dict[str, Any], dest: Path) -> list[Path]:
         ax.legend(fontsize=8, loc="best")
         ax.grid(axis="x", alpha=0.3)
         fig.tight_layout()
-        path = dest / f"{report['name']}-{_slug(unit)}.png"
+        path = dest / f"{report['name']}-{_slug(unit) or 'figures'}.png"
         fig.savefig(path, dpi=90)
         plt.close(fig)
         made.append(path)

@@ -161,6 +161,10 @@ def _fault_readers(
     todo = iter(offsets)
     lock = threading.Lock()
     latencies: list[float] = []
+    # Blocks that did not come back during the fault: never served, so never cached -- the
+    # recovery probe may reuse them. (A mount that fails fast can run out of unread blocks
+    # during the fault; reading a block served before would time a cache hit, not recovery.)
+    failed: list[tuple[Path, int]] = []
     in_flight: dict[int, float] = {}  # thread id -> when its current read began
     pipe.recv()  # "go": the fault is on
     stop = time.monotonic() + seconds
@@ -173,10 +177,12 @@ def _fault_readers(
                 if target is None:
                     return
                 began = in_flight[me] = time.perf_counter()
-            read_block(*target)
+            ok = read_block(*target)
             with lock:
                 del in_flight[me]
                 latencies.append(time.perf_counter() - began)
+                if not ok:
+                    failed.append(target)
             time.sleep(0.02)
 
     pool = [threading.Thread(target=worker, daemon=True) for _ in range(threads)]
@@ -187,7 +193,7 @@ def _fault_readers(
     recovered = None
     while time.monotonic() - ended < recover_cap:
         with lock:
-            target = next(todo, None)
+            target = next(todo, None) or (failed.pop(0) if failed else None)
         if target is None:
             break
         if read_block(*target):

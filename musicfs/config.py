@@ -247,6 +247,7 @@ _TABLES: dict[str, tuple[type, dict[str, Parser]]] = {
             "attr_timeout": parse_duration,
             "max_tasks": _positive_int,
             "max_background": _non_negative_int,
+            "read_ahead_kb": _non_negative_int,
             "drain_timeout": parse_duration,
         },
     ),

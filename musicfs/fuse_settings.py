@@ -26,6 +26,10 @@ class FuseSettings:
     # Held to max_tasks - FUSE_SPARE_WORKERS (``background_slots``), so that hung reads
     # never take every worker.
     max_background: int = 256
+    # The kernel's page-cache read-ahead for the mount (its default: 128), set after
+    # mounting: small, so a scanner's reads fetch little past what they ask for (the
+    # reader reads ahead for a stream itself). 0 leaves the kernel's value.
+    read_ahead_kb: int = 16
     # On shutdown, in-flight requests get this long to finish before they answer EIO.
     drain_timeout: float = 5.0
 

@@ -23,6 +23,7 @@ from musicfs.fuse_settings import FUSE_KERNEL_BACKGROUND
 from musicfs.resources import only_shortage
 from musicfs.service.fusectl import Outcome, tune_connection
 from musicfs.service.mounts import MountpointError, lazy_unmount
+from musicfs.service.readahead import tune_read_ahead
 from musicfs.service.watchdog import probe_mount
 from musicfs.statistics import snapshot
 
@@ -178,9 +179,15 @@ class FuseSession:
         return last
 
     async def raise_background_limit(self) -> None:
-        """Let the kernel hand us more page-cache reads at once (fusectl), after INIT --
-        whose reply would otherwise reset the limit."""
+        """After INIT (whose reply would otherwise reset them): lower the kernel's
+        read-ahead for the mount (bdi) and let it hand us more page-cache reads at once
+        (fusectl)."""
         fuse = self.ops.settings
+        if fuse.read_ahead_kb:
+            with trio.move_on_after(FUSECTL_TIMEOUT):
+                await trio.to_thread.run_sync(
+                    tune_read_ahead, self.mountpoint, fuse.read_ahead_kb, abandon_on_cancel=True
+                )
         slots = fuse.background_slots
         if slots == 0:
             log.info(

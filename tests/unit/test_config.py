@@ -84,7 +84,8 @@ def test_cli_exits_2_with_one_clear_line(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         f"musicfs: {path}:2: fuse.bad_key: unknown key (known in [fuse]: "
-        "allow_other, attr_timeout, drain_timeout, max_background, max_tasks, read_deadline)"
+        "allow_other, attr_timeout, drain_timeout, max_background, max_tasks, read_ahead_kb, "
+        "read_deadline)"
     ]
 
 
