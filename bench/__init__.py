@@ -114,7 +114,7 @@ class Report:
             ours = f"{_fmt(r.value)} {r.unit}" + _range(r.samples)
             base = (
                 f"{_fmt(r.baseline)} {r.unit}{_range(r.baseline_samples)} ({r.baseline_name})"
-                if r.baseline
+                if r.baseline is not None
                 else "—"
             )
             ratio = f"{r.slowdown:.2f}×" if r.slowdown is not None else "—"

@@ -11,5 +11,6 @@ SCENARIOS = (
     "cache",  # the chunk cache: hits, misses, verification, time to first byte
     "storm",  # cached reads while 100 uncached reads hang on the origin
     "pins",  # musicfs pin filling the cache vs a cold read and sshfs
+    "offline",  # played music kept through a scan (vs the old LRU); a blackhole vs sshfs
     "scale",  # 100,000 generated tracks vs native and sshfs; a 1,000,000-track catalog
 )
