@@ -126,12 +126,7 @@ def main() -> Report:
         with NetNS() as ns:
             sshd = SSHServer(ns, work, user="root").start()
             run = Run(ByteCounter(ns))
-            origin = {
-                "url": sshd.url(LIB_DIR),
-                "name": "nas",
-                "key_file": sshd.client_key,
-                "known_hosts": sshd.known_hosts,
-            }
+            origin = sshd.origin(LIB_DIR)
             ours = MusicFS("musicfs", origin, work)
             theirs = Sshfs(sshd, LIB_DIR, work)
 

@@ -238,12 +238,7 @@ def _blackhole(report: Report, work: Path, repeats: int) -> None:
     theirs: list[Outcome] = []
     with NetNS() as ns:
         sshd = SSHServer(ns, work, user="root").start()
-        origin = {
-            "url": sshd.url(lib),
-            "name": "nas",
-            "key_file": sshd.client_key,
-            "known_hosts": sshd.known_hosts,
-        }
+        origin = sshd.origin(lib)
         peers: list[tuple[list[Outcome], AbstractContextManager[Mounted]]] = []
         for run in range(repeats):
             peers = [

@@ -106,12 +106,7 @@ def main() -> Report:
         idle_ms, pinning_ms = [], []
         with NetNS() as ns:
             sshd = SSHServer(ns, work, user="root").start()
-            origin = {
-                "url": sshd.url(lib),
-                "name": "nas",
-                "key_file": sshd.client_key,
-                "known_hosts": sshd.known_hosts,
-            }
+            origin = sshd.origin(lib)
             sshfs_peer = Sshfs(sshd, lib, work)
             for run in range(repeats):
                 log.info("run %d: MusicFS cold sequential read", run + 1)

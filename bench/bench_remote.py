@@ -217,12 +217,7 @@ def main() -> Report:
         with NetNS() as ns:
             sshd = SSHServer(ns, work_dir, user="root").start()
             counter = ByteCounter(ns)
-            origin = {
-                "url": sshd.url(lib),
-                "name": "nas",
-                "key_file": sshd.client_key,
-                "known_hosts": sshd.known_hosts,
-            }
+            origin = sshd.origin(lib)
             ours = MusicFS("musicfs", origin, work_dir)
             with ours.mount(fresh=True) as mounted:  # the first scan: the catalog
                 log.info("MusicFS: first scan of %d tracks over SFTP", len(files))

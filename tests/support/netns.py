@@ -219,6 +219,15 @@ class SSHServer:
         port = f":{self.port}" if self.port != 22 else ""
         return f"sftp://{self.user}@{self.ns.ip}{port}{root}"
 
+    def origin(self, root: Path | str, name: str = "nas") -> dict[str, object]:
+        """An ``[[origin]]`` table for MusicFS reaching ``root`` on this server."""
+        return {
+            "url": self.url(root),
+            "name": name,
+            "key_file": self.client_key,
+            "known_hosts": self.known_hosts,
+        }
+
     def start(self) -> SSHServer:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
         self.proc = self.ns.popen(sshd_binary(), "-D", "-e", "-f", str(self.config), log=self.log)
