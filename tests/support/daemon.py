@@ -142,6 +142,15 @@ class MountedDaemon:
         status: dict[str, Any] = json.loads(out.stdout)
         return status
 
+    def wait_until_healthy(self, origin: str, timeout: float = 30.0) -> None:
+        """Until the daemon's health checks find ``origin`` answering again."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.status()["origins"]["origins"][origin]["state"] == "healthy":
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"origin {origin} not healthy within {timeout}s:\n{self.log()}")
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
