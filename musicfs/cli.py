@@ -11,12 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import trio
-
 from musicfs import __version__
 from musicfs.config import EXIT_CONFIG, ConfigError, Settings, load_config, with_overrides
 from musicfs.private import private_files
-from musicfs.service.mounts import MountpointError
 
 log = logging.getLogger("musicfs")
 
@@ -96,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="repair the cache: rebuild its index, quarantine bad chunks (daemon stopped)",
     )
 
-    from musicfs.pin_commands import add_parsers as add_pin_parsers
+    from musicfs.pin_parsers import add_parsers as add_pin_parsers
 
     add_pin_parsers(sub, _common)
 
@@ -144,6 +141,8 @@ class _ProgressBar:
 
 
 async def _scan(settings: Settings, prune: bool = False) -> int:
+    import trio
+
     from musicfs.catalog.integrity import open_catalog
     from musicfs.library import SyncCoordinator, open_pool
 
@@ -166,6 +165,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from musicfs.private import tighten
 
     tighten(settings.state_dir)
+    import trio
+
     return trio.run(_scan, settings, args.prune)
 
 
@@ -370,6 +371,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = with_overrides(
         settings, origins=(OriginSettings(url=str(library_dir), name="demo"),)
     )
+    import trio
+
     trio.run(_scan, settings)
     print(
         f"\nDemo library: {count} files in {library_dir}\n"
@@ -392,10 +395,28 @@ def cmd_pin(args: argparse.Namespace) -> int:
     return commands[args.command](args, resolve_settings(args))
 
 
+# Errors a command reports in one line (exit status 2) rather than with a traceback, by
+# module: only a command that loaded the module can raise them, and ``musicfs search``
+# must not pay for importing the daemon's start-up, the catalog and trio to name them.
+_ONE_LINE_ERRORS = (
+    ("musicfs.service.mounts", "MountpointError"),
+    ("musicfs.service.startup", "StartupError"),
+    ("musicfs.catalog.db", "SchemaTooNew"),
+)
+
+
+def _one_line_error(exc: Exception) -> bool:
+    if isinstance(exc, ConfigError):
+        return True
+    for module, name in _ONE_LINE_ERRORS:
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(exc, getattr(loaded, name)):
+            return True
+    return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    from musicfs.catalog.db import SchemaTooNew
     from musicfs.service.logs import setup_logging
-    from musicfs.service.startup import StartupError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -415,11 +436,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with private_files():
             return commands[args.command](args)
-    except ConfigError as exc:
-        print(f"musicfs: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except (MountpointError, StartupError, SchemaTooNew) as exc:
-        print(f"musicfs: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if not _one_line_error(exc):
+            raise
+        print(f"musicfs: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
