@@ -171,27 +171,57 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from musicfs.search import QueryError, search_library
-
     settings = resolve_settings(args)
-    try:
-        hits = search_library(
-            settings.state_dir, settings.library.template, " ".join(args.query), args.limit
-        )
-    except (QueryError, FileNotFoundError) as exc:
-        raise ConfigError(str(exc)) from None
+    query = " ".join(args.query)
+    paths = _search_in_daemon(settings, query, args.limit)
+    if paths is None:  # no daemon serves this catalog: read the index here
+        from musicfs.search import QueryError, search_library
+
+        try:
+            hits = search_library(settings.state_dir, settings.library.template, query, args.limit)
+        except (QueryError, FileNotFoundError) as exc:
+            raise ConfigError(str(exc)) from None
+        paths = [hit.path for hit in hits]
     # Under the mount point when the config names it; else relative to the mount (no
     # leading '/', which would read as a path on this machine).
     root = str(settings.mountpoint).rstrip("/") + "/" if settings.mountpoint is not None else ""
     try:
-        for hit in hits:
-            print(root + hit.path.lstrip("/"))
+        for path in paths:
+            print(root + path.lstrip("/"))
         sys.stdout.flush()
     except BrokenPipeError:
         # `musicfs search ... | head -1`: the reader has what it wanted. Point stdout at
         # /dev/null so that the interpreter's final flush does not complain either.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 0 if hits else 1
+    return 0 if paths else 1
+
+
+# How long a search waits for the daemon's answer before reading the index itself (the
+# daemon answers in milliseconds, unless its index is busy with a large update).
+DAEMON_SEARCH_WAIT = 2.0
+
+
+def _search_in_daemon(settings: Settings, query: str, limit: int) -> list[str] | None:
+    """The daemon serving this catalog answers from its open index: the command then
+    imports no index, catalog or trio, and starts in a few milliseconds. None when no
+    daemon of this catalog answers."""
+    from musicfs.service.control import ControlError, request, socket_path
+
+    if settings.mountpoint is not None:
+        sockets = [socket_path(settings.run_dir, settings.mountpoint)]
+    else:
+        sockets = sorted(settings.run_dir.glob("control-*.sock"))
+    for path in sockets:
+        try:
+            reply = request(path, "search", DAEMON_SEARCH_WAIT, query=query, limit=limit)
+        except ControlError:
+            continue  # gone, busy, or too old to know ``search``
+        if reply.get("catalog") != os.path.abspath(settings.catalog_path):
+            continue  # another library's daemon sharing the runtime directory
+        if "query_error" in reply:
+            raise ConfigError(str(reply["query_error"]))
+        return [str(p) for p in reply.get("paths", [])]
+    return None
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
