@@ -152,7 +152,7 @@ _METADATA = object()
 # ffmpeg, Plex) reads an MP3 or MP4 up to its first frames, ~128 KiB with a cover, and a
 # FLAC's metadata plus ~260 KiB of frames (measured with strace on tracks with 1200x1200
 # covers). The sync's first head read fetches this much, so a scan after it is cached.
-_HEAD_REGION = {".flac": 384 * 1024}
+_HEAD_REGION = {".flac": 384 * 1024, ".mp3": 192 * 1024}  # MP3: + the kernel's read-ahead
 _DEFAULT_HEAD = 128 * 1024
 
 
