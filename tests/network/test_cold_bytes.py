@@ -110,6 +110,6 @@ def test_the_cold_path_costs_no_more_bytes_than_sshfs(
     # stopped reading a FLAC's end): the sync fetches the head region ffprobe probes, so
     # the scan after it is mostly cached. This bound keeps what was reached.
     assert first_sync <= 1.35 * mutagen_bytes + OVERHEAD, figures
-    # Measured 0.08x with the mount's kernel read-ahead lowered to 16 KiB (0.25x at the
-    # kernel's 128 KiB: it read that far past the cached head region on every probe).
+    # Measured 0 bytes with the mount's kernel read-ahead at 64 KiB (0.08x at 16 KiB, 0.25x
+    # at the kernel's 128 KiB: it read that far past the cached head region on every probe).
     assert after_sync <= 0.1 * sshfs_scan + OVERHEAD, figures  # issue 13's goal
