@@ -121,6 +121,8 @@ class _Flight:
 
 
 ChunkKey = tuple[bytes, int]
+# A span's chunks: chunk number -> (its flight, pieces known, pieces it fetches).
+_SpanLoads = dict[int, tuple["_Flight", dict[int, "bytes | _Flight"], dict[int, "_Flight"]]]
 
 
 async def _result(flight: _Flight) -> bytes:
@@ -619,33 +621,44 @@ class CachingReader:
         await self._store(track.version_key, n, data, patient=not remember)
         return data
 
-    async def _load_span(self, track: Track, chunks: list[int], span_bytes: int) -> None:
+    async def _start_span(
+        self, track: Track, chunks: list[int], span_bytes: int, remember: bool = True
+    ) -> None:
         """Read-ahead of the consecutive chunks ``chunks``, whole: those the store lacks
         are fetched in ranges of up to ``span_bytes`` instead of one or two per chunk -- an
         origin's cost per request (an S3 GET's round trip and headers, an SFTP call across
         threads) is paid once for the span. Each chunk is verified, kept and stored as
         ``_load_chunk`` would; a chunk the store holds, or could not say about in time, or
-        that failed verification, takes ``_load_chunk``'s own path."""
+        that failed verification, takes ``_load_chunk``'s own path. ``remember``: keep
+        them in the memory cache too (playback prefetch does not)."""
         version = track.version_key
-        cs = self.store.chunk_size
-        loads: dict[int, tuple[_Flight, dict[int, bytes | _Flight], dict[int, _Flight]]] = {}
-        for n in chunks:
+        loads: _SpanLoads = {}
+        for n in chunks:  # flights first, before anything awaits: readers find them
             flight = self._new_flight((version, n))
             known, own = self._claim_pieces(track, n, {})
             loads[n] = (flight, known, own)
+        await self._spawn(self._load_span, track, loads, span_bytes, remember)
+
+    async def _load_span(
+        self, track: Track, loads: _SpanLoads, span_bytes: int, remember: bool
+    ) -> None:
+        version = track.version_key
+        cs = self.store.chunk_size
         try:
             for n, (flight, known, own) in list(loads.items()):
                 found = await self._from_store(track, n, min(cs, track.size - n * cs))
                 if found is not None:  # stored, or a case of its own: _load_chunk owns it
                     del loads[n]
-                    await self._spawn(self._load_chunk, track, n, flight, known, own, True, found)
+                    await self._spawn(
+                        self._load_chunk, track, n, flight, known, own, remember, found
+                    )
             if not loads:
                 return
             await async_fail_point("reader.fetch")
             wanted = {p: f for _, _, own in loads.values() for p, f in own.items()}
             fetched = await self._fetch_pieces(track, wanted, span_bytes)
             for n, (flight, known, _) in loads.items():
-                flight.data = await self._finish_chunk(track, n, known, fetched, True)
+                flight.data = await self._finish_chunk(track, n, known, fetched, remember)
                 flight.done.set()
         except BaseException as exc:
             _fail([f for flight, _, own in loads.values() for f in (flight, *own.values())], exc)
@@ -1084,8 +1097,21 @@ class CachingReader:
                 return True
             flight = self._flights.get(key)
         if flight is None:
-            self._note_played(track.version_key, n, n)
-            await self._start_chunk(track, n, remember=False)
+            # With the chunks after it that nothing has started yet (and the store
+            # certainly lacks), as one span: the prefetcher's next calls find them in
+            # flight. Fetched into the store only, not the memory cache. At most half a
+            # full read-ahead window at once: what still lands after a seek cancels it.
+            version, cs = track.version_key, self.store.chunk_size
+            span_bytes = self.span_limit()
+            most = max(1, min(span_bytes // cs, self.readahead // 2))
+            span = [n]
+            while len(span) < most and (span[-1] + 1) * cs < track.size:
+                nxt = (version, span[-1] + 1)
+                if nxt in self._memory or nxt in self._flights or self.store.may_hold(*nxt):
+                    break
+                span.append(span[-1] + 1)
+            self._note_played(version, span[0], span[-1])
+            await self._start_span(track, span, span_bytes, False)
             flight = self._flights.get(key)
         if flight is not None:
             await flight.done.wait()
@@ -1112,7 +1138,7 @@ class CachingReader:
             if not span:
                 return
             self.counters.readahead += len(span)
-            await self._spawn(self._load_span, track, span, span_bytes)
+            await self._start_span(track, span, span_bytes)
             for n in span:
                 flight = self._flights.get((version, n))
                 if flight is not None:

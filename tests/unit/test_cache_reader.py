@@ -16,7 +16,7 @@ import trio
 from musicfs import failpoints
 from musicfs.cache.chunkfile import HEADER_SIZE, chunk_hash
 from musicfs.cache.modes import CacheMode
-from musicfs.cache.reader import STALLED_STORE_WAIT, CachingReader
+from musicfs.cache.reader import READAHEAD_IN_FLIGHT, STALLED_STORE_WAIT, CachingReader
 from musicfs.catalog.model import Track
 from musicfs.cli import format_cache
 from tests.support.faulty_store import FaultyStore, TrackOrigin
@@ -308,6 +308,48 @@ def test_a_stream_reads_ahead_in_spans_as_large_as_the_origin_delivers_quickly(
     slow = CachingReader(new_store(tmp_path / "slow"), origin.fetch, part_bytes=CS // 2)  # type: ignore[arg-type]
     slow._note_rate(CS, 10.0)  # 6.4 KB/s: a span would not finish in time
     assert slow.span_limit() == CS // 2
+
+
+def test_read_ahead_spans_in_flight_stay_bounded(tmp_path: Path, origin: TrackOrigin) -> None:
+    """However the spans fall, at most READAHEAD_IN_FLIGHT read-ahead fetches run at once
+    (besides the player's own read): a slow origin never gets a window's worth of
+    requests queued on its few connections."""
+    content = origin.content["t0.flac"]
+    running, peak = 0, 0
+
+    async def slow_fetch(track: Track, offset: int, length: int) -> bytes:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        try:
+            await trio.sleep(0.02)
+            return await origin.fetch(track, offset, length)
+        finally:
+            running -= 1
+
+    async def stream(reader: CachingReader) -> None:
+        assert await read_all(reader, origin, "t0.flac", PIECE) == content
+
+    reader = CachingReader(
+        new_store(tmp_path),
+        slow_fetch,
+        readahead=8,
+        readahead_after=PIECE,
+        part_bytes=CS,
+        span_bytes=CS,  # one chunk a span: the most spans a window can make
+    )
+
+    async def main() -> None:
+        await reader.open()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(reader.run)
+            await stream(reader)
+            nursery.cancel_scope.cancel()
+        await reader.aclose()
+
+    trio.run(main)
+    assert reader.counters.readahead >= 2
+    assert peak <= READAHEAD_IN_FLIGHT + 1, peak
 
 
 def test_a_tag_parser_nibbling_at_the_header_does_not_read_ahead(
