@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -390,6 +391,13 @@ class Catalog:
         with self._lock:
             return read_tracks(self.db)
 
+    def tracks_for_planning(self) -> tuple[int, list[Track]]:
+        """(catalog version, every track without sources) from one read transaction."""
+        with self._lock, self.db:
+            version = self._meta_int(_VERSION_KEY, 0)
+            tracks = read_tracks_for_planning(self.db)
+        return version, tracks
+
     def next_in_album(self, track_id: int) -> Track | None:
         """The track after ``track_id`` on its album -- disc, then track number, then path
         -- for playback prefetch; None at the album's end or for a track without one."""
@@ -591,9 +599,19 @@ class Catalog:
         return row is not None
 
 
-def _track_of(row: Sequence[Any], sources: Iterable[Source]) -> Track:
-    """A track from a ``tracks`` row (id, path, size, mtime_ns, etag, tags..., tag_error)."""
+# Tag values many tracks share (an album's ten tracks, an artist's hundred): one string
+# each when a whole catalog is read for planning.
+_SHARED_TAGS = ("artist", "albumartist", "album", "genre")
+
+
+def _track_of(row: Sequence[Any], sources: Iterable[Source], *, share: bool = False) -> Track:
+    """A track from a ``tracks`` row (id, path, size, mtime_ns, etag, tags..., tag_error);
+    ``share``: one string object for equal shared tag values."""
     tag_values = dict(zip(_TAG_COLUMNS, row[5:-1], strict=True))
+    if share:
+        for name in _SHARED_TAGS:
+            if tag_values[name] is not None:
+                tag_values[name] = sys.intern(tag_values[name])
     tag_values["compilation"] = bool(tag_values["compilation"])
     return Track(
         id=row[0],
@@ -668,6 +686,15 @@ def read_tree_files(db: apsw.Connection) -> Iterator[tuple[TreeRow, Track]]:
                 found.append(Source(*pending[1:]))
             pending = next(sources, None)
         yield row[:7], _track_of(row[7:], found)
+
+
+def read_tracks_for_planning(db: apsw.Connection) -> list[Track]:
+    """Every track without its sources (naming needs none), by path: at 100,000 tracks
+    about a third less memory than ``read_tracks``."""
+    return [
+        _track_of(row, (), share=True)
+        for row in db.execute(_TRACK_SELECT + "FROM tracks ORDER BY path")
+    ]
 
 
 def read_tracks(db: apsw.Connection) -> list[Track]:

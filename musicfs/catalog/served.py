@@ -214,8 +214,7 @@ def publish_state(catalog: Catalog, template: Template) -> TreeState:
     """Plan the tree of the catalog as it is now and publish it: one transaction that
     writes only the rows that changed. Blocking (a worker thread, or a child process:
     ``publish_process``)."""
-    version = catalog.catalog_version()
-    tracks = catalog.tracks()
+    version, tracks = catalog.tracks_for_planning()
     placement = place(tracks, template)
     inos = catalog.inodes(placement.keys())
     rows = tree_rows(placement, {t.id: t for t in tracks}, inos)
