@@ -24,14 +24,20 @@ if [ ${#problems[@]} -gt 0 ]; then
   exit 1
 fi
 
-# The host's runtime dir is not ours inside (its owner maps to nobody); the tests and the
-# daemons they start get a fresh one, like every other /run path, on the namespace's tmpfs.
-exec unshare --user --map-root-user --map-auto --net --mount --fork -- bash -c '
-  set -euo pipefail
+# Inside, /run is a fresh tmpfs (the host's runtime dir is not ours there: its owner maps
+# to nobody) and TMPDIR a folder of the caller's: root's /tmp/pytest-of-root, if a root
+# run left one, would be someone else's. The namespace has its own pids, so when the test
+# run ends every daemon and sshd it started goes with it.
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/musicfs-test-ns.XXXXXX")
+unshare --user --map-root-user --map-auto --net --mount --pid --fork --mount-proc -- bash -c '
+  set -uo pipefail
   ip link set lo up
   mount -t tmpfs -o mode=0755 tmpfs /run
   mkdir -p /run/netns /run/sshd /run/user/0
   chmod 0700 /run/user/0
-  export XDG_RUNTIME_DIR=/run/user/0 MUSICFS_IN_TEST_NAMESPACE=1
-  exec "$@"
-' musicfs-test-namespace "$@"
+  export XDG_RUNTIME_DIR=/run/user/0 MUSICFS_IN_TEST_NAMESPACE=1 TMPDIR="$0"
+  "$@"
+  rc=$?
+  rm -rf "$0"  # as the namespace root: files the tests made as nobody too
+  exit $rc
+' "$tmp" "$@"
