@@ -29,6 +29,7 @@ fi
 # run left one, would be someone else's. The namespace has its own pids, so when the test
 # run ends every daemon and sshd it started goes with it.
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/musicfs-test-ns.XXXXXX")
+chmod 1777 "$tmp"  # as /tmp is: sshd's `nobody` reads the test libraries under it
 unshare --user --map-root-user --map-auto --net --mount --pid --fork --mount-proc -- bash -c '
   set -uo pipefail
   ip link set lo up
