@@ -11,12 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import trio
-
 from musicfs import __version__
 from musicfs.config import EXIT_CONFIG, ConfigError, Settings, load_config, with_overrides
 from musicfs.private import private_files
-from musicfs.service.mounts import MountpointError
 
 log = logging.getLogger("musicfs")
 
@@ -96,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="repair the cache: rebuild its index, quarantine bad chunks (daemon stopped)",
     )
 
-    from musicfs.pin_commands import add_parsers as add_pin_parsers
+    from musicfs.pin_parsers import add_parsers as add_pin_parsers
 
     add_pin_parsers(sub, _common)
 
@@ -144,6 +141,8 @@ class _ProgressBar:
 
 
 async def _scan(settings: Settings, prune: bool = False) -> int:
+    import trio
+
     from musicfs.catalog.integrity import open_catalog
     from musicfs.library import SyncCoordinator, open_pool
 
@@ -166,31 +165,63 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from musicfs.private import tighten
 
     tighten(settings.state_dir)
+    import trio
+
     return trio.run(_scan, settings, args.prune)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from musicfs.search import QueryError, search_library
-
     settings = resolve_settings(args)
-    try:
-        hits = search_library(
-            settings.state_dir, settings.library.template, " ".join(args.query), args.limit
-        )
-    except (QueryError, FileNotFoundError) as exc:
-        raise ConfigError(str(exc)) from None
+    query = " ".join(args.query)
+    paths = _search_in_daemon(settings, query, args.limit)
+    if paths is None:  # no daemon serves this catalog: read the index here
+        from musicfs.search import QueryError, search_library
+
+        try:
+            hits = search_library(settings.state_dir, settings.library.template, query, args.limit)
+        except (QueryError, FileNotFoundError) as exc:
+            raise ConfigError(str(exc)) from None
+        paths = [hit.path for hit in hits]
     # Under the mount point when the config names it; else relative to the mount (no
     # leading '/', which would read as a path on this machine).
     root = str(settings.mountpoint).rstrip("/") + "/" if settings.mountpoint is not None else ""
     try:
-        for hit in hits:
-            print(root + hit.path.lstrip("/"))
+        for path in paths:
+            print(root + path.lstrip("/"))
         sys.stdout.flush()
     except BrokenPipeError:
         # `musicfs search ... | head -1`: the reader has what it wanted. Point stdout at
         # /dev/null so that the interpreter's final flush does not complain either.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 0 if hits else 1
+    return 0 if paths else 1
+
+
+# How long a search waits for the daemon's answer before reading the index itself (the
+# daemon answers in milliseconds, unless its index is busy with a large update).
+DAEMON_SEARCH_WAIT = 2.0
+
+
+def _search_in_daemon(settings: Settings, query: str, limit: int) -> list[str] | None:
+    """The daemon serving this catalog answers from its open index: the command then
+    imports no index, catalog or trio, and starts in a few milliseconds. None when no
+    daemon of this catalog answers."""
+    from musicfs.service.control import ControlError, request, socket_path
+
+    if settings.mountpoint is not None:
+        sockets = [socket_path(settings.run_dir, settings.mountpoint)]
+    else:
+        sockets = sorted(settings.run_dir.glob("control-*.sock"))
+    for path in sockets:
+        try:
+            reply = request(path, "search", DAEMON_SEARCH_WAIT, query=query, limit=limit)
+        except ControlError:
+            continue  # gone, busy, or too old to know ``search``
+        if reply.get("catalog") != os.path.abspath(settings.catalog_path):
+            continue  # another library's daemon sharing the runtime directory
+        if "query_error" in reply:
+            raise ConfigError(str(reply["query_error"]))
+        return [str(p) for p in reply.get("paths", [])]
+    return None
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
@@ -370,6 +401,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = with_overrides(
         settings, origins=(OriginSettings(url=str(library_dir), name="demo"),)
     )
+    import trio
+
     trio.run(_scan, settings)
     print(
         f"\nDemo library: {count} files in {library_dir}\n"
@@ -392,10 +425,28 @@ def cmd_pin(args: argparse.Namespace) -> int:
     return commands[args.command](args, resolve_settings(args))
 
 
+# Errors a command reports in one line (exit status 2) rather than with a traceback, by
+# module: only a command that loaded the module can raise them, and ``musicfs search``
+# must not pay for importing the daemon's start-up, the catalog and trio to name them.
+_ONE_LINE_ERRORS = (
+    ("musicfs.service.mounts", "MountpointError"),
+    ("musicfs.service.startup", "StartupError"),
+    ("musicfs.catalog.db", "SchemaTooNew"),
+)
+
+
+def _one_line_error(exc: Exception) -> bool:
+    if isinstance(exc, ConfigError):
+        return True
+    for module, name in _ONE_LINE_ERRORS:
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(exc, getattr(loaded, name)):
+            return True
+    return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    from musicfs.catalog.db import SchemaTooNew
     from musicfs.service.logs import setup_logging
-    from musicfs.service.startup import StartupError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -415,11 +466,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with private_files():
             return commands[args.command](args)
-    except ConfigError as exc:
-        print(f"musicfs: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except (MountpointError, StartupError, SchemaTooNew) as exc:
-        print(f"musicfs: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if not _one_line_error(exc):
+            raise
+        print(f"musicfs: {exc}", file=sys.stderr)
+        return EXIT_CONFIG

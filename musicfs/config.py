@@ -25,7 +25,7 @@ from musicfs.fuse_settings import FUSE_KERNEL_BACKGROUND, FUSE_SPARE_WORKERS, Fu
 from musicfs.origins.settings import OriginSettings, OriginTimeouts
 from musicfs.origins.urls import OriginURLError, default_name, validate_url
 from musicfs.pins import PinSettings
-from musicfs.service.metrics import MetricsSettings, parse_listen
+from musicfs.service.metrics_settings import MetricsSettings, parse_listen
 
 __all__ = [
     "EXIT_CONFIG",

@@ -166,26 +166,45 @@ class Daemon:
         tighten(s.state_dir)
         tighten(s.cache_dir)
         self.lock.acquire()
-        try:
-            catalog, self.catalog_moved_aside = await trio.to_thread.run_sync(
-                open_catalog, s.catalog_path
-            )
-        except SchemaTooNew as exc:
-            raise StartupError(str(exc)) from None
-        if not first_run:
-            try:
-                await catalog.run(refuse_missing_origins, pool, catalogued_by(catalog))
-            except StartupError:
-                catalog.close()
-                raise
-        self.library = SyncCoordinator(s, catalog, pool)
-        self.reader = CachingReader(
+        reader = CachingReader(
             ChunkStore.from_settings(s.cache_dir, s.cache),
             self._fetch,
             memory_bytes=s.cache.memory,
             retry_interval=s.cache.retry_interval,
         )
-        await self.reader.open()  # start-up repair; a bad cache means passthrough, not exit
+        # The catalog's check (it reads every page) and the cache's start-up repair need
+        # nothing of each other: side by side, the mount answers sooner. Their errors are
+        # raised after the nursery, as they are (not in an exception group).
+        failed: list[Exception] = []
+
+        async def open_cache() -> None:
+            try:
+                await reader.open()  # a bad cache means passthrough, not exit
+            except Exception as exc:
+                failed.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(open_cache)
+            try:
+                catalog, self.catalog_moved_aside = await trio.to_thread.run_sync(
+                    open_catalog, s.catalog_path
+                )
+                if not first_run:
+                    try:
+                        await catalog.run(refuse_missing_origins, pool, catalogued_by(catalog))
+                    except StartupError:
+                        catalog.close()
+                        raise
+            except SchemaTooNew as exc:
+                failed.insert(0, StartupError(str(exc)))
+            except Exception as exc:
+                failed.insert(0, exc)
+        if failed:
+            with trio.CancelScope(shield=True):
+                await reader.aclose()
+            raise failed[0]
+        self.library = SyncCoordinator(s, catalog, pool)
+        self.reader = reader
         # Remote tag reads keep the headers in the cache, in pieces (no whole chunks).
         self.library.tag_reader = self.reader.read_metadata
         self.reader.enable_prefetch(self._next_in_album)

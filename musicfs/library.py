@@ -10,9 +10,10 @@ from collections.abc import Callable
 import apsw
 import trio
 
-from musicfs.catalog.db import Catalog
+from musicfs.catalog.db import Catalog, TreeState
 from musicfs.catalog.naming import Template
-from musicfs.catalog.served import ServedTree, publish
+from musicfs.catalog.publish_process import PublishFailed, publish_in_child
+from musicfs.catalog.served import ServedTree, publish_state
 from musicfs.config import ConfigError, Settings
 from musicfs.failpoints import fail_point
 from musicfs.origins.base import OriginError
@@ -23,6 +24,10 @@ from musicfs.origins.urls import OriginConfigError, OriginURLError
 from musicfs.sync import Progress, ReadTrack, SyncResult, sync_origin
 
 log = logging.getLogger(__name__)
+
+# A catalog of at least this many tracks is planned in a child process
+# (``publish_process``); a smaller one takes less than a starting interpreter does.
+PROCESS_PUBLISH_MIN = 5000
 
 
 def open_pool(settings: Settings) -> OriginPool:
@@ -50,8 +55,16 @@ class SyncCoordinator:
     """Coordinates syncs of the origins into the catalog and builds the tree the FUSE
     layer serves from it; keeps the sync progress and errors that status reports."""
 
-    def __init__(self, settings: Settings, catalog: Catalog, pool: OriginPool):
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: Catalog,
+        pool: OriginPool,
+        *,
+        process_publish_min: int = PROCESS_PUBLISH_MIN,
+    ):
         self.settings = settings
+        self.process_publish_min = process_publish_min
         self.catalog = catalog
         self.pool = pool
         self.template = Template(settings.library.template)
@@ -81,9 +94,33 @@ class SyncCoordinator:
         fail_point("tree.build")
         # Cleared before reading: a commit that lands meanwhile marks it stale again.
         self.tree_stale = False
-        tree = publish(self.catalog, self.template)
-        self.generation = tree.generation
-        return tree
+        try:
+            state = self._plan_and_publish()
+        except BaseException:
+            self.tree_stale = True  # not published: the next pass tries again
+            raise
+        self.generation = state.generation
+        return ServedTree(self.catalog, state)
+
+    def _plan_and_publish(self) -> TreeState:
+        if self.catalog.track_count() < self.process_publish_min:
+            return publish_state(self.catalog, self.template)
+        started = time.monotonic()
+        try:
+            done = publish_in_child(self.catalog, self.template)
+        except PublishFailed:
+            raise
+        except OSError as exc:
+            # No process to be had (process or memory limits): plan here rather than not
+            # at all.
+            log.warning("tree: cannot start the publisher process (%s); planning in-process", exc)
+            return publish_state(self.catalog, self.template)
+        log.info(
+            "tree: planned in a child process in %.1fs (its peak RSS %.0f MiB)",
+            time.monotonic() - started,
+            done.peak_rss_kib / 1024,
+        )
+        return done.state
 
     def _open_tree(self) -> ServedTree:
         """The tree published last, served at once; planned again later if the catalog

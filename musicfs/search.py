@@ -30,18 +30,18 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import tantivy
 import trio
 
-from musicfs.catalog.db import Catalog
+from musicfs.catalog.db import Catalog, TreeState
 from musicfs.catalog.inodes import scratch_inodes
 from musicfs.catalog.naming import Template
 from musicfs.catalog.served import ServedTree
-from musicfs.catalog.tree import TreeView, build_tree, track_values
+from musicfs.catalog.tree import Node, TreeView, build_tree, track_values
 from musicfs.failpoints import fail_point
 from musicfs.locks import FileLock
 
@@ -103,27 +103,40 @@ def _register_analyzer(index: tantivy.Index) -> None:
     index.register_tokenizer(ANALYZER, analyzer)
 
 
-def _documents(tree: TreeView) -> dict[int, tuple[int, dict[str, str | int]]]:
-    """Track id -> (digest, field values) for every file in ``tree``."""
-    docs: dict[int, tuple[int, dict[str, str | int]]] = {}
-    for path, node in tree.files_with_paths():
-        track = node.track
-        assert track is not None
-        shown = track_values(track, multi_disc=False)
-        values: dict[str, str | int] = {
-            "artist": shown["artist"],
-            "albumartist": shown["albumartist"],
-            "album": shown["album"],
-            "title": shown["title"],
-            "genre": shown["genre"],
-            "path": path,
-        }
-        if track.tags.year:
-            values["year"] = track.tags.year
-        blob = json.dumps(values, sort_keys=True, ensure_ascii=False).encode("utf-8")
-        digest = int.from_bytes(hashlib.blake2b(blob, digest_size=8).digest(), "big")
-        docs[track.id] = (digest, values)
-    return docs
+def _document(path: str, node: Node) -> tuple[int, int, dict[str, str | int]]:
+    """(track id, digest, field values) of the file ``node`` at mounted ``path``."""
+    track = node.track
+    assert track is not None
+    shown = track_values(track, multi_disc=False)
+    values: dict[str, str | int] = {
+        "artist": shown["artist"],
+        "albumartist": shown["albumartist"],
+        "album": shown["album"],
+        "title": shown["title"],
+        "genre": shown["genre"],
+        "path": path,
+    }
+    if track.tags.year:
+        values["year"] = track.tags.year
+    blob = json.dumps(values, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    digest = int.from_bytes(hashlib.blake2b(blob, digest_size=8).digest(), "big")
+    return track.id, digest, values
+
+
+def _documents(tree: TreeView) -> Iterator[tuple[int, int, dict[str, str | int]]]:
+    """(track id, digest, field values) of every file in ``tree``, one at a time."""
+    return (_document(path, node) for path, node in tree.files_with_paths())
+
+
+def _tree_identity(state: TreeState) -> dict[str, str | int] | None:
+    """What the marker records of the tree an index holds (None: not a catalog's)."""
+    if not state.catalog_id or not state.generation:
+        return None
+    return {
+        "catalog": state.catalog_id,
+        "generation": state.generation,
+        "catalog_version": state.catalog_version,
+    }
 
 
 def _make_doc(track_id: int, digest: int, values: dict[str, str | int]) -> tantivy.Document:
@@ -163,25 +176,38 @@ class SearchIndex:
         self._limiter = trio.CapacityLimiter(1)
         self._index: tantivy.Index | None = None
         self._writer: tantivy.IndexWriter | None = None
-        self._known: dict[int, int] = {}  # committed track id -> digest
+        # Track id -> digest of what the index holds; None: not read (only a walk of the
+        # whole tree needs it).
+        self._known: dict[int, int] | None = None
+        # The published tree the committed index is in line with (the marker's record),
+        # and the one the staged changes bring it to.
+        self._indexed: dict[str, str | int] | None = None
+        self._staged: dict[str, str | int] | None = None
         self._pending = False  # staged changes not yet committed
         self._rebuilt: str | None = None
         self._suspect: str | None = None  # why the index must be rebuilt before next use
 
     # -- opening, validating, rebuilding ---------------------------------------------
 
-    def _read_marker(self) -> int | None:
+    def _marker(self) -> dict[str, object] | None:
         try:
             data = json.loads((self.directory / MARKER).read_text())
-            return int(data["schema_version"])
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError):
             return None
+        return data if isinstance(data, dict) else None
 
-    def _write_marker(self) -> None:
+    def _read_marker(self) -> int | None:
+        version = (self._marker() or {}).get("schema_version")
+        return version if isinstance(version, int) else None
+
+    def _write_marker(self, tree: dict[str, str | int] | None = None) -> None:
+        """The schema version, and the tree the committed index is in line with --
+        written after the commit: a crash between them makes the next update redo
+        changes the index already has, which is harmless."""
         target = self.directory / MARKER
         tmp = target.with_suffix(".tmp")
         with open(tmp, "w") as f:
-            json.dump({"schema_version": SCHEMA_VERSION}, f)
+            json.dump({"schema_version": SCHEMA_VERSION, **({"tree": tree} if tree else {})}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
@@ -202,9 +228,9 @@ class SearchIndex:
             return f"schema version {version}, this MusicFS writes {SCHEMA_VERSION}"
         return None
 
-    def _load(self, *, create: bool) -> tuple[tantivy.Index, dict[int, int]]:
-        """Open the index and read every committed (id, digest), touching each segment's
-        files so that missing or damaged ones show up now rather than mid-query."""
+    def _load(self, *, create: bool) -> tantivy.Index:
+        """Open the index and read every committed id, touching each segment's files so
+        that missing or damaged ones show up now rather than mid-query."""
         exists = (self.directory / "meta.json").exists()
         if exists and not tantivy.Index.is_compatible(str(self.directory)):
             raise ValueError("written by an incompatible tantivy version")
@@ -217,6 +243,22 @@ class SearchIndex:
         _register_analyzer(index)
         index.reload()
         searcher = index.searcher()
+        if searcher.num_docs:
+            hits = searcher.search(tantivy.Query.all_query(), limit=searcher.num_docs).hits
+            addresses = [address for _, address in hits]
+            searcher.fast_field_values("id", addresses)
+            searcher.fast_field_values("digest", addresses)
+            searcher.doc(addresses[0])
+            del hits, addresses
+        probe = index.parse_query("musicfs", list(TEXT_FIELDS))
+        searcher.search(probe, limit=1)
+        return index
+
+    @staticmethod
+    def _committed_digests(index: tantivy.Index) -> dict[int, int]:
+        """Every committed (track id, digest)."""
+        index.reload()
+        searcher = index.searcher()
         known: dict[int, int] = {}
         if searcher.num_docs:
             hits = searcher.search(tantivy.Query.all_query(), limit=searcher.num_docs).hits
@@ -226,18 +268,19 @@ class SearchIndex:
             for i, d in zip(ids, digests, strict=True):
                 if i is not None and d is not None:
                     known[int(i)] = int(d)
-            searcher.doc(addresses[0])
-        probe = index.parse_query("musicfs", list(TEXT_FIELDS))
-        searcher.search(probe, limit=1)
-        return index, known
+        return known
 
     def _open_for_writing(self) -> None:
         problem = self._problem() or self._suspect
         if problem is None:
             try:
-                self._index, self._known = self._load(create=True)
+                self._index = self._load(create=True)
             except ValueError as exc:  # tantivy reports corruption as ValueError
                 problem = f"unreadable ({exc})"
+            else:
+                tree = (self._marker() or {}).get("tree")
+                self._indexed = tree if isinstance(tree, dict) else None
+                self._known = None
         if problem is not None:
             self._rebuild(problem)
         self._suspect = None
@@ -251,10 +294,17 @@ class SearchIndex:
         self._pending = False
         shutil.rmtree(self.directory, ignore_errors=True)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._index, self._known = self._load(create=True)
+        self._index = self._load(create=True)
+        self._known, self._indexed = {}, None
         # The marker goes last: a crash before it makes the next start rebuild again.
         self._write_marker()
         self._rebuilt = reason
+
+    @property
+    def indexed_generation(self) -> int | None:
+        """The tree generation the committed index is in line with, if this process
+        committed or read one."""
+        return None if self._indexed is None else int(self._indexed["generation"])
 
     def try_acquire(self, timeout: float = 0.0) -> bool:
         """Become the index's one writer (until ``close``). False if another process is."""
@@ -303,35 +353,87 @@ class SearchIndex:
 
     def _stage(self, tree: TreeView) -> UpdateStats:
         self._ensure_writable()
+        if isinstance(tree, ServedTree):
+            since = self._indexed
+            current = _tree_identity(tree.state)
+            if since is not None and current is not None and since["catalog"] == current["catalog"]:
+                return self._stage_changes(
+                    tree, int(since["generation"]), int(since["catalog_version"])
+                )
+        return self._stage_all(tree)
+
+    def _stage_changes(
+        self, tree: ServedTree, generation: int, catalog_version: int
+    ) -> UpdateStats:
+        """Only what changed in the published tree since the one the index holds (at
+        start-up, after a sync that changed nothing: nothing to read at all)."""
         writer = self._writer
         assert writer is not None
-        docs = _documents(tree)
-        stale = [tid for tid, digest in self._known.items() if docs.get(tid, (None,))[0] != digest]
-        fresh = [tid for tid, (digest, _) in docs.items() if self._known.get(tid) != digest]
+        if tree.generation == generation and tree.state.catalog_version == catalog_version:
+            self._staged = self._indexed
+            return UpdateStats(total=tree.file_count)
+        changes = tree.changes_since(generation, catalog_version)
+        ids = set(changes.gone) | {node.track_id for _, node in changes.files}
+        self._delete(ids)
+        for path, node in changes.files:
+            writer.add_document(_make_doc(*_document(path, node)))
+        self._pending = self._pending or bool(ids)
+        self._known = None  # not kept up to date here; a whole-tree walk reads it again
+        self._staged = _tree_identity(changes.state)
+        return UpdateStats(
+            added=len(changes.files), removed=len(changes.gone), total=changes.state.files
+        )
+
+    def _delete(self, ids: Iterable[int]) -> None:
+        writer = self._writer
+        assert writer is not None
         schema = self._index.schema if self._index is not None else _schema()
-        for tid in stale:
+        for tid in ids:
             # (delete_documents_by_term builds a signed term, which never matches a u64.)
             writer.delete_documents_by_query(tantivy.Query.term_query(schema, "id", tid))
-        for tid in fresh:
-            digest, values = docs[tid]
-            writer.add_document(_make_doc(tid, digest, values))
+
+    def _stage_all(self, tree: TreeView) -> UpdateStats:
+        """Every file of ``tree`` against what the index holds, streamed."""
+        writer = self._writer
+        assert writer is not None and self._index is not None
+        if self._known is None:
+            self._commit()  # what is staged counts as held
+            self._known = self._committed_digests(self._index)
+        known, now = self._known, {}
+        fresh = 0
+        for tid, digest, values in _documents(tree):
+            now[tid] = digest
+            held = known.get(tid)
+            if held != digest:
+                if held is not None:
+                    self._delete((tid,))
+                writer.add_document(_make_doc(tid, digest, values))
+                fresh += 1
+        stale = [tid for tid in known if tid not in now]
+        self._delete(stale)
+        replaced = sum(1 for tid in known if tid in now and known[tid] != now[tid])
         self._pending = self._pending or bool(stale or fresh)
         # What the index holds once committed; a rollback or a crash forgets it with the
         # staged documents, and the next open reads the truth back from the index.
-        self._known = {tid: digest for tid, (digest, _) in docs.items()}
-        return UpdateStats(added=len(fresh), removed=len(stale), total=len(docs))
+        self._known = now
+        self._staged = _tree_identity(tree.state) if isinstance(tree, ServedTree) else None
+        return UpdateStats(added=fresh, removed=len(stale) + replaced, total=len(now))
 
     def _commit(self) -> None:
-        if not self._pending or self._writer is None:
+        if self._writer is None:
             return
-        fail_point("search.before_commit")
-        try:
-            self._writer.commit()
-        except ValueError as exc:
-            # The writer is dead (disk error, vanished files): rebuild on the next update.
-            self._suspect = f"commit failed ({exc})"
-            raise
-        self._pending = False
+        if self._pending:
+            fail_point("search.before_commit")
+            try:
+                self._writer.commit()
+            except ValueError as exc:
+                # The writer is dead (disk error, vanished files): rebuild on the next update.
+                self._suspect = f"commit failed ({exc})"
+                raise
+            self._pending = False
+        if self._staged != self._indexed:
+            self._write_marker(self._staged)
+            self._indexed = self._staged
 
     def commit(self) -> None:
         """Commit staged changes, if any."""
@@ -402,7 +504,7 @@ class SearchIndex:
         if problem is not None:
             raise SearchUnavailable(f"{self.directory}: {problem}")
         try:
-            self._index, self._known = self._load(create=False)
+            self._index = self._load(create=False)
         except ValueError as exc:
             raise SearchUnavailable(f"{self.directory}: unreadable ({exc})") from exc
 
@@ -459,7 +561,7 @@ def memory_index(tree: TreeView) -> tantivy.Index:
     index = tantivy.Index(_schema())
     _register_analyzer(index)
     writer = index.writer(heap_size=WRITER_HEAP, num_threads=1)
-    for tid, (digest, values) in _documents(tree).items():
+    for tid, digest, values in _documents(tree):
         writer.add_document(_make_doc(tid, digest, values))
     writer.commit()
     writer.wait_merging_threads()

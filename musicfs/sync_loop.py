@@ -41,6 +41,9 @@ class SyncLoop:
 
     async def run(self) -> None:
         indexed: int | None = None  # the tree generation the search index was last fed
+        # The pins evaluated this tree and index at start-up (``PinManager.run``): only
+        # what the first update changes needs them evaluated again.
+        evaluated: int | None = self.tree().generation
         while True:
             self._now = trio.Event()
             ok = False
@@ -52,10 +55,14 @@ class SyncLoop:
             await self.publisher.run_while(sync)
             tree = self.tree()
             # Only a new tree (or a failed update, or the first pass) needs an index diff.
-            if tree.generation != indexed and await self.search.update_async(tree) is not None:
-                indexed = tree.generation
-                if self.after_index is not None:
-                    await self.after_index()
+            if tree.generation != indexed:
+                stats = await self.search.update_async(tree)
+                if stats is not None:
+                    indexed = tree.generation
+                    changed = stats.added or stats.removed or stats.rebuilt
+                    if self.after_index is not None and (changed or tree.generation != evaluated):
+                        await self.after_index()
+                    evaluated = None
             interval = self.scan_interval()
             # An origin that could not be listed is retried sooner than the full interval;
             # an interval of 0 means "only when asked" (start-up, SIGHUP).

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import lmdb
 
+from musicfs.cache.presence import PresenceFilter
 from musicfs.failpoints import fail_point
 
 log = logging.getLogger(__name__)
@@ -205,6 +206,8 @@ class ChunkIndex:
         except lmdb.Error as exc:
             self.env.close()
             raise IndexUnusable(f"cannot open databases in {path}: {exc}") from exc
+        # Which mappings may exist, in memory (``presence.py``); None until ``load_presence``.
+        self.presence: PresenceFilter | None = None
 
     def _optional_db(self, name: bytes, *, create: bool) -> lmdb._Database | None:
         try:
@@ -216,6 +219,22 @@ class ChunkIndex:
         self.env.close()
 
     # -- reads -----------------------------------------------------------------------
+
+    def load_presence(self, expected_keys: int = 0) -> PresenceFilter:
+        """Fill the presence filter from every mapping (at open, after repair); from then
+        on every mapping written is added to it as well."""
+        found = PresenceFilter(expected_keys)
+        with self.env.begin(db=self.maps) as txn:
+            for key in txn.cursor().iternext(keys=True, values=False):
+                if len(key) == VERSION_LEN + 8:
+                    found.add(bytes(key[:VERSION_LEN]), _CHUNK_NO.unpack(key[VERSION_LEN:])[0])
+        self.presence = found
+        return found
+
+    def may_hold(self, version: bytes, chunk_no: int) -> bool:
+        """False only if no mapping for the key exists (no lookup, no thread needed)."""
+        presence = self.presence
+        return presence is None or presence.may_hold(version, chunk_no)
 
     def lookup(self, version: bytes, chunk_no: int) -> bytes | None:
         key = map_key(version, chunk_no)
@@ -304,6 +323,10 @@ class ChunkIndex:
         txn = self._write()
         try:
             for version, chunk_no, digest, size in entries:
+                # Before the commit: a reader must never be told "absent" for a mapping
+                # that exists (one told "perhaps" for an aborted one just looks it up).
+                if self.presence is not None:
+                    self.presence.add(version, chunk_no)
                 self._add(txn, map_key(version, chunk_no), digest, size, now)
         except BaseException:
             txn.abort()

@@ -98,6 +98,7 @@ class ReaderCounters:
     passthrough_reads: int = 0
     store_timeouts: int = 0
     store_task_errors: int = 0
+    known_absent: int = 0  # store lookups skipped: the presence filter said "not stored"
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ _METADATA = object()
 # ffmpeg, Plex) reads an MP3 or MP4 up to its first frames, ~128 KiB with a cover, and a
 # FLAC's metadata plus ~260 KiB of frames (measured with strace on tracks with 1200x1200
 # covers). The sync's first head read fetches this much, so a scan after it is cached.
-_HEAD_REGION = {".flac": 384 * 1024}
+_HEAD_REGION = {".flac": 384 * 1024, ".mp3": 192 * 1024}  # MP3: + the kernel's read-ahead
 _DEFAULT_HEAD = 128 * 1024
 
 
@@ -746,10 +747,17 @@ class CachingReader:
         did not answer in time (``_SKIPPED`` when that was the short wait of a stalled
         cache disk). ``pieces``: if the chunk is not stored, these pieces of it are looked
         up too, in the same worker thread (a thread hop costs a cold read a millisecond)."""
+        version = track.version_key
+        may_hold = self.store.may_hold
+        if not may_hold(version, n) and not any(
+            may_hold(version, piece_key(p)) for p in pieces or ()
+        ):
+            # Certainly not stored (``presence.py``): no thread hop before the origin.
+            self.counters.known_absent += 1
+            return None
         stalled = self._store_stalled and not patient
 
         def lookup() -> bytes | Rejected | None:
-            version = track.version_key
             found = self.store.get(version, n, expected, label=track.path)
             if found is None and pieces is not None:
                 for p in list(pieces):
@@ -977,7 +985,7 @@ class CachingReader:
             return True
         flight = self._flights.get(key)
         if flight is None:
-            has = await trio.to_thread.run_sync(
+            has = self.store.may_hold(track.version_key, n) and await trio.to_thread.run_sync(
                 self.store.has, track.version_key, n, limiter=self._get_limiter
             )
             if has:
@@ -997,7 +1005,7 @@ class CachingReader:
         try:
             if self.memory_bytes <= 0:
                 # Nowhere to keep a verified chunk: only fetch what the cache lacks.
-                has = await trio.to_thread.run_sync(
+                has = self.store.may_hold(track.version_key, n) and await trio.to_thread.run_sync(
                     self.store.has, track.version_key, n, limiter=self._get_limiter
                 )
                 if has:

@@ -230,6 +230,7 @@ class ChunkStore:
         blobs, known = repair.reconcile(self.disk, self.index, self.chunk_size, report)
         self.ledger.load(blobs, known, self.index.all_protected())
         self._cap_protected()
+        self.index.load_presence(self.max_size // piece_size(self.chunk_size))
         # Prove the directory and the index take writes before declaring the store usable.
         self.disk.probe_write()
         self.index.set_meta(b"probed", str(int(time.time())).encode())
@@ -291,6 +292,12 @@ class ChunkStore:
         self._read_only = False
 
     # -- reads -----------------------------------------------------------------------
+
+    def may_hold(self, version: bytes, chunk_no: int) -> bool:
+        """False if the chunk is certainly not stored -- answered from memory, without the
+        index (``presence.py``), so a cold read need not wait for a worker thread."""
+        index = self.index
+        return index is None or index.may_hold(version, chunk_no)
 
     def has(self, version: bytes, chunk_no: int) -> bool:
         index = self.index

@@ -6,11 +6,6 @@ from __future__ import annotations
 
 from typing import IO, Any
 
-from mutagen._iff import IffContainerChunkMixin, InvalidChunk
-from mutagen._iff import error as IffError
-from mutagen._riff import RiffFile
-from mutagen.aiff import AIFFFile
-
 # RIFF INFO ids -> our field names (the EXIF-derived list that Windows and most taggers use).
 _RIFF_INFO = {
     "INAM": "title",
@@ -51,6 +46,9 @@ def _texts(chunks: list[Any], names: dict[str, str]) -> dict[str, str]:
 
 
 def _riff_info(fileobj: IO[bytes]) -> dict[str, str]:
+    from mutagen._iff import IffContainerChunkMixin
+    from mutagen._riff import RiffFile
+
     found: dict[str, str] = {}
     # An encoder's own INFO list (ISFT only) often comes before the tagger's.
     for chunk in RiffFile(fileobj).root.subchunks():
@@ -62,6 +60,8 @@ def _riff_info(fileobj: IO[bytes]) -> dict[str, str]:
 
 
 def _aiff_text(fileobj: IO[bytes]) -> dict[str, str]:
+    from mutagen.aiff import AIFFFile
+
     root: Any = AIFFFile(fileobj).root
     return _texts(root.subchunks(), _AIFF_TEXT)
 
@@ -69,6 +69,9 @@ def _aiff_text(fileobj: IO[bytes]) -> dict[str, str]:
 def read_chunk_tags(fileobj: IO[bytes]) -> dict[str, str]:
     """Vorbis-style keys (title, artist, album, date, genre, tracknumber) found in the
     container's text chunks; empty for any other format or a damaged container."""
+    from mutagen._iff import InvalidChunk
+    from mutagen._iff import error as IffError
+
     fileobj.seek(0)
     head = fileobj.read(12)
     try:

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import apsw
 
-from musicfs.catalog.db import Catalog, TreeState, read_track, read_tracks
+from musicfs.catalog.db import Catalog, TreeState, read_track, read_tree_files, read_tree_state
 from musicfs.catalog.inodes import ROOT_INODE
 from musicfs.catalog.model import Track
 from musicfs.catalog.naming import Template
@@ -39,6 +40,7 @@ class ServedTree:
 
     def __init__(self, catalog: Catalog, state: TreeState):
         self.catalog = catalog
+        self.state = state
         self.generation = state.generation
         self.file_count = state.files
         self.total_bytes = state.total_bytes
@@ -108,49 +110,118 @@ class ServedTree:
 
     # -- whole-tree walks (from worker threads: their own connection) -----------------
 
-    def files_with_paths(self) -> Iterator[tuple[str, Node]]:
-        """Every file with its mounted path and track, from one read transaction."""
+    def _snapshot_reader(self) -> apsw.Connection:
         db = apsw.Connection(str(self.catalog.path), flags=apsw.SQLITE_OPEN_READONLY)
         db.set_busy_timeout(1000)
+        return db
+
+    def files_with_paths(self) -> Iterator[tuple[str, Node]]:
+        """Every file with its mounted path and track, from one read transaction, streamed
+        (the folders' paths are held; the tracks come one at a time)."""
+        db = self._snapshot_reader()
         try:
             with db:  # one snapshot for the whole walk
-                folders: dict[int, tuple[int, bytes]] = {
-                    ino: (parent, name)
-                    for ino, parent, name in db.execute(
-                        "SELECT ino, parent, name FROM tree WHERE track_id IS NULL"
-                    )
-                }
-                paths: dict[int, str] = {ROOT_INODE: ""}
-
-                def folder_path(ino: int) -> str:
-                    known = paths.get(ino)
-                    if known is None:
-                        parent, name = folders[ino]
-                        known = paths[ino] = f"{folder_path(parent)}/{os.fsdecode(name)}"
-                    return known
-
-                tracks = {t.id: t for t in read_tracks(db)}
-                for row in db.execute(
-                    f"SELECT {_COLUMNS} FROM tree WHERE track_id IS NOT NULL ORDER BY ino"
-                ):
+                paths = _FolderPaths(db)
+                for row, track in read_tree_files(db):
                     node = _node(row)
-                    node.track = tracks.get(row[3])
-                    if node.track is not None:
-                        yield f"{folder_path(node.parent)}/{os.fsdecode(node.name)}", node
+                    node.track = track
+                    yield paths.file_path(node.parent, node.name), node
         finally:
             db.close()
+
+    def changes_since(self, generation: int, catalog_version: int) -> TreeChanges:
+        """What changed in the published tree since ``generation``, whose tree was of
+        ``catalog_version``: the files that left it, and every file written since or
+        whose track was rescanned since, with its mounted path. One read transaction."""
+        db = self._snapshot_reader()
+        try:
+            with db:
+                state = read_tree_state(db)
+                gone = [
+                    r[0]
+                    for r in db.execute(
+                        "SELECT track_id FROM tree_gone WHERE gen > ?", (generation,)
+                    )
+                ]
+                rows = list(
+                    db.execute(
+                        f"SELECT {_COLUMNS} FROM tree WHERE track_id IS NOT NULL AND (gen > ? "
+                        "OR track_id IN (SELECT id FROM tracks WHERE changed > ?))",
+                        (generation, catalog_version),
+                    )
+                )
+                paths = _FolderPaths(db, lazy=True)
+                files = []
+                for row in rows:
+                    track = read_track(db, row[3])
+                    if track is not None:
+                        node = _node(row)
+                        node.track = track
+                        files.append((paths.file_path(node.parent, node.name), node))
+        finally:
+            db.close()
+        return TreeChanges(state, gone, files)
 
     def files(self) -> Iterator[Node]:
         return (node for _, node in self.files_with_paths())
 
 
-def publish(catalog: Catalog, template: Template) -> ServedTree:
+@dataclass
+class TreeChanges:
+    state: TreeState  # the tree they lead to
+    gone: list[int]  # track ids no longer in the tree
+    files: list[tuple[str, Node]]  # written or rescanned since: (mounted path, node)
+
+
+class _FolderPaths:
+    """Mounted paths of folders, from one read transaction: every folder read up front
+    (a whole-tree walk), or each on first use (a few changed files)."""
+
+    def __init__(self, db: apsw.Connection, *, lazy: bool = False):
+        self._db = db
+        self._paths: dict[int, str] = {ROOT_INODE: ""}
+        self._folders: dict[int, tuple[int, bytes]] = (
+            {}
+            if lazy
+            else {
+                ino: (parent, name)
+                for ino, parent, name in db.execute(
+                    "SELECT ino, parent, name FROM tree WHERE track_id IS NULL"
+                )
+            }
+        )
+
+    def _folder(self, ino: int) -> tuple[int, bytes]:
+        known = self._folders.get(ino)
+        if known is None:
+            row = self._db.execute("SELECT parent, name FROM tree WHERE ino = ?", (ino,)).fetchone()
+            assert row is not None, f"folder {ino} missing from the tree"
+            known = self._folders[ino] = (row[0], row[1])
+        return known
+
+    def folder_path(self, ino: int) -> str:
+        known = self._paths.get(ino)
+        if known is None:
+            parent, name = self._folder(ino)
+            known = self._paths[ino] = f"{self.folder_path(parent)}/{os.fsdecode(name)}"
+        return known
+
+    def file_path(self, parent: int, name: bytes) -> str:
+        return f"{self.folder_path(parent)}/{os.fsdecode(name)}"
+
+
+def publish_state(catalog: Catalog, template: Template) -> TreeState:
     """Plan the tree of the catalog as it is now and publish it: one transaction that
-    writes only the rows that changed. Blocking (a worker thread)."""
-    version = catalog.catalog_version()
-    tracks = catalog.tracks()
+    writes only the rows that changed. Blocking (a worker thread, or a child process:
+    ``publish_process``)."""
+    version, tracks = catalog.tracks_for_planning()
     placement = place(tracks, template)
     inos = catalog.inodes(placement.keys())
     rows = tree_rows(placement, {t.id: t for t in tracks}, inos)
     del tracks, placement, inos
-    return ServedTree(catalog, catalog.publish_tree(rows, template.source, version))
+    return catalog.publish_tree(rows.values(), template.source, version)
+
+
+def publish(catalog: Catalog, template: Template) -> ServedTree:
+    """``publish_state``, and the view of the published tree."""
+    return ServedTree(catalog, publish_state(catalog, template))

@@ -9,25 +9,42 @@ from __future__ import annotations
 import errno
 import importlib
 import re
+import threading
 from dataclasses import dataclass, fields
 from typing import IO, Any
-
-import mutagen
-from mutagen.id3 import ID3
-from mutagen.mp4 import MP4Tags
 
 from musicfs.catalog.chunk_tags import read_chunk_tags
 from musicfs.catalog.naming import display_text
 
-# mutagen.File imports each format's module on first use. Import them all now: a first use
-# under pressure (no file descriptor or memory left, two threads importing at once) would
-# otherwise fail inside the parser and pass for a fact about the file.
-_FORMAT_MODULES = (
-    "aac ac3 aiff apev2 asf dsdiff dsf flac id3 monkeysaudio mp3 mp4 musepack oggflac "
-    "oggopus oggspeex oggtheora oggvorbis optimfrog smf tak trueaudio wave wavpack"
+# The formats a track is tried as: mutagen.File's own candidates, by module and class.
+# mutagen itself is imported on the first parse (``_kinds``), not with this module: the
+# catalog's ``Tags`` record is needed by commands that never parse a file (``musicfs
+# search`` starts in well under the time importing mutagen's two dozen formats takes).
+_FORMATS = (
+    "aac.AAC ac3.AC3 aiff.AIFF apev2.APEv2File asf.ASF dsdiff.DSDIFF dsf.DSF flac.FLAC "
+    "id3.ID3FileType monkeysaudio.MonkeysAudio mp3.MP3 mp4.MP4 musepack.Musepack "
+    "oggflac.OggFLAC oggopus.OggOpus oggspeex.OggSpeex oggtheora.OggTheora "
+    "oggvorbis.OggVorbis optimfrog.OptimFROG smf.SMF tak.TAK trueaudio.TrueAudio "
+    "wave.WAVE wavpack.WavPack"
 )
-for _format in _FORMAT_MODULES.split():
-    importlib.import_module(f"mutagen.{_format}")
+_kinds_lock = threading.Lock()
+_kinds_loaded: list[Any] = []
+
+
+def _kinds() -> list[Any]:
+    """Every format class, imported once (under a lock: two worker threads parsing their
+    first file at once must not see a half-imported module). An ``ImportError`` or
+    ``MemoryError`` here is this process being short of something, never a fact about
+    a file (``read_tags`` says so)."""
+    with _kinds_lock:
+        if not _kinds_loaded:
+            kinds = []
+            for spec in _FORMATS.split():
+                module, name = spec.split(".")
+                kinds.append(getattr(importlib.import_module(f"mutagen.{module}"), name))
+            _kinds_loaded.extend(kinds)
+        return _kinds_loaded
+
 
 AUDIO_EXTENSIONS = frozenset(
     {
@@ -130,7 +147,7 @@ def _truthy(value: Any) -> bool:
     return text is not None and text.lower() not in ("0", "false", "no")
 
 
-def _from_id3(tags: ID3) -> dict[str, Any]:
+def _from_id3(tags: Any) -> dict[str, Any]:
     def text(frame: str) -> str | None:
         f = tags.get(frame)
         return _first_text(f.text) if f is not None and hasattr(f, "text") else None
@@ -152,7 +169,7 @@ def _from_id3(tags: ID3) -> dict[str, Any]:
     }
 
 
-def _from_mp4(tags: MP4Tags) -> dict[str, Any]:
+def _from_mp4(tags: Any) -> dict[str, Any]:
     track, _ = _number(tags.get("trkn"))
     disc, disctotal = _number(tags.get("disk"))
     return {
@@ -218,14 +235,65 @@ def _io_cause(exc: BaseException) -> OSError | None:
     return None
 
 
+# mutagen.File tries every format on the first 128 bytes. One candidate, APEv2File (any
+# file with an APEv2 tag), also reads the file's last 160 bytes for the tag's footer --
+# a request to the origin at the far end of a FLAC, Ogg or MP4 that needs none. Its score
+# is at most 1, so a format scoring 2 or more (its magic bytes, or magic and extension)
+# wins without it; only then is it left out, which keeps mutagen's choice exactly.
+_DECISIVE = 2
+
+
+def _parse(fileobj: IO[bytes], filename: str) -> Any:
+    kinds = _kinds()
+    fileobj.seek(0)
+    header = fileobj.read(128)
+    scored = sorted(
+        ((kind.score(filename, fileobj, header), kind.__name__), kind)
+        for kind in kinds
+        if kind.__name__ != "APEv2File"
+    )
+    (best, _), kind = scored[-1]
+    fileobj.seek(0)
+    if best < _DECISIVE:
+        return mutagen_file(fileobj, filename, kinds)
+    if kind.__name__ == "MP3":
+        audio = mutagen_file(fileobj, filename, [kind], load_v1=False)
+        tags = getattr(audio, "tags", None)
+        if tags is not None and all(tags.getall(frame) for frame in _ID3V1_FRAMES):
+            return audio
+        fileobj.seek(0)
+    return mutagen_file(fileobj, filename, [kind])
+
+
+# What an ID3v1 tag (the file's last 128 bytes) can add to an MP3's ID3v2 tag: mutagen
+# adds its frames where the v2 tag has none. When the v2 tag has them all, the v1 tag
+# changes nothing MusicFS reads and the end of the file is not fetched.
+_ID3V1_FRAMES = ("TIT2", "TPE1", "TALB", "TDRC", "TRCK", "TCON")
+
+
+def mutagen_file(
+    fileobj: IO[bytes], filename: str, options: list[Any], *, load_v1: bool = True
+) -> Any:
+    """``mutagen.File`` among ``options``; ``load_v1=False`` (one MP3 option): without
+    reading an ID3v1 tag."""
+    if not load_v1:
+        (kind,) = options
+        return kind(fileobj, filename=filename, load_v1=False)
+    import mutagen
+
+    return mutagen.File(fileobj, filename=filename, options=options)
+
+
 def read_tags(fileobj: IO[bytes], filename: str) -> Tags:
     """Parse the tags of one file. Raises ``TagError`` if mutagen cannot make sense of it."""
     try:
-        audio = mutagen.File(fileobj, filename=filename)
+        audio = _parse(fileobj, filename)
     except (ImportError, MemoryError) as exc:
         # This process is short of something (descriptors, memory): retry later, never
         # record it as the file's broken tags.
         raise OSError(errno.EAGAIN, f"cannot parse tags right now: {exc!r}") from exc
+    except OSError:
+        raise  # the bytes could not be fetched (the header read): not a fact about the tags
     except Exception as exc:  # mutagen raises many types for bad input
         io_error = _io_cause(exc)
         if io_error is not None:
@@ -239,9 +307,9 @@ def read_tags(fileobj: IO[bytes], filename: str) -> Tags:
     values: dict[str, Any]
     if tags is None:
         values = {}
-    elif isinstance(tags, ID3):
+    elif _is_instance(tags, "mutagen.id3", "ID3"):
         values = _from_id3(tags)
-    elif isinstance(tags, MP4Tags):
+    elif _is_instance(tags, "mutagen.mp4", "MP4Tags"):
         values = _from_mp4(tags)
     else:
         values = _from_vorbis(tags)
@@ -257,6 +325,10 @@ def read_tags(fileobj: IO[bytes], filename: str) -> Tags:
         values.update(tags_from_path(filename))
     values["duration"] = float(duration) if duration else None
     return Tags(**values)
+
+
+def _is_instance(value: Any, module: str, name: str) -> bool:
+    return isinstance(value, getattr(importlib.import_module(module), name))
 
 
 def _wants_chunk_tags(audio: Any, values: dict[str, Any]) -> bool:

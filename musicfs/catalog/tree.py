@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -193,7 +194,9 @@ def plan_paths(tracks: list[Track], template: Template) -> dict[int, list[str]]:
     identity: dict[int, tuple[str, str, int]] = {}
     for tr in tracks:
         ident = _album_identity(tr)
-        rendered[tr.id] = template.render(track_values(tr, multi[ident]))
+        # Folder names repeat for every track in them: one string object each.
+        segs = template.render(track_values(tr, multi[ident]))
+        rendered[tr.id] = [sys.intern(seg) for seg in segs[:-1]] + segs[-1:]
         identity[tr.id] = ident
 
     # %aunique{}: albums that would share a folder get their year (or a counter) appended.
@@ -212,7 +215,9 @@ def plan_paths(tracks: list[Track], template: Template) -> dict[int, list[str]]:
                 suffix = f" [{ident[2]}]"
             else:
                 suffix = f" [{sorted(albums).index(ident) + 1}]"
-        parts = [sanitize_component(s.replace(AUNIQUE_MARKER, suffix)) for s in segs[:-1]]
+        parts = [
+            sys.intern(sanitize_component(s.replace(AUNIQUE_MARKER, suffix))) for s in segs[:-1]
+        ]
         _, ext = stem_and_ext(by_id[tid].path)
         parts.append(sanitize_component(segs[-1].replace(AUNIQUE_MARKER, suffix), suffix=ext))
         result[tid] = parts

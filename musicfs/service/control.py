@@ -17,11 +17,12 @@ import os
 import socket
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
-
-import trio
+from typing import TYPE_CHECKING, Any
 
 from musicfs.resources import describe
+
+if TYPE_CHECKING:
+    import trio
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class ControlServer:
         with contextlib.suppress(FileNotFoundError):
             # Left by a daemon that died: we hold the state lock, so nobody else owns it.
             os.unlink(self.path)
+        import trio  # here, not above: the clients (``request``) start in a few ms
+
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
         try:
@@ -88,6 +91,8 @@ class ControlServer:
         self._sock = sock
 
     async def serve(self) -> None:
+        import trio
+
         assert self._sock is not None
         listener = trio.SocketListener(self._sock)
         try:
@@ -97,6 +102,8 @@ class ControlServer:
                 os.unlink(self.path)
 
     async def _handle(self, stream: trio.SocketStream) -> None:
+        import trio
+
         async with stream:
             with trio.move_on_after(CLIENT_DEADLINE):
                 try:

@@ -1,5 +1,6 @@
 """What a running daemon answers on its control socket: ``status``, ``unmount``,
-``reload`` and the pin commands (``musicfs.service.control`` is the socket itself)."""
+``reload``, ``search`` (``musicfs search`` asks the daemon's open index) and the pin
+commands (``musicfs.service.control`` is the socket itself)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import trio
 
 from musicfs.config import Settings
 from musicfs.pin_manager import PinManager, control_handlers
+from musicfs.search import QueryError, SearchIndex
 from musicfs.service import control, registry
 from musicfs.service.crashlog import named_task
 
@@ -24,6 +26,7 @@ class Controlled(Protocol):
     settings: Settings
     mountpoint: Path
     pins: PinManager | None
+    search: SearchIndex
 
     def status(self) -> dict[str, Any]: ...
 
@@ -48,10 +51,20 @@ async def serve_control(daemon: Controlled, nursery: trio.Nursery) -> None:
     async def reload(request: dict[str, Any]) -> dict[str, Any]:
         return {"result": await daemon.reload()}
 
+    async def search(request: dict[str, Any]) -> dict[str, Any]:
+        query, limit = str(request.get("query", "")), int(request.get("limit", 100))
+        catalog = os.path.abspath(daemon.settings.catalog_path)  # whose paths these are
+        try:
+            hits = await trio.to_thread.run_sync(daemon.search.search, query, limit)
+        except QueryError as exc:
+            return {"catalog": catalog, "query_error": str(exc)}
+        return {"catalog": catalog, "paths": [hit.path for hit in hits]}
+
     handlers: dict[str, control.Handler] = {
         "status": status,
         "unmount": unmount,
         "reload": reload,
+        "search": search,
     }
     if daemon.pins is not None:
         handlers.update(control_handlers(daemon.pins))

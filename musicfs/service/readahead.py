@@ -3,13 +3,17 @@
 Why: a library scanner reads a few KiB here and there, and for every such read the kernel
 asks the daemon for up to ``read_ahead_kb`` more (128 KiB by default) -- bytes past the
 header region MusicFS's own sync kept, which then come from the origin. The reader runs
-its own read-ahead for a stream (``musicfs/cache/planner.py``), so the kernel's is not
-needed for playback throughput. Never 0: the kernel then reads page by page.
+its own read-ahead for a stream (``musicfs/cache/planner.py``). But the same value sizes
+the requests a sequential reader's small reads become: a player reading 32 KiB at a time
+is asked for in requests of ``read_ahead_kb``, so too small a value multiplies the
+per-request cost of a stream (16 KiB: four times the requests of 64 KiB). Never 0: the
+kernel then reads page by page.
 
-Kernel semantics: each FUSE mount has a backing device info named ``major:minor`` (the
-device ``/proc/self/mountinfo`` shows) in ``/sys/class/bdi``; its ``read_ahead_kb`` may be
-written by root after INIT (whose reply sets it). A large ``read(2)`` is still sent as
-requests of its own size (up to the connection's ``max_pages``) whatever this says.
+Kernel semantics (measured on this project's mounts): each FUSE mount has a backing
+device info named ``major:minor`` (the device ``/proc/self/mountinfo`` shows) in
+``/sys/class/bdi``; its ``read_ahead_kb`` may be written by root after INIT (whose reply
+sets it). A large ``read(2)`` is sent as requests of at most the larger of
+``read_ahead_kb`` and 128 KiB: a 1 MiB read is eight 128 KiB requests at 16, 64 or 128.
 
 Blocking file I/O on sysfs and procfs: call it from a worker thread.
 """

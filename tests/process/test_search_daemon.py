@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 from musicfs.catalog.db import Catalog
@@ -65,3 +66,38 @@ def test_daemon_rebuilds_a_corrupt_index_at_start(tmp_path: Path) -> None:
         found = search_cmd(state, "album:1")
         assert found.returncode == 0, found.stderr
         assert len(found.stdout.splitlines()) == 3
+
+
+def test_search_beside_a_daemon_is_answered_by_it(tmp_path: Path) -> None:
+    """The daemon answers from its open index over the control socket: the command loads
+    no index, catalog or trio (it starts in milliseconds); a bad query is still exit 2
+    with tantivy's message; a daemon that is gone leaves the command to read the index."""
+    lib = tmp_path / "lib"
+    make_library(lib, albums=3, tracks=4)
+    state = tmp_path / "state"
+    probe = (
+        "import sys\nfrom musicfs.cli import main\n"
+        f"code = main(['search', '--state-dir', {str(state)!r}, *sys.argv[1:]])\n"
+        "heavy = [m for m in ('tantivy', 'apsw', 'trio') if m in sys.modules]\n"
+        "print('loaded:', ','.join(heavy), file=sys.stderr)\nsys.exit(code)\n"
+    )
+
+    def search_probe(*query: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", probe, *query], capture_output=True, text=True, timeout=60
+        )
+
+    with MountedDaemon(tmp_path / "mnt", [lib], state) as d:
+        d.wait_for_log("search index: +12 -0, 12 tracks")
+        found = search_probe("song", "2-3")
+        assert found.returncode == 0, found.stderr
+        assert found.stdout.splitlines() == ["Artist 0/Album 2 (2002)/04 - Song 2-3.wav"]
+        assert "loaded: \n" in found.stderr  # answered by the daemon
+        bad = search_probe("artist:(")
+        assert bad.returncode == 2 and "cannot parse" in bad.stderr, bad.stderr
+        nothing = search_probe("nothing-like-this")
+        assert nothing.returncode == 1 and nothing.stdout == ""
+    found = search_probe("song", "2-3")  # the daemon is gone: the command reads the index
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.splitlines() == ["Artist 0/Album 2 (2002)/04 - Song 2-3.wav"]
+    assert "tantivy" in found.stderr

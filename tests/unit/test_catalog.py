@@ -1,3 +1,4 @@
+from dataclasses import replace
 from pathlib import Path
 
 import apsw
@@ -69,3 +70,21 @@ def test_inodes_are_stable_across_reopen(tmp_path: Path) -> None:
     cat.close()
     cat = Catalog(tmp_path / "c.sqlite")
     assert cat.inodes(["f:1", "d:A", "d:B"]) | first == {**first, "d:B": max(first.values()) + 1}
+
+
+def test_tracks_for_planning_are_the_tracks_without_sources_sharing_tag_strings(
+    tmp_path: Path,
+) -> None:
+    cat = Catalog(tmp_path / "c.sqlite")
+    cat.upsert(
+        "o",
+        [
+            (f"a/{n}.flac", 1, n, None, Tags(title=f"T{n}", artist="Art", album="Alb"), None)
+            for n in range(3)
+        ],
+    )
+    version, planned = cat.tracks_for_planning()
+    assert version == cat.catalog_version()
+    assert planned == [replace(t, sources=()) for t in cat.tracks()]
+    assert planned[0].tags.artist is planned[2].tags.artist
+    assert planned[0].tags.album is planned[1].tags.album

@@ -179,7 +179,7 @@ def test_a_smart_pin_takes_in_what_a_sync_adds(tmp_path: Path) -> None:
             manager = pins_of(daemon)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(daemon._sync_loop)  # the daemon's own sync -> pins path
-                await until(lambda: daemon.search._known != {})
+                await until(lambda: daemon.search.indexed_generation is not None)
                 await manager.add(PinSpec("query", 'artist:"Artist 1"'))
                 assert len(manager.plan.tracks) == 2
                 nursery.start_soon(manager.run)
