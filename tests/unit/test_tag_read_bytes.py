@@ -194,3 +194,29 @@ def test_an_id3v1_tag_still_names_an_mp3_and_fills_in_what_v2_lacks(
     both.write_bytes(raw + v1)  # v2 has title, artist, album and track; no year, no genre
     tags, _ = fetched(both)
     assert (tags.title, tags.year, tags.genre) == ("Dawn", 1987, "Jazz")
+
+
+@pytest.mark.parametrize(
+    "name", ["tone.flac", "tone.mp3", "tone.ogg", "tone.opus", "tone.m4a", "tone.wav", "tone.aiff"]
+)
+@pytest.mark.parametrize("renamed", [False, True])
+def test_the_format_chosen_is_mutagens_own_choice(name: str, renamed: bool, tmp_path: Path) -> None:
+    """Leaving APEv2File out when a format wins outright changes nothing mutagen would pick,
+    also for a file whose extension lies (then only its magic bytes speak for it)."""
+    import mutagen
+
+    from musicfs.catalog.tags import _parse
+    from tests.support.library import FIXTURES
+
+    path = tmp_path / (name + ".audio" if renamed else name)
+    path.write_bytes((FIXTURES / name).read_bytes())
+
+    def outcome(parse):  # type: ignore[no-untyped-def]
+        try:
+            return type(parse()).__name__
+        except Exception as exc:  # the same format tried: the same error
+            return type(exc).__name__
+
+    with path.open("rb") as f:
+        ours = outcome(lambda: _parse(f, path.name))
+    assert ours == outcome(lambda: mutagen.File(path))
