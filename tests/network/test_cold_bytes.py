@@ -60,6 +60,8 @@ def musicfs_scan(config: Path, state: Path) -> None:
     )
 
 
+# The kernel's read-ahead for the mount (/sys/class/bdi) and drop_caches are the host's.
+@pytest.mark.host_root
 def test_the_cold_path_costs_no_more_bytes_than_sshfs(
     sshd: SSHServer, world_dir: Path, tmp_path: Path
 ) -> None:
