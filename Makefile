@@ -5,6 +5,9 @@ PYTHON ?=
 VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+# Layers 2 and 3 need root (FUSE mounts, network namespaces, nftables, tc): a normal user
+# runs them as root of a private user + network namespace (nothing reaches the host).
+AS_ROOT := scripts/test-as-namespace-root.sh
 
 .PHONY: setup setup-test demo test unit process network e2e lint typecheck nix-check nix-sandbox vm-test service-check bench clean
 
@@ -25,20 +28,20 @@ demo: setup
 
 # Everything CI holds a change to: style, types, all three test layers, packaging checks.
 test: setup-test lint typecheck nix-check service-check nix-sandbox
-	MUSICFS_REQUIRE_ALL_LAYERS=1 $(BIN)/pytest $(PYTEST_ARGS)
+	MUSICFS_REQUIRE_ALL_LAYERS=1 $(AS_ROOT) $(BIN)/pytest $(PYTEST_ARGS)
 
 unit: setup
 	$(BIN)/pytest -m "not process and not network" $(PYTEST_ARGS)
 
 process: setup-test
-	$(BIN)/pytest -m process $(PYTEST_ARGS)
+	$(AS_ROOT) $(BIN)/pytest -m process $(PYTEST_ARGS)
 
 network: setup-test
-	$(BIN)/pytest -m network $(PYTEST_ARGS)
+	$(AS_ROOT) $(BIN)/pytest -m network $(PYTEST_ARGS)
 
 # Real players and scanners (ffmpeg, mpv, mpd, beets) on real mounts; part of `make test`.
 e2e: setup-test
-	$(BIN)/pytest -m e2e $(PYTEST_ARGS)
+	$(AS_ROOT) $(BIN)/pytest -m e2e $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check musicfs tests $(wildcard bench)

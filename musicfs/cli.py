@@ -293,6 +293,17 @@ def _names_state(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "state_dir", None) or getattr(args, "config", None))
 
 
+def _serves(sock: Path, state_dir: Path) -> bool:
+    """Does the daemon listening at ``sock`` serve the library in ``state_dir``?"""
+    from musicfs.service.control import ControlError, request
+
+    try:
+        status = request(sock, "status").get("status") or {}
+    except ControlError:
+        return False
+    return bool(status.get("state_dir") == os.path.realpath(state_dir))
+
+
 def _control_path(settings: Settings, names_state: bool) -> Path:
     from musicfs.service import registry
     from musicfs.service.control import socket_path
@@ -304,7 +315,10 @@ def _control_path(settings: Settings, names_state: bool) -> Path:
     # This state dir's daemon if it has one (a killed one's socket file is no daemon);
     # any the registry knows of only when no state dir or config was named.
     sockets = [s for s in sorted(settings.run_dir.glob("control-*.sock")) if registry.answers(s)]
-    if not sockets and not names_state:
+    if names_state:
+        # $XDG_RUNTIME_DIR/musicfs holds every daemon of this user: keep this library's.
+        sockets = [s for s in sockets if _serves(s, settings.state_dir)]
+    elif not sockets:
         sockets = registry.registered_sockets()
     if len(sockets) == 1:
         return sockets[0]

@@ -24,7 +24,7 @@ from musicfs.catalog.naming import DEFAULT_TEMPLATE, Template, TemplateError
 from musicfs.fuse_settings import FUSE_KERNEL_BACKGROUND, FUSE_SPARE_WORKERS, FuseSettings
 from musicfs.origins.settings import OriginSettings, OriginTimeouts
 from musicfs.origins.urls import OriginURLError, default_name, validate_url
-from musicfs.pins import PinSettings
+from musicfs.pin_settings import PinSettings
 from musicfs.service.metrics_settings import MetricsSettings, parse_listen
 
 __all__ = [

@@ -122,6 +122,7 @@ class Daemon:
             raise StartupError("no origin given (use --origin PATH or [[origin]] in the config)")
         self.settings = settings
         self.mountpoint: Path = settings.mountpoint
+        self.state_dir: Path = settings.state_dir
         self.lock = StateLock(settings.state_dir)
         self.reload_settings = reload
         self.notifier = notifier or Notifier.from_env()

@@ -18,17 +18,12 @@ from dataclasses import dataclass, field
 
 from musicfs.catalog.model import Track
 from musicfs.catalog.tree import Node, TreeView
+from musicfs.pin_settings import PinSettings as PinSettings
 
 KINDS = ("query", "path")
 # query, limit -> mounted paths of the matching tracks, best first (blocking; raises
 # ``search.QueryError`` for a query that cannot be parsed)
 SearchPaths = Callable[[str, int], Sequence[str]]
-
-
-@dataclass(frozen=True)
-class PinSettings:
-    parallel: int = 2  # chunk fetches at once while the mount is idle (1 while it reads)
-    max_rate: int = 0  # bytes per second pins may fetch at most; 0 = no cap
 
 
 class PinError(ValueError):

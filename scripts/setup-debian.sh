@@ -5,7 +5,8 @@
 #           nftables, iproute2, systemd-analyze, nix-instantiate for parse checks; the
 #           players and scanners: ffmpeg/ffprobe, mpv, mpd, mpc; sshfs and rclone for
 #           the benchmark smoke test; bubblewrap for the Nix build sandbox imitation,
-#           debootstrap for the VM scenarios' rootfs)
+#           debootstrap for the VM scenarios' rootfs; uidmap for a normal user's run of
+#           the root-only layers in a user namespace: scripts/test-as-namespace-root.sh)
 #   bench - plus the baselines the benchmarks compare with (sshfs, rclone), ffprobe as the
 #           library scanner, tc (iproute2) for the shaped link
 set -euo pipefail
@@ -20,7 +21,7 @@ fi
 case "$level" in
   run) ;;
   test) pkgs+=(openssh-server openssh-client nftables iproute2 systemd procps psmisc nix-bin
-               ffmpeg mpv mpd mpc sshfs rclone bubblewrap debootstrap) ;;
+               ffmpeg mpv mpd mpc sshfs rclone bubblewrap debootstrap uidmap) ;;
   bench) pkgs+=(openssh-server openssh-client nftables iproute2 procps sshfs rclone ffmpeg) ;;
   *) echo "usage: $0 [run|test|bench]" >&2; exit 2 ;;
 esac

@@ -254,11 +254,31 @@ def _parse(fileobj: IO[bytes], filename: str) -> Any:
     )
     (best, _), kind = scored[-1]
     fileobj.seek(0)
-    options = [kind] if best >= _DECISIVE else kinds
-    return mutagen_file(fileobj, filename, options)
+    if best < _DECISIVE:
+        return mutagen_file(fileobj, filename, kinds)
+    if kind.__name__ == "MP3":
+        audio = mutagen_file(fileobj, filename, [kind], load_v1=False)
+        tags = getattr(audio, "tags", None)
+        if tags is not None and all(tags.getall(frame) for frame in _ID3V1_FRAMES):
+            return audio
+        fileobj.seek(0)
+    return mutagen_file(fileobj, filename, [kind])
 
 
-def mutagen_file(fileobj: IO[bytes], filename: str, options: list[Any]) -> Any:
+# What an ID3v1 tag (the file's last 128 bytes) can add to an MP3's ID3v2 tag: mutagen
+# adds its frames where the v2 tag has none. When the v2 tag has them all, the v1 tag
+# changes nothing MusicFS reads and the end of the file is not fetched.
+_ID3V1_FRAMES = ("TIT2", "TPE1", "TALB", "TDRC", "TRCK", "TCON")
+
+
+def mutagen_file(
+    fileobj: IO[bytes], filename: str, options: list[Any], *, load_v1: bool = True
+) -> Any:
+    """``mutagen.File`` among ``options``; ``load_v1=False`` (one MP3 option): without
+    reading an ID3v1 tag."""
+    if not load_v1:
+        (kind,) = options
+        return kind(fileobj, filename=filename, load_v1=False)
     import mutagen
 
     return mutagen.File(fileobj, filename=filename, options=options)

@@ -41,6 +41,7 @@ class Running(Protocol):
 
     state: DaemonState
     mountpoint: Path
+    state_dir: Path
     started_at: float
     supervisor: Supervisor
     library: SyncCoordinator | None
@@ -88,6 +89,8 @@ def status_report(daemon: Running) -> dict[str, Any]:
     report: dict[str, Any] = {
         "pid": os.getpid(),
         "mountpoint": str(daemon.mountpoint),
+        # Which library this is: daemons of one user may share a runtime dir.
+        "state_dir": os.path.realpath(daemon.state_dir),
         "state": daemon.state.value,
         "mode": mode(daemon),
         "uptime": round(time.time() - daemon.started_at, 1),

@@ -258,6 +258,7 @@ def failing_ext4(tmp_path: Path) -> Iterator[tuple[Path, Callable[[], None]]]:
         subprocess.run(["umount", "-l", str(where)], check=False, timeout=30)
 
 
+@pytest.mark.host_root  # a loop device for the failing ext4
 def test_cache_dir_turned_read_only_under_a_running_mount_means_passthrough_serving_cached(
     tmp_path: Path, failing_ext4: tuple[Path, Callable[[], None]], config: Path
 ) -> None:

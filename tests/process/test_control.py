@@ -228,7 +228,10 @@ def test_status_json_without_a_daemon_answers_on_stdout(tmp_path: Path) -> None:
     assert answer["running"] is False and "no running MusicFS" in answer["error"]
 
 
-def test_a_named_state_dir_finds_its_own_daemon_and_no_other(tmp_path: Path) -> None:
+@pytest.mark.parametrize("runtime", ["per-state-dir", "shared-xdg-runtime-dir"])
+def test_a_named_state_dir_finds_its_own_daemon_and_no_other(
+    tmp_path: Path, runtime: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Daemons are registered machine-wide, but `status --state-dir X` without a mount
     # point must answer for X's daemon only: another one's status would be a wrong answer.
     lib = tmp_path / "lib"
@@ -236,6 +239,11 @@ def test_a_named_state_dir_finds_its_own_daemon_and_no_other(tmp_path: Path) -> 
     first, second = tmp_path / "a", tmp_path / "b"
     first.mkdir()
     second.mkdir()
+    # A desktop session sets XDG_RUNTIME_DIR: then both daemons listen in one folder.
+    if runtime == "per-state-dir":
+        monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    else:
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
     with MountedDaemon(tmp_path / "mnt-a", [lib], first / "state") as a:
         a.wait_for_log("tree: generation")
         proc = cli({}, "status", "--json", "--state-dir", str(first / "state"))

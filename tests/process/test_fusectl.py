@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from musicfs.service.fusectl import CONNECTIONS, connection_name
 from musicfs.service.mounts import find_mount
 from tests.support.daemon import MountedDaemon, require_fuse
@@ -74,6 +76,7 @@ print(json.dumps({"limits": limits, "log": log}))
 """
 
 
+@pytest.mark.host_root  # mounting fusectl: a user namespace may not
 def test_fusectl_is_mounted_when_missing(tmp_path: Path) -> None:
     require_fuse()
     make_library(tmp_path / "lib", albums=1, tracks=2)

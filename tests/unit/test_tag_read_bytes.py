@@ -148,9 +148,75 @@ def test_formats_with_their_tags_in_front_are_never_read_at_the_end(
     assert head_end < size // 2, (size, fetches)
 
 
-def test_an_mp3_is_still_read_at_its_end_for_an_id3v1_tag(tracks: dict[str, Path]) -> None:
-    path = tracks["mp3"]
+def test_an_mp3_is_read_at_its_end_only_when_an_id3v1_tag_could_add_to_it(
+    tracks: dict[str, Path], tmp_path: Path
+) -> None:
+    from mutagen.id3 import ID3, TCON, TDRC
+
+    path = tracks["mp3"]  # its ID3v2 tag has no year and no genre: a v1 tag could add them
     size = path.stat().st_size
     _, fetches = fetched(path)
     tail = [(at, n) for at, n in fetches if at + n == size]
     assert tail and tail[0][1] <= 4096 + 160, fetches  # the tag's 128 bytes, not a chunk
+    full = tmp_path / "full.mp3"
+    full.write_bytes(path.read_bytes())
+    id3 = ID3(full)
+    id3.add(TDRC(encoding=3, text="2019"))
+    id3.add(TCON(encoding=3, text="Ambient"))
+    id3.save()
+    tags, fetches = fetched(full)
+    assert (tags.year, tags.genre, tags.title) == (2019, "Ambient", "Dawn")
+    assert max(at + n for at, n in fetches) < full.stat().st_size // 2, fetches
+
+
+def test_an_id3v1_tag_still_names_an_mp3_and_fills_in_what_v2_lacks(
+    tracks: dict[str, Path], tmp_path: Path
+) -> None:
+    from mutagen.id3 import ID3
+
+    v1 = b"TAG" + b"V1 Title".ljust(30, b"\0") + b"V1 Artist".ljust(30, b"\0")
+    v1 += b"V1 Album".ljust(30, b"\0") + b"1987" + b"".ljust(28, b"\0") + b"\0\x05" + bytes([8])
+    assert len(v1) == 128
+    only_v1 = tmp_path / "only-v1.mp3"
+    raw = tracks["mp3"].read_bytes()
+    only_v1.write_bytes(raw)
+    ID3(only_v1).delete()
+    only_v1.write_bytes(only_v1.read_bytes() + v1)
+    tags, _ = fetched(only_v1)
+    assert (tags.title, tags.artist, tags.album, tags.year, tags.track) == (
+        "V1 Title",
+        "V1 Artist",
+        "V1 Album",
+        1987,
+        5,
+    )
+    both = tmp_path / "both.mp3"
+    both.write_bytes(raw + v1)  # v2 has title, artist, album and track; no year, no genre
+    tags, _ = fetched(both)
+    assert (tags.title, tags.year, tags.genre) == ("Dawn", 1987, "Jazz")
+
+
+@pytest.mark.parametrize(
+    "name", ["tone.flac", "tone.mp3", "tone.ogg", "tone.opus", "tone.m4a", "tone.wav", "tone.aiff"]
+)
+@pytest.mark.parametrize("renamed", [False, True])
+def test_the_format_chosen_is_mutagens_own_choice(name: str, renamed: bool, tmp_path: Path) -> None:
+    """Leaving APEv2File out when a format wins outright changes nothing mutagen would pick,
+    also for a file whose extension lies (then only its magic bytes speak for it)."""
+    import mutagen
+
+    from musicfs.catalog.tags import _parse
+    from tests.support.library import FIXTURES
+
+    path = tmp_path / (name + ".audio" if renamed else name)
+    path.write_bytes((FIXTURES / name).read_bytes())
+
+    def outcome(parse):  # type: ignore[no-untyped-def]
+        try:
+            return type(parse()).__name__
+        except Exception as exc:  # the same format tried: the same error
+            return type(exc).__name__
+
+    with path.open("rb") as f:
+        ours = outcome(lambda: _parse(f, path.name))
+    assert ours == outcome(lambda: mutagen.File(path))
