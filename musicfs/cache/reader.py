@@ -12,9 +12,8 @@ else in the FUSE layer knows where the bytes come from.
 * concurrent reads of the same missing chunk share one fetch (single flight);
 * sequential reads start a bounded read-ahead of the next chunks in the background --
   fetched from the origin if missing, read and verified from disk if cached;
-* fetched chunks are written to the store in the background (write-behind), so a miss
-  costs one origin round trip, not an origin round trip plus an fsync; what queues up
-  while one batch is written is stored as the next batch, with one index commit;
+* fetched chunks are written to the store in the background (``write_behind.py``), so
+  a miss costs one origin round trip, not an origin round trip plus an fsync;
 * a slow or hung cache disk is given ``store_deadline`` before the origin is asked;
 * in passthrough mode (unusable cache) reads go straight to the origin and the store is
   retried every ``retry_interval`` seconds -- unless the cache can still be read (it only
@@ -26,7 +25,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -39,8 +37,8 @@ from musicfs.cache.modes import CacheMode
 from musicfs.cache.planner import PIECE_BIT, Cursor, Planner, is_piece, piece_key
 from musicfs.cache.prefetch import NextTrack, Prefetcher
 from musicfs.cache.settings import CacheSettings
-from musicfs.cache.space import HIGH_WATERMARK
-from musicfs.cache.store import ChunkStore, PutResult, Rejected, StoreStatistics
+from musicfs.cache.store import ChunkStore, Rejected, StoreStatistics
+from musicfs.cache.write_behind import PLAYED_MEMORY, WriteBehind
 from musicfs.catalog.model import Track
 from musicfs.failpoints import async_fail_point
 from musicfs.resources import describe, shortage
@@ -170,7 +168,6 @@ METADATA_TAIL = 128 * 1024
 STALLED_STORE_WAIT = 0.25  # per chunk, while the cache disk is not answering in time
 READAHEAD_IN_FLIGHT = 2  # spans of chunks being read ahead at once, for all streams
 SPAN_SECONDS = 0.5  # a read-ahead range is what the origin delivers in about this long
-PLAYED_MEMORY = 4096  # chunk keys remembered as played (to promote each once)
 
 
 class _Skipped:
@@ -223,29 +220,22 @@ class CachingReader:
         # Until it answers in time again each chunk gets only STALLED_STORE_WAIT before
         # the origin is asked, so a player stalls once, not on every chunk.
         self._store_stalled = False
-        self.max_pending_bytes = max_pending_bytes
         self.drain_timeout = drain_timeout
-        self.put_wait = put_wait
-        self._put_scopes: set[trio.CancelScope] = set()
         self.counters = ReaderCounters()
         # Threads may be abandoned when the cache disk hangs; the limiter bounds how many.
         self._get_limiter = trio.CapacityLimiter(threads)
-        self._put_limiter = trio.CapacityLimiter(1)
         self._memory: OrderedDict[ChunkKey, bytes] = OrderedDict()
         self._memory_used = 0
         self._flights: dict[ChunkKey, _Flight] = {}
-        # Write-behind: fetched chunks queue here and one task stores them in batches.
-        self._put_queue: list[tuple[bytes, int, bytes]] = []
-        # Chunks seen played (a sequential run): promoted to the eviction policy's
-        # protected segment once stored (``policy.py``), by the write-behind task so a
-        # promotion never overtakes the write of its chunk.
-        self._played: OrderedDict[ChunkKey, None] = OrderedDict()
-        self._promote_queue: list[ChunkKey] = []
+        # Fetched chunks are stored in the background (``write_behind.py``).
+        self.write_behind = WriteBehind(
+            store,
+            self.counters,
+            max_pending_bytes=max_pending_bytes,
+            put_wait=put_wait,
+            on_high_water=lambda: self._wake.set(),
+        )
         self._heads: OrderedDict[bytes, None] = OrderedDict()  # head regions fetched
-        self._put_pending = 0  # bytes queued or being written
-        self._put_progress = trio.Event()  # set (and replaced) after every batch
-        self._writing = False
-        self._drain_until: float | None = None
         self._pending_readahead = 0
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
@@ -264,7 +254,7 @@ class CachingReader:
         Without it reads still work, storing inline and reading ahead nothing."""
         try:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+                self._nursery = self.write_behind.nursery = nursery
                 nursery.start_soon(self._housekeeping)
                 if self.prefetch is not None:
                     await nursery.start(self.prefetch.run)
@@ -273,11 +263,9 @@ class CachingReader:
                     await trio.sleep_forever()
                 finally:
                     # Shutting down: chunks already fetched still get stored, for a while.
-                    self._drain_until = trio.current_time() + self.drain_timeout
-                    for scope in self._put_scopes:
-                        scope.deadline = min(scope.deadline, self._drain_until)
+                    self.write_behind.begin_drain(self.drain_timeout)
         finally:
-            self._nursery = None
+            self._nursery = self.write_behind.nursery = None
 
     async def aclose(self) -> None:
         # Abandonable: a write stuck on a hung cache disk holds the store's lock, and the
@@ -370,7 +358,7 @@ class CachingReader:
                     key = (track.version_key, n)
                     if key not in self._flights and key not in self._memory and self._nursery:
                         self._nursery.start_soon(self._start_chunk, track, n)
-            self._note_played(track.version_key, run_start, last)
+            self.write_behind.note_played(track.version_key, run_start, last)
             if streaming:
                 if waited:
                     self.planner.stalled(cursor)
@@ -410,10 +398,7 @@ class CachingReader:
                 for p in range(first // ps, last // ps + 1)
                 if p * ps < METADATA_BUDGET or p * ps >= track.size - METADATA_TAIL
             ]
-            for key in keep:
-                self._played[key] = None
-            self._promote_queue.extend(keep)
-            self._kick_writer()
+            self.write_behind.protect(keep, again=True)
         return data
 
     async def _range(
@@ -618,7 +603,7 @@ class CachingReader:
             self._forget_memory((track.version_key, piece_key(p)))
         # Prefetch (``remember`` false) waits for room in the write queue as long as it
         # takes: it is in the background, and a chunk it drops is a hole offline.
-        await self._store(track.version_key, n, data, patient=not remember)
+        await self.write_behind.put(track.version_key, n, data, patient=not remember)
         return data
 
     async def _start_span(
@@ -719,7 +704,7 @@ class CachingReader:
                 return
             for p, data in fetched.items():
                 if len(data) == self._piece_len(track, p):
-                    await self._store(track.version_key, piece_key(p), data)
+                    await self.write_behind.put(track.version_key, piece_key(p), data)
                 else:
                     self.counters.uncached += 1
         except BaseException as exc:
@@ -921,121 +906,6 @@ class CachingReader:
             _, dropped = self._memory.popitem(last=False)
             self._memory_used -= len(dropped)
 
-    # -- storing ---------------------------------------------------------------------
-
-    async def _store(self, version: bytes, n: int, data: bytes, *, patient: bool = False) -> None:
-        if self.store.mode is CacheMode.PASSTHROUGH:
-            self.counters.uncached += 1
-            return
-        if self._nursery is None:
-            await self._put_batch([(version, n, data)])
-            return
-        # Back-pressure: a reader outrunning the cache disk waits for room in the queue
-        # (``max_pending_bytes`` bounds the memory it holds), but only briefly -- if the
-        # disk is that slow, serve now and store next time.
-        with trio.move_on_after(math.inf if patient else self.put_wait):
-            while self._put_pending and self._put_pending + len(data) > self.max_pending_bytes:
-                await self._put_progress.wait()
-            self._put_queue.append((version, n, data))
-            self._put_pending += len(data)
-            if not self._writing:
-                self._writing = True
-                self._nursery.start_soon(self._write_behind)
-            return
-        self.counters.uncached += 1
-
-    async def _write_behind(self) -> None:
-        """Store queued chunks until the queue is empty. Each batch is whatever queued up
-        while the previous one was being written, stored with one index commit: a folder
-        of small tracks costs a few disk flushes per batch, not four per track."""
-        try:
-            while self._put_queue or self._promote_queue:
-                batch, self._put_queue = self._put_queue, []
-                try:
-                    if batch:
-                        await self._put_batch(batch)
-                finally:
-                    self._put_pending -= sum(len(data) for _, _, data in batch)
-                    self._put_progress.set()
-                    self._put_progress = trio.Event()
-                played = [(v, n) for v, n, _ in batch if (v, n) in self._played]
-                promote, self._promote_queue = played + self._promote_queue, []
-                if promote:
-                    await self._promote(promote)
-        finally:
-            self._writing = False
-
-    async def _promote(self, keys: list[ChunkKey]) -> None:
-        # Shielded like a batch of writes: the queue behind it gets its drain time too.
-        scope = self._drain_scope()
-        try:
-            with scope:
-                await trio.to_thread.run_sync(
-                    self.store.promote, keys, limiter=self._put_limiter, abandon_on_cancel=True
-                )
-        except Exception as exc:  # protection is advisory: the bytes are all still there
-            log.warning("cache: cannot mark %d played chunks protected: %s", len(keys), exc)
-        finally:
-            self._put_scopes.discard(scope)
-
-    def _drain_scope(self) -> trio.CancelScope:
-        """Shielded: shutdown gives queued writes ``drain_timeout`` to finish (see ``run``);
-        work started during the drain gets what is left of it. Discard it from
-        ``_put_scopes`` when done."""
-        scope = trio.CancelScope(shield=True)
-        if self._drain_until is not None:
-            scope.deadline = self._drain_until
-        self._put_scopes.add(scope)
-        return scope
-
-    def _note_played(self, version: bytes, first: int, last: int) -> None:
-        fresh = False
-        for n in range(first, last + 1):
-            key = (version, n)
-            if key in self._played:
-                self._played.move_to_end(key)
-                continue
-            self._played[key] = None
-            self._promote_queue.append(key)
-            fresh = True
-        while len(self._played) > PLAYED_MEMORY:
-            self._played.popitem(last=False)
-        if fresh:
-            self._kick_writer()
-
-    def _kick_writer(self) -> None:
-        if self._nursery is not None and not self._writing:
-            self._writing = True
-            self._nursery.start_soon(self._write_behind)
-
-    async def _put_batch(self, batch: list[tuple[bytes, int, bytes]]) -> None:
-        scope = self._drain_scope()
-        try:
-            with scope:
-                results = await trio.to_thread.run_sync(
-                    self.store.put_many,
-                    batch,
-                    limiter=self._put_limiter,
-                    abandon_on_cancel=True,  # when the drain time is up, on a hung disk
-                )
-            if scope.cancelled_caught:
-                return
-            self.counters.uncached += sum(
-                result in (PutResult.FULL, PutResult.SKIPPED) for result in results
-            )
-            if self.store.used > self.store.max_size * HIGH_WATERMARK:
-                self._wake.set()
-        except Exception as exc:
-            # A bug in the store must not cost the player the bytes it already has.
-            self.counters.store_task_errors += 1
-            short = shortage(exc)
-            if short is not None:
-                log.warning("cache: %d chunks left unstored: %s", len(batch), short.strerror)
-            else:
-                log.exception("cache: storing %d chunks failed unexpectedly", len(batch))
-        finally:
-            self._put_scopes.discard(scope)
-
     # -- read-ahead ------------------------------------------------------------------
 
     def _read_ahead(self, track: Track, cursor: Cursor, last: int) -> None:
@@ -1066,7 +936,7 @@ class CachingReader:
                 cursor.ahead_to = span[0]  # started up to here; the next read continues
                 return
             self._pending_readahead += 1
-            self._note_played(version, span[0], span[-1])
+            self.write_behind.note_played(version, span[0], span[-1])
             self._nursery.start_soon(self._read_ahead_span, track, span, span_bytes)
 
     # -- playback prefetch -------------------------------------------------------------
@@ -1093,7 +963,9 @@ class CachingReader:
                 self.store.has, track.version_key, n, limiter=self._get_limiter
             )
             if has:
-                await trio.to_thread.run_sync(self.store.promote, [key], limiter=self._put_limiter)
+                await trio.to_thread.run_sync(
+                    self.store.promote, [key], limiter=self.write_behind.limiter
+                )
                 return True
             flight = self._flights.get(key)
         if flight is None:
@@ -1110,7 +982,7 @@ class CachingReader:
                 if nxt in self._memory or nxt in self._flights or self.store.may_hold(*nxt):
                     break
                 span.append(span[-1] + 1)
-            self._note_played(version, span[0], span[-1])
+            self.write_behind.note_played(version, span[0], span[-1])
             await self._start_span(track, span, span_bytes, False)
             flight = self._flights.get(key)
         if flight is not None:

@@ -750,7 +750,7 @@ def test_write_behind_holds_at_most_max_pending_bytes(tmp_path: Path, origin: Tr
         async def watch() -> None:
             nonlocal peak
             while True:
-                peak = max(peak, reader._put_pending)
+                peak = max(peak, reader.write_behind.pending)
                 await trio.sleep(0)
 
         async with trio.open_nursery() as nursery:
