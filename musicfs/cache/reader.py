@@ -38,6 +38,7 @@ from musicfs.cache.planner import PIECE_BIT, Cursor, Planner, is_piece, piece_ke
 from musicfs.cache.prefetch import NextTrack, Prefetcher
 from musicfs.cache.settings import CacheSettings
 from musicfs.cache.store import ChunkStore, Rejected, StoreStatistics
+from musicfs.cache.store_lookup import SKIPPED, Skipped, StoreLookup
 from musicfs.cache.write_behind import PLAYED_MEMORY, WriteBehind
 from musicfs.catalog.model import Track
 from musicfs.failpoints import async_fail_point
@@ -165,16 +166,8 @@ def head_region(path: str) -> int:
 METADATA_BUDGET = 512 * 1024
 METADATA_TAIL = 128 * 1024
 
-STALLED_STORE_WAIT = 0.25  # per chunk, while the cache disk is not answering in time
 READAHEAD_IN_FLIGHT = 2  # spans of chunks being read ahead at once, for all streams
 SPAN_SECONDS = 0.5  # a read-ahead range is what the origin delivers in about this long
-
-
-class _Skipped:
-    """``_from_store``'s answer when it gave a stalled cache disk only the short wait."""
-
-
-_SKIPPED = _Skipped()
 
 
 class CachingReader:
@@ -215,15 +208,16 @@ class CachingReader:
         self.memory_bytes = memory_bytes
         self.retry_interval = retry_interval
         self.maintain_interval = maintain_interval
-        self.store_deadline = store_deadline
-        # Set when a chunk read missed store_deadline: the cache disk is hung or dying.
-        # Until it answers in time again each chunk gets only STALLED_STORE_WAIT before
-        # the origin is asked, so a player stalls once, not on every chunk.
-        self._store_stalled = False
         self.drain_timeout = drain_timeout
         self.counters = ReaderCounters()
-        # Threads may be abandoned when the cache disk hangs; the limiter bounds how many.
-        self._get_limiter = trio.CapacityLimiter(threads)
+        # The store is asked within store_deadline, in at most ``threads`` worker threads.
+        self.lookup = StoreLookup(
+            store,
+            self.counters,
+            deadline=store_deadline,
+            threads=threads,
+            piece=self.planner.piece,
+        )
         self._memory: OrderedDict[ChunkKey, bytes] = OrderedDict()
         self._memory_used = 0
         self._flights: dict[ChunkKey, _Flight] = {}
@@ -301,7 +295,7 @@ class CachingReader:
     def statistics(self) -> ReaderStatistics:
         return ReaderStatistics(
             memory_bytes=self._memory_used,
-            disk_stalled=self._store_stalled,
+            disk_stalled=self.lookup.stalled,
             counters=snapshot(self.counters),
             store=self.store.statistics(),
         )
@@ -514,7 +508,7 @@ class CachingReader:
         known: dict[int, bytes | _Flight],
         own: dict[int, _Flight],
         remember: bool,
-        found: bytes | Rejected | _Skipped | None = None,
+        found: bytes | Rejected | Skipped | None = None,
     ) -> None:
         key = (track.version_key, n)
         try:
@@ -536,7 +530,7 @@ class CachingReader:
         known: dict[int, bytes | _Flight],
         own: dict[int, _Flight],
         remember: bool,
-        found: bytes | Rejected | _Skipped | None,
+        found: bytes | Rejected | Skipped | None,
     ) -> bytes:
         """Chunk ``n`` whole: from the store (unless ``found`` says what it had), else its
         pieces ``own`` from the origin and ``known`` as they are; stored whole."""
@@ -544,7 +538,7 @@ class CachingReader:
         key = (track.version_key, n)
         expected = min(cs, track.size - n * cs)
         if found is None:
-            found = await self._from_store(track, n, expected)
+            found = await self.lookup.get(track, n, expected)
         if isinstance(found, bytes):
             self.counters.store_hits += 1
             self._resolve_from_chunk(track, n, found, own)
@@ -555,11 +549,11 @@ class CachingReader:
         try:
             fetched = await self._fetch_pieces(track, own)
         except Exception:
-            if found is not _SKIPPED:
+            if found is not SKIPPED:
                 raise
             # The origin cannot help either: give the stalled cache disk its full time
             # after all -- a slow disk still beats an EIO.
-            again = await self._from_store(track, n, expected, patient=True)
+            again = await self.lookup.get(track, n, expected, patient=True)
             if not isinstance(again, bytes):
                 raise
             self.counters.store_hits += 1
@@ -631,7 +625,7 @@ class CachingReader:
         cs = self.store.chunk_size
         try:
             for n, (flight, known, own) in list(loads.items()):
-                found = await self._from_store(track, n, min(cs, track.size - n * cs))
+                found = await self.lookup.get(track, n, min(cs, track.size - n * cs))
                 if found is not None:  # stored, or a case of its own: _load_chunk owns it
                     del loads[n]
                     await self._spawn(
@@ -665,8 +659,8 @@ class CachingReader:
             cs = self.store.chunk_size
             # A stalled cache disk is given one wait per load, not one more per piece.
             stored: dict[int, bytes | Rejected | None] | None
-            stored = None if self._store_stalled else dict.fromkeys(own)
-            found = await self._from_store(track, n, min(cs, track.size - n * cs), pieces=stored)
+            stored = None if self.lookup.stalled else dict.fromkeys(own)
+            found = await self.lookup.get(track, n, min(cs, track.size - n * cs), pieces=stored)
             if isinstance(found, bytes):
                 self.counters.store_hits += 1
                 self._remember((track.version_key, n), found)
@@ -678,7 +672,7 @@ class CachingReader:
                 return
             rest: dict[int, _Flight] = {}
             for p, flight in own.items():
-                piece = None if stored is None or self._store_stalled else stored.get(p)
+                piece = None if stored is None or self.lookup.stalled else stored.get(p)
                 if isinstance(piece, bytes):
                     self.counters.store_hits += 1
                     self._resolve(flight, (track.version_key, piece_key(p)), piece)
@@ -692,10 +686,10 @@ class CachingReader:
             try:
                 fetched = await self._fetch_pieces(track, rest)
             except Exception:
-                if found is not _SKIPPED:
+                if found is not SKIPPED:
                     raise
                 # As in ``_assemble``: the origin cannot help, so the disk gets its time.
-                again = await self._from_store(track, n, min(cs, track.size - n * cs), patient=True)
+                again = await self.lookup.get(track, n, min(cs, track.size - n * cs), patient=True)
                 if not isinstance(again, bytes):
                     raise
                 self.counters.store_hits += 1
@@ -815,80 +809,6 @@ class CachingReader:
             found.problem,
         )
 
-    async def _from_store(
-        self,
-        track: Track,
-        n: int,
-        expected: int,
-        *,
-        patient: bool = False,
-        pieces: dict[int, bytes | Rejected | None] | None = None,
-    ) -> bytes | Rejected | _Skipped | None:
-        """The stored chunk, a rejected one, or None: not stored, or the store failed or
-        did not answer in time (``_SKIPPED`` when that was the short wait of a stalled
-        cache disk). ``pieces``: if the chunk is not stored, these pieces of it are looked
-        up too, in the same worker thread (a thread hop costs a cold read a millisecond)."""
-        version = track.version_key
-        may_hold = self.store.may_hold
-        if not may_hold(version, n) and not any(
-            may_hold(version, piece_key(p)) for p in pieces or ()
-        ):
-            # Certainly not stored (``presence.py``): no thread hop before the origin.
-            self.counters.known_absent += 1
-            return None
-        stalled = self._store_stalled and not patient
-
-        def lookup() -> bytes | Rejected | None:
-            found = self.store.get(version, n, expected, label=track.path)
-            if found is None and pieces is not None:
-                for p in list(pieces):
-                    size = self._piece_len(track, p)
-                    pieces[p] = self.store.get(version, piece_key(p), size, label=track.path)
-            return found
-
-        with trio.move_on_after(STALLED_STORE_WAIT if stalled else self.store_deadline):
-            try:
-                found = await trio.to_thread.run_sync(
-                    lookup, limiter=self._get_limiter, abandon_on_cancel=True
-                )
-                if self._store_stalled:
-                    self._store_stalled = False
-                    log.warning("cache: the cache disk answers in time again")
-                return found
-            except Exception as exc:
-                # Neither a bug in the cache nor this process running short of memory or
-                # threads may cost the player a read the origin can serve.
-                self.counters.store_task_errors += 1
-                short = shortage(exc)
-                if short is not None:
-                    log.warning(
-                        "cache: reading %r chunk %d: %s; asking the origin",
-                        track.path,
-                        n,
-                        short.strerror,
-                    )
-                else:
-                    log.exception(
-                        "cache: reading %r chunk %d failed unexpectedly; asking the origin",
-                        track.path,
-                        n,
-                    )
-                return None
-        self.counters.store_timeouts += 1
-        if stalled:
-            return _SKIPPED
-        if not self._store_stalled:
-            self._store_stalled = True
-            log.warning(
-                "cache: reading %r chunk %d took over %.1fs; asking the origin instead, and "
-                "giving the cache disk %.2fs a chunk until it answers in time again",
-                track.path,
-                n,
-                self.store_deadline,
-                STALLED_STORE_WAIT,
-            )
-        return None
-
     def _forget_memory(self, key: ChunkKey) -> None:
         old = self._memory.pop(key, None)
         if old is not None:
@@ -959,10 +879,7 @@ class CachingReader:
             return True
         flight = self._flights.get(key)
         if flight is None:
-            has = self.store.may_hold(track.version_key, n) and await trio.to_thread.run_sync(
-                self.store.has, track.version_key, n, limiter=self._get_limiter
-            )
-            if has:
+            if await self.lookup.has(track.version_key, n):
                 await trio.to_thread.run_sync(
                     self.store.promote, [key], limiter=self.write_behind.limiter
                 )
@@ -997,9 +914,7 @@ class CachingReader:
                 # Nowhere to keep a verified chunk: only fetch what the cache lacks.
                 lacking = []
                 for n in span:
-                    if not self.store.may_hold(version, n) or not await trio.to_thread.run_sync(
-                        self.store.has, version, n, limiter=self._get_limiter
-                    ):
+                    if not await self.lookup.has(version, n):
                         lacking.append(n)
                 span = lacking
             # Started meanwhile by a read: the span is what is left after the first such.
