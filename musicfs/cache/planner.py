@@ -12,7 +12,9 @@ Two access patterns differ and get different fetches:
   the whole chunk has) and a read-ahead window runs in front of it. The window starts at
   one chunk and doubles every time a read had to wait for the origin (a stall), up to
   ``max_window`` chunks -- the way mountpoint-s3's prefetcher grows -- and is halved for
-  every cursor when the bytes read ahead in memory pass the reader's budget.
+  every cursor when the bytes read ahead in memory pass the reader's budget. A window is
+  refilled once half of it has been read, in one batch the reader fetches as one range
+  (``CachingReader._load_span``), not a chunk at a time.
 
 Cursors are kept per file handle (two programs reading the same track do not break each
 other's streaks), at most ``MAX_CURSORS`` of them, least recently used dropped first.
@@ -123,6 +125,11 @@ class Planner:
         start = max(cursor.ahead_to, last_chunk + 1)
         stop = min(chunks, last_chunk + 1 + cursor.window)
         if start >= stop:
+            return range(0)
+        if start > last_chunk + 1 and stop - start < cursor.window // 2 and stop < chunks:
+            # More than half the window is still ahead: refill it once half is used, in
+            # one batch, so the origin is asked for several chunks in one range (``span``)
+            # rather than for one chunk after every chunk read.
             return range(0)
         cursor.ahead_to = stop
         return range(start, stop)

@@ -121,6 +121,8 @@ class _Flight:
 
 
 ChunkKey = tuple[bytes, int]
+# A span's chunks: chunk number -> (its flight, pieces known, pieces it fetches).
+_SpanLoads = dict[int, tuple["_Flight", dict[int, "bytes | _Flight"], dict[int, "_Flight"]]]
 
 
 async def _result(flight: _Flight) -> bytes:
@@ -166,7 +168,8 @@ METADATA_BUDGET = 512 * 1024
 METADATA_TAIL = 128 * 1024
 
 STALLED_STORE_WAIT = 0.25  # per chunk, while the cache disk is not answering in time
-READAHEAD_IN_FLIGHT = 2  # chunks being read ahead at once, for all streams
+READAHEAD_IN_FLIGHT = 2  # spans of chunks being read ahead at once, for all streams
+SPAN_SECONDS = 0.5  # a read-ahead range is what the origin delivers in about this long
 PLAYED_MEMORY = 4096  # chunk keys remembered as played (to promote each once)
 
 
@@ -189,6 +192,7 @@ class CachingReader:
         readahead_after: int = 1024 * 1024,
         prefetch_after: int = 2 * 1024 * 1024,
         part_bytes: int = 512 * 1024,
+        span_bytes: int = 4 * 1024 * 1024,
         memory_bytes: int = 16 * 1024 * 1024,
         retry_interval: float = 30.0,
         maintain_interval: float = 10.0,
@@ -203,6 +207,9 @@ class CachingReader:
         self.readahead = readahead  # the largest read-ahead window, in chunks
         self.readahead_after = readahead_after
         self.prefetch_after = prefetch_after
+        # Read-ahead fetches consecutive chunks in ranges of up to this size (``_load_span``).
+        self.span_bytes = span_bytes
+        self._origin_rate: float | None = None  # bytes/s of one origin request (span_limit)
         self.part_bytes = part_bytes  # a chunk is fetched in ranges of this size at once
         self.planner = Planner(
             chunk_size=store.chunk_size, stream_after=readahead_after, max_window=readahead
@@ -522,7 +529,7 @@ class CachingReader:
         known: dict[int, bytes | _Flight],
         own: dict[int, _Flight],
         remember: bool,
-        found: Rejected | None = None,
+        found: bytes | Rejected | _Skipped | None = None,
     ) -> None:
         key = (track.version_key, n)
         try:
@@ -577,6 +584,21 @@ class CachingReader:
             return again
         if isinstance(found, Rejected):
             self._log_repaired(track, n, found)
+        return await self._finish_chunk(track, n, known, fetched, remember)
+
+    async def _finish_chunk(
+        self,
+        track: Track,
+        n: int,
+        known: dict[int, bytes | _Flight],
+        fetched: dict[int, bytes],
+        remember: bool,
+    ) -> bytes:
+        """Chunk ``n`` joined from its pieces just ``fetched`` and the ``known`` ones,
+        kept in memory and queued for the store (unless it came out short)."""
+        cs = self.store.chunk_size
+        key = (track.version_key, n)
+        expected = min(cs, track.size - n * cs)
         pieces: list[bytes] = []
         for p in self._pieces_of(track, n):
             item = fetched[p] if p in fetched else known[p]
@@ -598,6 +620,58 @@ class CachingReader:
         # takes: it is in the background, and a chunk it drops is a hole offline.
         await self._store(track.version_key, n, data, patient=not remember)
         return data
+
+    async def _start_span(
+        self, track: Track, chunks: list[int], span_bytes: int, remember: bool = True
+    ) -> None:
+        """Read-ahead of the consecutive chunks ``chunks``, whole: those the store lacks
+        are fetched in ranges of up to ``span_bytes`` instead of one or two per chunk -- an
+        origin's cost per request (an S3 GET's round trip and headers, an SFTP call across
+        threads) is paid once for the span. Each chunk is verified, kept and stored as
+        ``_load_chunk`` would; a chunk the store holds, or could not say about in time, or
+        that failed verification, takes ``_load_chunk``'s own path. ``remember``: keep
+        them in the memory cache too (playback prefetch does not)."""
+        version = track.version_key
+        loads: _SpanLoads = {}
+        for n in chunks:  # flights first, before anything awaits: readers find them
+            flight = self._new_flight((version, n))
+            known, own = self._claim_pieces(track, n, {})
+            loads[n] = (flight, known, own)
+        await self._spawn(self._load_span, track, loads, span_bytes, remember)
+
+    async def _load_span(
+        self, track: Track, loads: _SpanLoads, span_bytes: int, remember: bool
+    ) -> None:
+        version = track.version_key
+        cs = self.store.chunk_size
+        try:
+            for n, (flight, known, own) in list(loads.items()):
+                found = await self._from_store(track, n, min(cs, track.size - n * cs))
+                if found is not None:  # stored, or a case of its own: _load_chunk owns it
+                    del loads[n]
+                    await self._spawn(
+                        self._load_chunk, track, n, flight, known, own, remember, found
+                    )
+            if not loads:
+                return
+            await async_fail_point("reader.fetch")
+            wanted = {p: f for _, _, own in loads.values() for p, f in own.items()}
+            fetched = await self._fetch_pieces(track, wanted, span_bytes)
+            for n, (flight, known, _) in loads.items():
+                flight.data = await self._finish_chunk(track, n, known, fetched, remember)
+                flight.done.set()
+        except BaseException as exc:
+            _fail([f for flight, _, own in loads.values() for f in (flight, *own.values())], exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            for n, (flight, _, own) in loads.items():
+                if not flight.done.is_set():
+                    flight.error = OSError(errno.EIO, "span load ended without data")
+                    flight.done.set()
+                if self._flights.get((version, n)) is flight:
+                    del self._flights[(version, n)]
+                self._settle(track, own)
 
     async def _load_pieces(self, track: Track, n: int, own: dict[int, _Flight]) -> None:
         """Load the pieces ``own`` of chunk ``n``: from the whole chunk if it is stored,
@@ -662,12 +736,15 @@ class CachingReader:
         known, own = self._claim_pieces(track, n, mine)
         await self._load_chunk(track, n, chunk_flight, known, own, True, found)
 
-    async def _fetch_pieces(self, track: Track, flights: dict[int, _Flight]) -> dict[int, bytes]:
+    async def _fetch_pieces(
+        self, track: Track, flights: dict[int, _Flight], part_bytes: int = 0
+    ) -> dict[int, bytes]:
         """Fetch the pieces ``flights`` from the origin: each contiguous run in ranges of at
-        most ``part_bytes``, all at once; each piece's flight is resolved as soon as its
-        range has arrived. Raises the first failure (after failing every flight left)."""
+        most ``part_bytes`` (``self.part_bytes`` unless given), all at once; each piece's
+        flight is resolved as soon as its range has arrived. Raises the first failure
+        (after failing every flight left)."""
         ps = self.planner.piece
-        per_part = max(1, self.part_bytes // ps)
+        per_part = max(1, (part_bytes or self.part_bytes) // ps)
         runs: list[list[int]] = []
         for p in sorted(flights):
             if runs and runs[-1][-1] == p - 1 and len(runs[-1]) < per_part:
@@ -679,7 +756,9 @@ class CachingReader:
         async def fetch_run(run: list[int]) -> None:
             offset = run[0] * ps
             length = min(track.size, (run[-1] + 1) * ps) - offset
+            started = trio.current_time()
             data = await self.fetch(track, offset, length)
+            self._note_rate(len(data), trio.current_time() - started)
             self.counters.origin_fetches += 1
             self.counters.origin_bytes += len(data)
             for p in run:
@@ -695,6 +774,23 @@ class CachingReader:
                 for run in runs:
                     nursery.start_soon(fetch_run, run)
         return out
+
+    def _note_rate(self, nbytes: int, seconds: float) -> None:
+        """What one origin request delivered per second (a moving average): a conservative
+        measure of the link while requests overlap."""
+        if nbytes >= self.planner.piece and seconds > 0:
+            rate = nbytes / seconds
+            old = self._origin_rate
+            self._origin_rate = rate if old is None else 0.7 * old + 0.3 * rate
+
+    def span_limit(self) -> int:
+        """How large a read-ahead range may be now: what the origin delivers in
+        ``SPAN_SECONDS`` at the rate seen, between ``part_bytes`` and ``span_bytes`` -- a
+        slow link keeps small ranges that finish well within the origin's timeout."""
+        rate = self._origin_rate
+        if rate is None:
+            return self.part_bytes
+        return int(max(self.part_bytes, min(self.span_bytes, rate * SPAN_SECONDS)))
 
     def _resolve(self, flight: _Flight, key: ChunkKey, data: bytes, remember: bool = True) -> None:
         if flight.done.is_set():
@@ -950,20 +1046,28 @@ class CachingReader:
             return
         if self.planner.window_bytes() > self.memory_bytes // 2:
             self.planner.shrink()  # more read ahead than the memory cache holds
+        version = track.version_key
+        span_bytes = self.span_limit()
+        per_span = max(1, span_bytes // self.store.chunk_size)
+        spans: list[list[int]] = []
         for n in self.planner.ahead(cursor, last, track.size):
-            key = (track.version_key, n)
-            if key in self._memory or key in self._flights:
+            if (version, n) in self._memory or (version, n) in self._flights:
                 continue
-            # The window says how far ahead; this says how many chunks are fetched at once
+            if spans and n == spans[-1][-1] + 1 and len(spans[-1]) < per_span:
+                spans[-1].append(n)
+            else:
+                spans.append([n])
+        for span in spans:
+            # The window says how far ahead; this says how many spans are fetched at once
             # for it (all streams together): an origin has few connections, and a player's
             # own read must not queue behind a window's worth of requests when the link
             # stalls and every request holds its connection until it times out.
             if self._pending_readahead >= READAHEAD_IN_FLIGHT:
-                cursor.ahead_to = n  # started up to here; the next read continues
-                break
+                cursor.ahead_to = span[0]  # started up to here; the next read continues
+                return
             self._pending_readahead += 1
-            self._note_played(track.version_key, n, n)
-            self._nursery.start_soon(self._read_ahead_chunk, track, n, key)
+            self._note_played(version, span[0], span[-1])
+            self._nursery.start_soon(self._read_ahead_span, track, span, span_bytes)
 
     # -- playback prefetch -------------------------------------------------------------
 
@@ -993,31 +1097,56 @@ class CachingReader:
                 return True
             flight = self._flights.get(key)
         if flight is None:
-            self._note_played(track.version_key, n, n)
-            await self._start_chunk(track, n, remember=False)
+            # With the chunks after it that nothing has started yet (and the store
+            # certainly lacks), as one span: the prefetcher's next calls find them in
+            # flight. Fetched into the store only, not the memory cache. At most half a
+            # full read-ahead window at once: what still lands after a seek cancels it.
+            version, cs = track.version_key, self.store.chunk_size
+            span_bytes = self.span_limit()
+            most = max(1, min(span_bytes // cs, self.readahead // 2))
+            span = [n]
+            while len(span) < most and (span[-1] + 1) * cs < track.size:
+                nxt = (version, span[-1] + 1)
+                if nxt in self._memory or nxt in self._flights or self.store.may_hold(*nxt):
+                    break
+                span.append(span[-1] + 1)
+            self._note_played(version, span[0], span[-1])
+            await self._start_span(track, span, span_bytes, False)
             flight = self._flights.get(key)
         if flight is not None:
             await flight.done.wait()
             return flight.error is None
         return True
 
-    async def _read_ahead_chunk(self, track: Track, n: int, key: ChunkKey) -> None:
+    async def _read_ahead_span(self, track: Track, span: list[int], span_bytes: int) -> None:
+        version = track.version_key
         try:
             if self.memory_bytes <= 0:
                 # Nowhere to keep a verified chunk: only fetch what the cache lacks.
-                has = self.store.may_hold(track.version_key, n) and await trio.to_thread.run_sync(
-                    self.store.has, track.version_key, n, limiter=self._get_limiter
-                )
-                if has:
-                    return
-            if key in self._flights or key in self._memory:
+                lacking = []
+                for n in span:
+                    if not self.store.may_hold(version, n) or not await trio.to_thread.run_sync(
+                        self.store.has, version, n, limiter=self._get_limiter
+                    ):
+                        lacking.append(n)
+                span = lacking
+            # Started meanwhile by a read: the span is what is left after the first such.
+            for i, n in enumerate(span):
+                if (version, n) in self._flights or (version, n) in self._memory:
+                    span = span[:i]
+                    break
+            if not span:
                 return
-            self.counters.readahead += 1
-            await self._start_chunk(track, n)
-            flight = self._flights.get(key)
-            if flight is not None:
-                await flight.done.wait()
-            if flight is not None and flight.error is not None:
-                log.info("cache: read-ahead of %r chunk %d failed: %s", track.path, n, flight.error)
+            self.counters.readahead += len(span)
+            await self._start_span(track, span, span_bytes)
+            for n in span:
+                flight = self._flights.get((version, n))
+                if flight is not None:
+                    await flight.done.wait()
+                if flight is not None and flight.error is not None:
+                    log.info(
+                        "cache: read-ahead of %r chunk %d failed: %s", track.path, n, flight.error
+                    )
+                    break
         finally:
             self._pending_readahead -= 1

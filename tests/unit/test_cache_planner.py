@@ -34,7 +34,11 @@ def test_the_window_starts_at_one_chunk_and_doubles_on_each_stall() -> None:
         windows.append(cursor.window)
     assert windows == [1, 2, 4, 8, 8, 8]
     assert planner.ahead(cursor, 0, 100 * CS) == range(1, 9)
-    assert planner.ahead(cursor, 1, 100 * CS) == range(9, 10)  # only what is new
+    # Refilled once half the window is read, in one batch (one origin range), and only
+    # what is new.
+    assert planner.ahead(cursor, 1, 100 * CS) == range(0)
+    assert planner.ahead(cursor, 3, 100 * CS) == range(0)
+    assert planner.ahead(cursor, 4, 100 * CS) == range(9, 13)
     assert planner.ahead(cursor, 98, 100 * CS) == range(99, 100)  # never past the end
     planner.shrink()  # memory pressure
     assert cursor.window == 4
