@@ -2,9 +2,10 @@
 the ordered shutdown.
 
 Start-up: state-dir lock -> mount point (a stale mount left by a killed daemon is lazily
-unmounted and reused) -> catalog (quick_check; a corrupt one is moved aside and rebuilt)
--> origins, reader, tree -> FUSE mount -> READY=1 once the mount answers a self-probe ->
-background tasks under the supervisor, control socket.
+unmounted and reused) -> catalog (quick_check; a corrupt one is moved aside and rebuilt;
+after the mount instead when the last clean close left it untouched, ``clean_close``) and
+cache repair side by side -> origins, tree -> FUSE mount -> READY=1 once the mount
+answers a self-probe -> background tasks under the supervisor, control socket.
 
 Shutdown (SIGTERM, SIGINT, ``musicfs unmount``, a critical task giving up, or an
 external ``fusermount3 -u``), in this order:
@@ -36,8 +37,9 @@ import trio
 
 from musicfs.cache.reader import CachingReader
 from musicfs.cache.store import ChunkStore
+from musicfs.catalog import clean_close
 from musicfs.catalog.db import Catalog, SchemaTooNew
-from musicfs.catalog.integrity import open_catalog
+from musicfs.catalog.integrity import check_catalog, open_catalog
 from musicfs.catalog.model import Track
 from musicfs.config import Settings
 from musicfs.fuse_ops import GIL_SWITCH_INTERVAL, MusicOperations
@@ -143,6 +145,10 @@ class Daemon:
         self.exit_code = EXIT_OK
         self.started_at = time.time()
         self.catalog_moved_aside: Path | None = None
+        # The catalog passed quick_check in this run (before the mount, or after it when a
+        # clean close left it untouched: ``clean_close``); only then is it stamped at exit.
+        self.catalog_verified = False
+        self._check_after_mount = False
         self._shutdown = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._stores_closed = False
@@ -187,9 +193,10 @@ class Daemon:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(open_cache)
             try:
-                catalog, self.catalog_moved_aside = await trio.to_thread.run_sync(
-                    open_catalog, s.catalog_path
+                catalog, self.catalog_moved_aside, trusted = await trio.to_thread.run_sync(
+                    _open_catalog, s.catalog_path
                 )
+                self.catalog_verified, self._check_after_mount = not trusted, trusted
                 if not first_run:
                     try:
                         await catalog.run(refuse_missing_origins, pool, catalogued_by(catalog))
@@ -278,8 +285,29 @@ class Daemon:
             self.exit_code = EXIT_FAILURE
             self.request_shutdown()
 
+    async def _check_catalog(self) -> None:
+        """The quick_check a clean restart skipped before mounting. Damage found now is
+        repaired at the next start (no stamp is left: it checks before mounting)."""
+        path = self.settings.catalog_path
+        started = time.monotonic()
+        problems = await trio.to_thread.run_sync(
+            lambda: check_catalog(path, full=False), abandon_on_cancel=True
+        )
+        if problems:
+            log.error(
+                "catalog %s: quick_check after the mount: %s; it is moved aside and rebuilt "
+                "at the next start",
+                path,
+                "; ".join(problems[:3]),
+            )
+            return
+        self.catalog_verified = True
+        log.info("catalog %s: checked after the mount in %.1fs", path, time.monotonic() - started)
+
     def _start_background(self) -> None:
         assert self.library is not None
+        if self._check_after_mount:
+            self._spawn("catalog-check", self._check_catalog)
         self.supervisor.start("sync", self._sync_loop, Policy.BEST_EFFORT)
         if self.reader is not None:
             # Write-behind, read-ahead, eviction, passthrough retries.
@@ -430,7 +458,10 @@ class Daemon:
             await self.session.unmount()
         if self.library is not None:
             # The mount answered metadata until now; nothing reads the tree any more.
-            self.library.catalog.close_reader()
+            catalog = self.library.catalog
+            catalog.close_reader()
+            if self.catalog_verified and catalog.closed:
+                await trio.to_thread.run_sync(clean_close.leave, catalog.path)
         self.event("unmounted")
         self.state = DaemonState.STOPPED
 
@@ -451,6 +482,13 @@ class Daemon:
                 ("catalog", lambda: trio.to_thread.run_sync(catalog.close, True))  # keep_reader
             )
         await close_in_order(steps, CLOSE_TIMEOUT)
+
+
+def _open_catalog(path: Path) -> tuple[Catalog, Path | None, bool]:
+    """The catalog, checked now unless a clean close left it untouched (then: True)."""
+    trusted = clean_close.take(path)
+    catalog, moved = open_catalog(path, check=not trusted)
+    return catalog, moved, trusted and moved is None
 
 
 def _start_named(nursery: trio.Nursery, name: str, fn: Callable[[], Awaitable[object]]) -> None:

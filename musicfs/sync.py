@@ -239,7 +239,11 @@ async def sync_origin(
             marked,
         )
     known = await catalog.run(catalog.known_sources, origin.name)
-    all_known = await catalog.run(catalog.track_sizes)
+    # Every catalogued track's size, for files this origin never had (a mirror of another
+    # origin's): read only if there are any -- not for a sync that found nothing new.
+    all_known: dict[str, int] = {}
+    if any(e.path not in known for e in entries):
+        all_known = await catalog.run(catalog.track_sizes)
 
     to_scan: list[OriginEntry] = []
     new_sources: list[tuple[str, int, int, str | None]] = []

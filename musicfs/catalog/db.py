@@ -203,6 +203,7 @@ class Catalog:
         # keeps a slow query from piling up worker threads.
         self.limiter = trio.CapacityLimiter(1)
         self._reader: apsw.Connection | None = None
+        self.closed = False  # the writer closed: every change is in the file
         path.parent.mkdir(parents=True, exist_ok=True)
         fail_point("catalog.open")
         try:
@@ -259,6 +260,7 @@ class Catalog:
         after the stores are closed (then ``close_reader``)."""
         with self._lock:
             self.db.close()
+            self.closed = True
         if not keep_reader:
             self.close_reader()
 

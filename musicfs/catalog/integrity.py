@@ -48,8 +48,10 @@ def move_aside(path: Path, reason: str) -> Path:
     return target
 
 
-def _open_checked(path: Path) -> Catalog:
+def _open_checked(path: Path, check: bool) -> Catalog:
     catalog = Catalog(path)
+    if not check:
+        return catalog
     try:
         problems = catalog.check(full=False)
     except BaseException:
@@ -61,12 +63,13 @@ def _open_checked(path: Path) -> Catalog:
     return catalog
 
 
-def open_catalog(path: Path) -> tuple[Catalog, Path | None]:
-    """Open the catalog after SQLite's ``quick_check``. A corrupt or unreadable one is moved
-    aside and replaced by an empty catalog; returns (catalog, where the old one went).
-    Raises ``SchemaTooNew`` (a newer MusicFS wrote it) -- refusing is the only safe answer."""
+def open_catalog(path: Path, *, check: bool = True) -> tuple[Catalog, Path | None]:
+    """Open the catalog after SQLite's ``quick_check`` (unless not ``check``: the caller
+    checks it later, ``check_catalog``). A corrupt or unreadable one is moved aside and
+    replaced by an empty catalog; returns (catalog, where the old one went). Raises
+    ``SchemaTooNew`` (a newer MusicFS wrote it) -- refusing is the only safe answer."""
     try:
-        return _open_checked(path), None
+        return _open_checked(path, check), None
     except SchemaTooNew:
         raise
     except (CatalogCorrupt, apsw.Error, OSError) as exc:

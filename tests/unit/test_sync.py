@@ -292,3 +292,24 @@ def test_tracks_catalogued_without_tags_are_read_again_once(
     )
     assert {t.path: t.version_key for t in catalog.tracks()} == before
     assert sync(catalog, origin).added_or_changed == 0  # once
+
+
+def test_a_sync_that_finds_nothing_new_reads_no_other_origins_tracks(
+    tmp_path: Path, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The size of every catalogued track is what tells a mirror's new file from a new
+    track; a listing with nothing new needs none of them (100,000 paths in memory)."""
+    lib = tmp_path / "lib"
+    make_library(lib, albums=2, tracks=3)
+    origin = LocalOrigin("local", lib)
+    sync(catalog, origin)
+
+    def not_needed() -> dict[str, int]:
+        raise AssertionError("every track's size was read")
+
+    monkeypatch.setattr(catalog, "track_sizes", not_needed)
+    assert sync(catalog, origin).added_or_changed == 0
+    monkeypatch.undo()
+    mirror = tmp_path / "mirror"
+    make_library(mirror, albums=2, tracks=3)
+    assert sync(catalog, LocalOrigin("nas", mirror)).new_sources == 6
