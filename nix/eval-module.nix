@@ -92,10 +92,13 @@ in
         "tantivy"
         "minio"
         "asyncssh"
+        "prometheus-client"
+        "rich"
       ] (name: name) // { buildPythonApplication = attrs: attrs; };
       drv = import ../nix/package.nix {
         inherit lib python3Packages;
         fuse3 = fakePackage "fuse3";
+        ffmpeg-headless = fakePackage "ffmpeg-headless";
       };
     in
     {

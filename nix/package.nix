@@ -4,6 +4,7 @@
   lib,
   python3Packages,
   fuse3,
+  ffmpeg-headless,
 }:
 
 let
@@ -28,6 +29,7 @@ let
       tantivy
       minio
       asyncssh
+      prometheus-client
       rich
     ];
 in
@@ -55,11 +57,14 @@ python3Packages.buildPythonApplication {
 
   # Layer 1 only (see nix/package.toml). It runs as the sandbox leaves it: HOME is the
   # nonexistent /homeless-shelter, TMPDIR the build folder, no network, only /bin/sh.
-  nativeCheckInputs = with python3Packages; [
-    pytestCheckHook
-    pytest-timeout
-    hypothesis
-  ];
+  # ffmpeg encodes the real FLAC/MP3/Ogg/Opus/M4A files the tag-read tests parse.
+  nativeCheckInputs =
+    (with python3Packages; [
+      pytestCheckHook
+      pytest-timeout
+      hypothesis
+    ])
+    ++ [ ffmpeg-headless ];
   inherit (spec) disabledTestPaths;
 
   # For the dev shell: the same libraries in a python3.withPackages environment.

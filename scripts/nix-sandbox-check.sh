@@ -49,8 +49,9 @@ quietly "${pip[@]}" install "setuptools>=77" wheel
 (cd "$build/source" && quietly "${pip[@]}" wheel --no-deps --no-build-isolation --wheel-dir dist .)
 quietly "${pip[@]}" install "$build/source"/dist/musicfs-*.whl pytest pytest-timeout hypothesis
 
-# -- the sandbox's /etc and tools: Nix's own passwd/group/hosts; coreutils & co. reachable
-# through PATH only, the way stdenv puts them there.
+# -- the sandbox's /etc and tools: Nix's own passwd/group/hosts; coreutils & co. (and
+# ffmpeg, a nativeCheckInput) reachable through PATH only, the way stdenv puts them there;
+# the loader's cache and Debian's alternatives stand in for their store closures.
 cat >"$work/etc/passwd" <<'EOF'
 root:x:0:0:Nix build user:/build:/noshell
 nixbld:x:1000:100:Nix build user:/build:/noshell
@@ -71,6 +72,7 @@ sandbox=(
   --symlink usr/lib /lib --symlink usr/lib64 /lib64
   --ro-bind /usr/bin/dash /bin/sh
   --ro-bind /usr/bin "$tools/bin"
+  --ro-bind /etc/ld.so.cache /etc/ld.so.cache --ro-bind /etc/alternatives /etc/alternatives
   --ro-bind "$out" "$out"
   --ro-bind "$work/etc/passwd" /etc/passwd --ro-bind "$work/etc/group" /etc/group
   --ro-bind "$work/etc/hosts" /etc/hosts

@@ -12,9 +12,8 @@ else in the FUSE layer knows where the bytes come from.
 * concurrent reads of the same missing chunk share one fetch (single flight);
 * sequential reads start a bounded read-ahead of the next chunks in the background --
   fetched from the origin if missing, read and verified from disk if cached;
-* fetched chunks are written to the store in the background (write-behind), so a miss
-  costs one origin round trip, not an origin round trip plus an fsync; what queues up
-  while one batch is written is stored as the next batch, with one index commit;
+* fetched chunks are written to the store in the background (``write_behind.py``), so
+  a miss costs one origin round trip, not an origin round trip plus an fsync;
 * a slow or hung cache disk is given ``store_deadline`` before the origin is asked;
 * in passthrough mode (unusable cache) reads go straight to the origin and the store is
   retried every ``retry_interval`` seconds -- unless the cache can still be read (it only
@@ -26,7 +25,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -39,8 +37,9 @@ from musicfs.cache.modes import CacheMode
 from musicfs.cache.planner import PIECE_BIT, Cursor, Planner, is_piece, piece_key
 from musicfs.cache.prefetch import NextTrack, Prefetcher
 from musicfs.cache.settings import CacheSettings
-from musicfs.cache.space import HIGH_WATERMARK
-from musicfs.cache.store import ChunkStore, PutResult, Rejected, StoreStatistics
+from musicfs.cache.store import ChunkStore, Rejected, StoreStatistics
+from musicfs.cache.store_lookup import SKIPPED, Skipped, StoreLookup
+from musicfs.cache.write_behind import PLAYED_MEMORY, WriteBehind
 from musicfs.catalog.model import Track
 from musicfs.failpoints import async_fail_point
 from musicfs.resources import describe, shortage
@@ -167,17 +166,8 @@ def head_region(path: str) -> int:
 METADATA_BUDGET = 512 * 1024
 METADATA_TAIL = 128 * 1024
 
-STALLED_STORE_WAIT = 0.25  # per chunk, while the cache disk is not answering in time
 READAHEAD_IN_FLIGHT = 2  # spans of chunks being read ahead at once, for all streams
 SPAN_SECONDS = 0.5  # a read-ahead range is what the origin delivers in about this long
-PLAYED_MEMORY = 4096  # chunk keys remembered as played (to promote each once)
-
-
-class _Skipped:
-    """``_from_store``'s answer when it gave a stalled cache disk only the short wait."""
-
-
-_SKIPPED = _Skipped()
 
 
 class CachingReader:
@@ -218,34 +208,28 @@ class CachingReader:
         self.memory_bytes = memory_bytes
         self.retry_interval = retry_interval
         self.maintain_interval = maintain_interval
-        self.store_deadline = store_deadline
-        # Set when a chunk read missed store_deadline: the cache disk is hung or dying.
-        # Until it answers in time again each chunk gets only STALLED_STORE_WAIT before
-        # the origin is asked, so a player stalls once, not on every chunk.
-        self._store_stalled = False
-        self.max_pending_bytes = max_pending_bytes
         self.drain_timeout = drain_timeout
-        self.put_wait = put_wait
-        self._put_scopes: set[trio.CancelScope] = set()
         self.counters = ReaderCounters()
-        # Threads may be abandoned when the cache disk hangs; the limiter bounds how many.
-        self._get_limiter = trio.CapacityLimiter(threads)
-        self._put_limiter = trio.CapacityLimiter(1)
+        # The store is asked within store_deadline, in at most ``threads`` worker threads.
+        self.lookup = StoreLookup(
+            store,
+            self.counters,
+            deadline=store_deadline,
+            threads=threads,
+            piece=self.planner.piece,
+        )
         self._memory: OrderedDict[ChunkKey, bytes] = OrderedDict()
         self._memory_used = 0
         self._flights: dict[ChunkKey, _Flight] = {}
-        # Write-behind: fetched chunks queue here and one task stores them in batches.
-        self._put_queue: list[tuple[bytes, int, bytes]] = []
-        # Chunks seen played (a sequential run): promoted to the eviction policy's
-        # protected segment once stored (``policy.py``), by the write-behind task so a
-        # promotion never overtakes the write of its chunk.
-        self._played: OrderedDict[ChunkKey, None] = OrderedDict()
-        self._promote_queue: list[ChunkKey] = []
+        # Fetched chunks are stored in the background (``write_behind.py``).
+        self.write_behind = WriteBehind(
+            store,
+            self.counters,
+            max_pending_bytes=max_pending_bytes,
+            put_wait=put_wait,
+            on_high_water=lambda: self._wake.set(),
+        )
         self._heads: OrderedDict[bytes, None] = OrderedDict()  # head regions fetched
-        self._put_pending = 0  # bytes queued or being written
-        self._put_progress = trio.Event()  # set (and replaced) after every batch
-        self._writing = False
-        self._drain_until: float | None = None
         self._pending_readahead = 0
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
@@ -264,7 +248,7 @@ class CachingReader:
         Without it reads still work, storing inline and reading ahead nothing."""
         try:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+                self._nursery = self.write_behind.nursery = nursery
                 nursery.start_soon(self._housekeeping)
                 if self.prefetch is not None:
                     await nursery.start(self.prefetch.run)
@@ -273,11 +257,9 @@ class CachingReader:
                     await trio.sleep_forever()
                 finally:
                     # Shutting down: chunks already fetched still get stored, for a while.
-                    self._drain_until = trio.current_time() + self.drain_timeout
-                    for scope in self._put_scopes:
-                        scope.deadline = min(scope.deadline, self._drain_until)
+                    self.write_behind.begin_drain(self.drain_timeout)
         finally:
-            self._nursery = None
+            self._nursery = self.write_behind.nursery = None
 
     async def aclose(self) -> None:
         # Abandonable: a write stuck on a hung cache disk holds the store's lock, and the
@@ -313,7 +295,7 @@ class CachingReader:
     def statistics(self) -> ReaderStatistics:
         return ReaderStatistics(
             memory_bytes=self._memory_used,
-            disk_stalled=self._store_stalled,
+            disk_stalled=self.lookup.stalled,
             counters=snapshot(self.counters),
             store=self.store.statistics(),
         )
@@ -370,7 +352,7 @@ class CachingReader:
                     key = (track.version_key, n)
                     if key not in self._flights and key not in self._memory and self._nursery:
                         self._nursery.start_soon(self._start_chunk, track, n)
-            self._note_played(track.version_key, run_start, last)
+            self.write_behind.note_played(track.version_key, run_start, last)
             if streaming:
                 if waited:
                     self.planner.stalled(cursor)
@@ -410,10 +392,7 @@ class CachingReader:
                 for p in range(first // ps, last // ps + 1)
                 if p * ps < METADATA_BUDGET or p * ps >= track.size - METADATA_TAIL
             ]
-            for key in keep:
-                self._played[key] = None
-            self._promote_queue.extend(keep)
-            self._kick_writer()
+            self.write_behind.protect(keep, again=True)
         return data
 
     async def _range(
@@ -529,7 +508,7 @@ class CachingReader:
         known: dict[int, bytes | _Flight],
         own: dict[int, _Flight],
         remember: bool,
-        found: bytes | Rejected | _Skipped | None = None,
+        found: bytes | Rejected | Skipped | None = None,
     ) -> None:
         key = (track.version_key, n)
         try:
@@ -551,7 +530,7 @@ class CachingReader:
         known: dict[int, bytes | _Flight],
         own: dict[int, _Flight],
         remember: bool,
-        found: bytes | Rejected | _Skipped | None,
+        found: bytes | Rejected | Skipped | None,
     ) -> bytes:
         """Chunk ``n`` whole: from the store (unless ``found`` says what it had), else its
         pieces ``own`` from the origin and ``known`` as they are; stored whole."""
@@ -559,7 +538,7 @@ class CachingReader:
         key = (track.version_key, n)
         expected = min(cs, track.size - n * cs)
         if found is None:
-            found = await self._from_store(track, n, expected)
+            found = await self.lookup.get(track, n, expected)
         if isinstance(found, bytes):
             self.counters.store_hits += 1
             self._resolve_from_chunk(track, n, found, own)
@@ -570,11 +549,11 @@ class CachingReader:
         try:
             fetched = await self._fetch_pieces(track, own)
         except Exception:
-            if found is not _SKIPPED:
+            if found is not SKIPPED:
                 raise
             # The origin cannot help either: give the stalled cache disk its full time
             # after all -- a slow disk still beats an EIO.
-            again = await self._from_store(track, n, expected, patient=True)
+            again = await self.lookup.get(track, n, expected, patient=True)
             if not isinstance(again, bytes):
                 raise
             self.counters.store_hits += 1
@@ -618,7 +597,7 @@ class CachingReader:
             self._forget_memory((track.version_key, piece_key(p)))
         # Prefetch (``remember`` false) waits for room in the write queue as long as it
         # takes: it is in the background, and a chunk it drops is a hole offline.
-        await self._store(track.version_key, n, data, patient=not remember)
+        await self.write_behind.put(track.version_key, n, data, patient=not remember)
         return data
 
     async def _start_span(
@@ -646,7 +625,7 @@ class CachingReader:
         cs = self.store.chunk_size
         try:
             for n, (flight, known, own) in list(loads.items()):
-                found = await self._from_store(track, n, min(cs, track.size - n * cs))
+                found = await self.lookup.get(track, n, min(cs, track.size - n * cs))
                 if found is not None:  # stored, or a case of its own: _load_chunk owns it
                     del loads[n]
                     await self._spawn(
@@ -680,8 +659,8 @@ class CachingReader:
             cs = self.store.chunk_size
             # A stalled cache disk is given one wait per load, not one more per piece.
             stored: dict[int, bytes | Rejected | None] | None
-            stored = None if self._store_stalled else dict.fromkeys(own)
-            found = await self._from_store(track, n, min(cs, track.size - n * cs), pieces=stored)
+            stored = None if self.lookup.stalled else dict.fromkeys(own)
+            found = await self.lookup.get(track, n, min(cs, track.size - n * cs), pieces=stored)
             if isinstance(found, bytes):
                 self.counters.store_hits += 1
                 self._remember((track.version_key, n), found)
@@ -693,7 +672,7 @@ class CachingReader:
                 return
             rest: dict[int, _Flight] = {}
             for p, flight in own.items():
-                piece = None if stored is None or self._store_stalled else stored.get(p)
+                piece = None if stored is None or self.lookup.stalled else stored.get(p)
                 if isinstance(piece, bytes):
                     self.counters.store_hits += 1
                     self._resolve(flight, (track.version_key, piece_key(p)), piece)
@@ -707,10 +686,10 @@ class CachingReader:
             try:
                 fetched = await self._fetch_pieces(track, rest)
             except Exception:
-                if found is not _SKIPPED:
+                if found is not SKIPPED:
                     raise
                 # As in ``_assemble``: the origin cannot help, so the disk gets its time.
-                again = await self._from_store(track, n, min(cs, track.size - n * cs), patient=True)
+                again = await self.lookup.get(track, n, min(cs, track.size - n * cs), patient=True)
                 if not isinstance(again, bytes):
                     raise
                 self.counters.store_hits += 1
@@ -719,7 +698,7 @@ class CachingReader:
                 return
             for p, data in fetched.items():
                 if len(data) == self._piece_len(track, p):
-                    await self._store(track.version_key, piece_key(p), data)
+                    await self.write_behind.put(track.version_key, piece_key(p), data)
                 else:
                     self.counters.uncached += 1
         except BaseException as exc:
@@ -830,80 +809,6 @@ class CachingReader:
             found.problem,
         )
 
-    async def _from_store(
-        self,
-        track: Track,
-        n: int,
-        expected: int,
-        *,
-        patient: bool = False,
-        pieces: dict[int, bytes | Rejected | None] | None = None,
-    ) -> bytes | Rejected | _Skipped | None:
-        """The stored chunk, a rejected one, or None: not stored, or the store failed or
-        did not answer in time (``_SKIPPED`` when that was the short wait of a stalled
-        cache disk). ``pieces``: if the chunk is not stored, these pieces of it are looked
-        up too, in the same worker thread (a thread hop costs a cold read a millisecond)."""
-        version = track.version_key
-        may_hold = self.store.may_hold
-        if not may_hold(version, n) and not any(
-            may_hold(version, piece_key(p)) for p in pieces or ()
-        ):
-            # Certainly not stored (``presence.py``): no thread hop before the origin.
-            self.counters.known_absent += 1
-            return None
-        stalled = self._store_stalled and not patient
-
-        def lookup() -> bytes | Rejected | None:
-            found = self.store.get(version, n, expected, label=track.path)
-            if found is None and pieces is not None:
-                for p in list(pieces):
-                    size = self._piece_len(track, p)
-                    pieces[p] = self.store.get(version, piece_key(p), size, label=track.path)
-            return found
-
-        with trio.move_on_after(STALLED_STORE_WAIT if stalled else self.store_deadline):
-            try:
-                found = await trio.to_thread.run_sync(
-                    lookup, limiter=self._get_limiter, abandon_on_cancel=True
-                )
-                if self._store_stalled:
-                    self._store_stalled = False
-                    log.warning("cache: the cache disk answers in time again")
-                return found
-            except Exception as exc:
-                # Neither a bug in the cache nor this process running short of memory or
-                # threads may cost the player a read the origin can serve.
-                self.counters.store_task_errors += 1
-                short = shortage(exc)
-                if short is not None:
-                    log.warning(
-                        "cache: reading %r chunk %d: %s; asking the origin",
-                        track.path,
-                        n,
-                        short.strerror,
-                    )
-                else:
-                    log.exception(
-                        "cache: reading %r chunk %d failed unexpectedly; asking the origin",
-                        track.path,
-                        n,
-                    )
-                return None
-        self.counters.store_timeouts += 1
-        if stalled:
-            return _SKIPPED
-        if not self._store_stalled:
-            self._store_stalled = True
-            log.warning(
-                "cache: reading %r chunk %d took over %.1fs; asking the origin instead, and "
-                "giving the cache disk %.2fs a chunk until it answers in time again",
-                track.path,
-                n,
-                self.store_deadline,
-                STALLED_STORE_WAIT,
-            )
-        return None
-
     def _forget_memory(self, key: ChunkKey) -> None:
         old = self._memory.pop(key, None)
         if old is not None:
@@ -920,121 +825,6 @@ class CachingReader:
         while self._memory_used > self.memory_bytes and len(self._memory) > 1:
             _, dropped = self._memory.popitem(last=False)
             self._memory_used -= len(dropped)
-
-    # -- storing ---------------------------------------------------------------------
-
-    async def _store(self, version: bytes, n: int, data: bytes, *, patient: bool = False) -> None:
-        if self.store.mode is CacheMode.PASSTHROUGH:
-            self.counters.uncached += 1
-            return
-        if self._nursery is None:
-            await self._put_batch([(version, n, data)])
-            return
-        # Back-pressure: a reader outrunning the cache disk waits for room in the queue
-        # (``max_pending_bytes`` bounds the memory it holds), but only briefly -- if the
-        # disk is that slow, serve now and store next time.
-        with trio.move_on_after(math.inf if patient else self.put_wait):
-            while self._put_pending and self._put_pending + len(data) > self.max_pending_bytes:
-                await self._put_progress.wait()
-            self._put_queue.append((version, n, data))
-            self._put_pending += len(data)
-            if not self._writing:
-                self._writing = True
-                self._nursery.start_soon(self._write_behind)
-            return
-        self.counters.uncached += 1
-
-    async def _write_behind(self) -> None:
-        """Store queued chunks until the queue is empty. Each batch is whatever queued up
-        while the previous one was being written, stored with one index commit: a folder
-        of small tracks costs a few disk flushes per batch, not four per track."""
-        try:
-            while self._put_queue or self._promote_queue:
-                batch, self._put_queue = self._put_queue, []
-                try:
-                    if batch:
-                        await self._put_batch(batch)
-                finally:
-                    self._put_pending -= sum(len(data) for _, _, data in batch)
-                    self._put_progress.set()
-                    self._put_progress = trio.Event()
-                played = [(v, n) for v, n, _ in batch if (v, n) in self._played]
-                promote, self._promote_queue = played + self._promote_queue, []
-                if promote:
-                    await self._promote(promote)
-        finally:
-            self._writing = False
-
-    async def _promote(self, keys: list[ChunkKey]) -> None:
-        # Shielded like a batch of writes: the queue behind it gets its drain time too.
-        scope = self._drain_scope()
-        try:
-            with scope:
-                await trio.to_thread.run_sync(
-                    self.store.promote, keys, limiter=self._put_limiter, abandon_on_cancel=True
-                )
-        except Exception as exc:  # protection is advisory: the bytes are all still there
-            log.warning("cache: cannot mark %d played chunks protected: %s", len(keys), exc)
-        finally:
-            self._put_scopes.discard(scope)
-
-    def _drain_scope(self) -> trio.CancelScope:
-        """Shielded: shutdown gives queued writes ``drain_timeout`` to finish (see ``run``);
-        work started during the drain gets what is left of it. Discard it from
-        ``_put_scopes`` when done."""
-        scope = trio.CancelScope(shield=True)
-        if self._drain_until is not None:
-            scope.deadline = self._drain_until
-        self._put_scopes.add(scope)
-        return scope
-
-    def _note_played(self, version: bytes, first: int, last: int) -> None:
-        fresh = False
-        for n in range(first, last + 1):
-            key = (version, n)
-            if key in self._played:
-                self._played.move_to_end(key)
-                continue
-            self._played[key] = None
-            self._promote_queue.append(key)
-            fresh = True
-        while len(self._played) > PLAYED_MEMORY:
-            self._played.popitem(last=False)
-        if fresh:
-            self._kick_writer()
-
-    def _kick_writer(self) -> None:
-        if self._nursery is not None and not self._writing:
-            self._writing = True
-            self._nursery.start_soon(self._write_behind)
-
-    async def _put_batch(self, batch: list[tuple[bytes, int, bytes]]) -> None:
-        scope = self._drain_scope()
-        try:
-            with scope:
-                results = await trio.to_thread.run_sync(
-                    self.store.put_many,
-                    batch,
-                    limiter=self._put_limiter,
-                    abandon_on_cancel=True,  # when the drain time is up, on a hung disk
-                )
-            if scope.cancelled_caught:
-                return
-            self.counters.uncached += sum(
-                result in (PutResult.FULL, PutResult.SKIPPED) for result in results
-            )
-            if self.store.used > self.store.max_size * HIGH_WATERMARK:
-                self._wake.set()
-        except Exception as exc:
-            # A bug in the store must not cost the player the bytes it already has.
-            self.counters.store_task_errors += 1
-            short = shortage(exc)
-            if short is not None:
-                log.warning("cache: %d chunks left unstored: %s", len(batch), short.strerror)
-            else:
-                log.exception("cache: storing %d chunks failed unexpectedly", len(batch))
-        finally:
-            self._put_scopes.discard(scope)
 
     # -- read-ahead ------------------------------------------------------------------
 
@@ -1066,7 +856,7 @@ class CachingReader:
                 cursor.ahead_to = span[0]  # started up to here; the next read continues
                 return
             self._pending_readahead += 1
-            self._note_played(version, span[0], span[-1])
+            self.write_behind.note_played(version, span[0], span[-1])
             self._nursery.start_soon(self._read_ahead_span, track, span, span_bytes)
 
     # -- playback prefetch -------------------------------------------------------------
@@ -1089,11 +879,10 @@ class CachingReader:
             return True
         flight = self._flights.get(key)
         if flight is None:
-            has = self.store.may_hold(track.version_key, n) and await trio.to_thread.run_sync(
-                self.store.has, track.version_key, n, limiter=self._get_limiter
-            )
-            if has:
-                await trio.to_thread.run_sync(self.store.promote, [key], limiter=self._put_limiter)
+            if await self.lookup.has(track.version_key, n):
+                await trio.to_thread.run_sync(
+                    self.store.promote, [key], limiter=self.write_behind.limiter
+                )
                 return True
             flight = self._flights.get(key)
         if flight is None:
@@ -1110,7 +899,7 @@ class CachingReader:
                 if nxt in self._memory or nxt in self._flights or self.store.may_hold(*nxt):
                     break
                 span.append(span[-1] + 1)
-            self._note_played(version, span[0], span[-1])
+            self.write_behind.note_played(version, span[0], span[-1])
             await self._start_span(track, span, span_bytes, False)
             flight = self._flights.get(key)
         if flight is not None:
@@ -1125,9 +914,7 @@ class CachingReader:
                 # Nowhere to keep a verified chunk: only fetch what the cache lacks.
                 lacking = []
                 for n in span:
-                    if not self.store.may_hold(version, n) or not await trio.to_thread.run_sync(
-                        self.store.has, version, n, limiter=self._get_limiter
-                    ):
+                    if not await self.lookup.has(version, n):
                         lacking.append(n)
                 span = lacking
             # Started meanwhile by a read: the span is what is left after the first such.

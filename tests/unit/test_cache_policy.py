@@ -135,7 +135,11 @@ def play_then_scan(tmp_path: Path, *, pin_one: bool = False) -> tuple[TrackOrigi
 
 async def wait_until_written(reader: CachingReader) -> None:
     with trio.fail_after(10):
-        while reader._writing or reader._put_queue or reader._promote_queue:
+        while (
+            reader.write_behind.writing
+            or reader.write_behind.queue
+            or reader.write_behind.promote_queue
+        ):
             await trio.sleep(0.01)
 
 

@@ -16,7 +16,8 @@ import trio
 from musicfs import failpoints
 from musicfs.cache.chunkfile import HEADER_SIZE, chunk_hash
 from musicfs.cache.modes import CacheMode
-from musicfs.cache.reader import READAHEAD_IN_FLIGHT, STALLED_STORE_WAIT, CachingReader
+from musicfs.cache.reader import READAHEAD_IN_FLIGHT, CachingReader
+from musicfs.cache.store_lookup import STALLED_STORE_WAIT
 from musicfs.catalog.model import Track
 from musicfs.cli import format_cache
 from tests.support.faulty_store import FaultyStore, TrackOrigin
@@ -640,7 +641,7 @@ def test_a_stalled_cache_disk_costs_one_full_wait_then_short_ones(
         failpoints.clear()
         await trio.sleep(3.2)  # the disk "comes back": the blocked reads return
         assert await reader.read(track, 6 * CS, 100) == content[6 * CS : 6 * CS + 100]
-        assert not reader._store_stalled
+        assert not reader.lookup.stalled
 
     with caplog.at_level(logging.WARNING, logger="musicfs.cache.reader"):
         reader = run(body, new_store(tmp_path), origin, store_deadline=0.6)
@@ -662,7 +663,7 @@ def test_a_stalled_cache_disk_is_waited_for_when_the_origin_cannot_help(
     async def body(reader: CachingReader) -> None:
         failpoints.set("cas.get.before_read", "1*sleep(1500)")
         assert await reader.read(track, 0, 100) == content[:100]  # stall: origin served
-        assert reader._store_stalled
+        assert reader.lookup.stalled
         assert "cache disk not answering in time" in format_cache(reader.status())
         # The disk is slow (0.4 s a chunk, over the short wait) and the origin is gone:
         # the disk gets its full time after all, and the player its bytes.
@@ -750,7 +751,7 @@ def test_write_behind_holds_at_most_max_pending_bytes(tmp_path: Path, origin: Tr
         async def watch() -> None:
             nonlocal peak
             while True:
-                peak = max(peak, reader._put_pending)
+                peak = max(peak, reader.write_behind.pending)
                 await trio.sleep(0)
 
         async with trio.open_nursery() as nursery:

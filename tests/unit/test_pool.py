@@ -79,10 +79,10 @@ def test_hanging_primary_is_hedged_to_the_mirror() -> None:
         data = await pool.read(TRACK, 0, 100)
         return data, trio.current_time() - start
 
-    started = time.monotonic()
-    data, took = trio.run(main)
+    # Virtual time: on a loaded machine a real-time window of 0.2-0.5 s failed now and then.
+    data, took = virtual(main)
     assert data == DATA[:100]
-    assert 0.2 <= took < 0.5 and time.monotonic() - started < 2
+    assert 0.2 <= took < 0.25
     assert pool.health.state("a") is State.DEGRADED  # outrun by the mirror
     assert pool.counters.failovers == 1
     trio.run(pool.read, TRACK, 100, 100)
