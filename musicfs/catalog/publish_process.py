@@ -13,7 +13,6 @@ mid-operation.
 
 from __future__ import annotations
 
-import logging
 import multiprocessing
 import os
 import resource
@@ -25,8 +24,6 @@ from pathlib import Path
 from musicfs.catalog.db import Catalog, TreeState
 from musicfs.catalog.naming import Template
 from musicfs.catalog.served import publish_state
-
-log = logging.getLogger(__name__)
 
 # The publisher's CPU priority below the daemon's (nice(2) increment).
 PUBLISHER_NICENESS = 10
