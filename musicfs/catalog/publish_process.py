@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import resource
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -27,11 +28,15 @@ from musicfs.catalog.served import publish_state
 
 log = logging.getLogger(__name__)
 
+# The publisher's CPU priority below the daemon's (nice(2) increment).
+PUBLISHER_NICENESS = 10
+
 
 @dataclass(frozen=True)
 class ChildPublish:
     state: TreeState
     peak_rss_kib: int  # the child's peak resident set
+    niceness: int  # the child's CPU priority (nice value)
 
 
 class PublishFailed(OSError):
@@ -41,12 +46,16 @@ class PublishFailed(OSError):
 
 def _publish_here(catalog_path: str, template: str) -> ChildPublish:
     """In the child: open the catalog, plan, publish, report."""
+    # Background work: the daemon's loop answering lookups on the same cores comes first
+    # (1M tracks, 2 shared cores, one run each: lookup p99 during a publish 3.3 ms at nice
+    # 0, 1.3 ms at 10).
+    niceness = os.nice(PUBLISHER_NICENESS)
     catalog = Catalog(Path(catalog_path))
     try:
         state = publish_state(catalog, Template(template))
     finally:
         catalog.close()
-    return ChildPublish(state, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    return ChildPublish(state, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, niceness)
 
 
 def publish_in_child(catalog: Catalog, template: Template) -> ChildPublish:

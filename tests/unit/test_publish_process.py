@@ -4,6 +4,7 @@ the old tree published and the coordinator still owing a publish."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,11 @@ import trio
 from musicfs import failpoints
 from musicfs.catalog.db import Catalog
 from musicfs.catalog.naming import DEFAULT_TEMPLATE, Template
-from musicfs.catalog.publish_process import PublishFailed, publish_in_child
+from musicfs.catalog.publish_process import (
+    PUBLISHER_NICENESS,
+    PublishFailed,
+    publish_in_child,
+)
 from musicfs.catalog.served import ServedTree, publish
 from musicfs.catalog.tags import Tags
 from musicfs.library import SyncCoordinator, open_pool
@@ -47,6 +52,8 @@ def test_a_child_publishes_the_tree_a_thread_would(tmp_path: Path) -> None:
         done = publish_in_child(there, TEMPLATE)
         assert done.state.generation == version and done.state.files == 3 * (10 + version)
         assert done.peak_rss_kib > 0
+        # Planning is background work: below the daemon's CPU priority.
+        assert done.niceness == min(19, os.nice(0) + PUBLISHER_NICENESS)
         assert shape(ServedTree(there, there.tree_state())) == expected
 
 
