@@ -141,10 +141,14 @@ def machine(reports: list[dict[str, Any]]) -> list[str]:
         for r, e in zip(reports, envs, strict=True)
         if isinstance(e.get("loadavg_at_start"), list)
     ]
+    runs = [
+        f"{r['name']} `{e.get('commit', '?')}` {str(e.get('time', '?'))[:16].replace('T', ' ')}"
+        for r, e in zip(reports, envs, strict=True)
+    ]
     return [
         f"- host `{first.get('host', '?')}`, {first.get('cpus', '?')} CPUs, kernel "
         f"{first.get('kernel', '?')}, Python {first.get('python', '?')}",
-        f"- code measured: commit `{first.get('commit', '?')}`; started {first.get('time', '?')}",
+        "- each scenario's commit and start (UTC): " + ", ".join(runs),
         "- load average (1 min) when each scenario started: " + ", ".join(loads),
         "- the machine was shared with other work while these ran (other sessions' builds "
         "and tests on the same 2 cores): read every figure with its range, and expect a "
