@@ -122,7 +122,8 @@ class Daemon:
             raise StartupError("no origin given (use --origin PATH or [[origin]] in the config)")
         self.settings = settings
         self.mountpoint: Path = settings.mountpoint
-        self.state_dir: Path = settings.state_dir
+        # Resolved once: the status report names it on every request, on the trio loop.
+        self.state_dir: Path = settings.state_dir.resolve()
         self.lock = StateLock(settings.state_dir)
         self.reload_settings = reload
         self.notifier = notifier or Notifier.from_env()

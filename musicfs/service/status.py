@@ -90,7 +90,7 @@ def status_report(daemon: Running) -> dict[str, Any]:
         "pid": os.getpid(),
         "mountpoint": str(daemon.mountpoint),
         # Which library this is: daemons of one user may share a runtime dir.
-        "state_dir": os.path.realpath(daemon.state_dir),
+        "state_dir": str(daemon.state_dir),
         "state": daemon.state.value,
         "mode": mode(daemon),
         "uptime": round(time.time() - daemon.started_at, 1),
