@@ -22,15 +22,11 @@ from __future__ import annotations
 
 import logging
 
-from musicfs.cache.background import Background
-from musicfs.cache.flights import Flight, FlightTable, fail
-from musicfs.cache.memory import MemoryCache
-from musicfs.cache.piece_fetch import PieceFetcher
-from musicfs.cache.planner import PIECE_BIT, Planner, is_piece, piece_key
-from musicfs.cache.reader_statistics import ReaderCounters
-from musicfs.cache.store import ChunkStore, Rejected
-from musicfs.cache.store_lookup import SKIPPED, Skipped, StoreLookup
-from musicfs.cache.write_behind import WriteBehind
+from musicfs.cache.flights import Flight, fail
+from musicfs.cache.planner import PIECE_BIT, is_piece, piece_key
+from musicfs.cache.read_parts import ReadParts
+from musicfs.cache.store import Rejected
+from musicfs.cache.store_lookup import SKIPPED, Skipped
 from musicfs.catalog.model import Track
 from musicfs.failpoints import async_fail_point
 
@@ -41,27 +37,8 @@ Known = dict[int, "bytes | Flight"]
 
 
 class ChunkLoads:
-    def __init__(
-        self,
-        store: ChunkStore,
-        lookup: StoreLookup,
-        fetcher: PieceFetcher,
-        write_behind: WriteBehind,
-        memory: MemoryCache,
-        flights: FlightTable,
-        background: Background,
-        planner: Planner,
-        counters: ReaderCounters,
-    ):
-        self.store = store
-        self.lookup = lookup
-        self.fetcher = fetcher
-        self.write_behind = write_behind
-        self.memory = memory
-        self.flights = flights
-        self.background = background
-        self.planner = planner
-        self.counters = counters
+    def __init__(self, parts: ReadParts):
+        self.parts = parts
 
     async def range(
         self, track: Track, n: int, lo: int, hi: int, *, whole: bool
@@ -71,34 +48,34 @@ class ChunkLoads:
         pieces the range touches are loaded."""
         version = track.version_key
         key = (version, n)
-        chunk = self.memory.get(key)
+        chunk = self.parts.memory.get(key)
         if chunk is not None:
-            self.counters.memory_hits += 1
+            self.parts.counters.memory_hits += 1
             return chunk[lo:hi], False
-        whole = whole or (lo == 0 and hi >= self.planner.chunk_len(track.size, n))
-        if whole and key not in self.flights:
+        whole = whole or (lo == 0 and hi >= self.parts.planner.chunk_len(track.size, n))
+        if whole and key not in self.parts.flights:
             started = await self.start_chunk(track, n)
             if started.done.is_set():  # loaded inline (no background nursery)
                 return (await started.result())[lo:hi], True
-        ps = self.planner.piece
-        base = n * self.store.chunk_size
+        ps = self.parts.planner.piece
+        base = n * self.parts.store.chunk_size
         p_first, p_last = (base + lo) // ps, (base + hi - 1) // ps
         got: list[bytes | Flight] = []
         missing: dict[int, Flight] = {}
         for p in range(p_first, p_last + 1):
             pkey = (version, piece_key(p))
-            data = self.memory.get(pkey)
+            data = self.parts.memory.get(pkey)
             if data is not None:
                 got.append(data)
                 continue
-            flight = self.flights.get(pkey)
+            flight = self.parts.flights.get(pkey)
             if flight is None:
-                flight = missing[p] = self.flights.new(pkey)
+                flight = missing[p] = self.parts.flights.new(pkey)
             else:
-                self.counters.shared_fetches += 1
+                self.parts.counters.shared_fetches += 1
             got.append(flight)
         if missing:
-            await self.background.spawn(self._load_pieces, track, n, missing)
+            await self.parts.background.spawn(self._load_pieces, track, n, missing)
         waited = False
         pieces: list[bytes] = []
         for p, item in zip(range(p_first, p_last + 1), got, strict=True):
@@ -106,10 +83,10 @@ class ChunkLoads:
                 waited = True
                 data = await item.result()
             else:
-                self.counters.memory_hits += 1
+                self.parts.counters.memory_hits += 1
                 data = item
             pieces.append(data)
-            if len(data) < self.planner.piece_len(track.size, p):
+            if len(data) < self.parts.planner.piece_len(track.size, p):
                 break
         joined = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         start = base + lo - p_first * ps
@@ -120,9 +97,9 @@ class ChunkLoads:
     async def start_chunk(self, track: Track, n: int) -> Flight:
         """Load chunk ``n`` whole: the pieces not in memory or in flight get flights of
         their own, so reads waiting for one of them are answered when it arrives."""
-        chunk_flight = self.flights.new((track.version_key, n))
+        chunk_flight = self.parts.flights.new((track.version_key, n))
         known, own = self.claim_pieces(track, n, {})
-        await self.background.spawn(self.load_chunk, track, n, chunk_flight, known, own, True)
+        await self.parts.background.spawn(self.load_chunk, track, n, chunk_flight, known, own, True)
         return chunk_flight
 
     def claim_pieces(
@@ -132,18 +109,18 @@ class ChunkLoads:
         flights for the rest (with ``mine``, flights the caller already owns)."""
         known: Known = {}
         own = dict(mine)
-        for p in self.planner.pieces_of(track.size, n):
+        for p in self.parts.planner.pieces_of(track.size, n):
             if p in own:
                 continue
             pkey = (track.version_key, piece_key(p))
-            data = self.memory.peek(pkey)
-            flight = self.flights.get(pkey)
-            if data is not None and len(data) == self.planner.piece_len(track.size, p):
+            data = self.parts.memory.peek(pkey)
+            flight = self.parts.flights.get(pkey)
+            if data is not None and len(data) == self.parts.planner.piece_len(track.size, p):
                 known[p] = data
             elif flight is not None:
                 known[p] = flight
             else:
-                own[p] = self.flights.new(pkey)
+                own[p] = self.parts.flights.new(pkey)
         return known, own
 
     async def load_chunk(
@@ -166,8 +143,8 @@ class ChunkLoads:
                 raise
         finally:
             flight.done.set()
-            self.flights.pop((track.version_key, n))
-            self.flights.settle(track.version_key, own)
+            self.parts.flights.pop((track.version_key, n))
+            self.parts.flights.settle(track.version_key, own)
 
     async def _assemble(
         self,
@@ -179,7 +156,9 @@ class ChunkLoads:
         found: bytes | Rejected | Skipped | None,
     ) -> bytes:
         if found is None:
-            found = await self.lookup.get(track, n, self.planner.chunk_len(track.size, n))
+            found = await self.parts.lookup.get(
+                track, n, self.parts.planner.chunk_len(track.size, n)
+            )
         if isinstance(found, bytes):
             self._serve_stored(track, n, found, own, remember)
             return found
@@ -202,25 +181,25 @@ class ChunkLoads:
         """Chunk ``n`` joined from its pieces just ``fetched`` and the ``known`` ones,
         kept in memory and queued for the store (unless it came out short)."""
         pieces: list[bytes] = []
-        for p in self.planner.pieces_of(track.size, n):
+        for p in self.parts.planner.pieces_of(track.size, n):
             item = fetched[p] if p in fetched else known[p]
             data = await item.result() if isinstance(item, Flight) else item
             pieces.append(data)
-            if len(data) < self.planner.piece_len(track.size, p):
+            if len(data) < self.parts.planner.piece_len(track.size, p):
                 break
         data = b"".join(pieces)
-        if len(data) != self.planner.chunk_len(track.size, n):
+        if len(data) != self.parts.planner.chunk_len(track.size, n):
             # Never cache a chunk of the wrong length: the origin's file is not the
             # version the catalog knows. The short read is passed on as it is.
-            self.counters.uncached += 1
+            self.parts.counters.uncached += 1
             return data
         if remember:
-            self.memory.remember((track.version_key, n), data)
-        for p in self.planner.pieces_of(track.size, n):  # the whole chunk serves them now
-            self.memory.forget((track.version_key, piece_key(p)))
+            self.parts.memory.remember((track.version_key, n), data)
+        for p in self.parts.planner.pieces_of(track.size, n):  # the whole chunk serves them now
+            self.parts.memory.forget((track.version_key, piece_key(p)))
         # Prefetch (``remember`` false) waits for room in the write queue as long as it
         # takes: it is in the background, and a chunk it drops is a hole offline.
-        await self.write_behind.put(track.version_key, n, data, patient=not remember)
+        await self.parts.write_behind.put(track.version_key, n, data, patient=not remember)
         return data
 
     # -- pieces ------------------------------------------------------------------------
@@ -231,25 +210,25 @@ class ChunkLoads:
         try:
             # A stalled cache disk is given one wait per load, not one more per piece.
             stored: dict[int, bytes | Rejected | None] | None
-            stored = None if self.lookup.stalled else dict.fromkeys(own)
-            expected = self.planner.chunk_len(track.size, n)
-            found = await self.lookup.get(track, n, expected, pieces=stored)
+            stored = None if self.parts.lookup.stalled else dict.fromkeys(own)
+            expected = self.parts.planner.chunk_len(track.size, n)
+            found = await self.parts.lookup.get(track, n, expected, pieces=stored)
             if isinstance(found, bytes):
                 self._serve_stored(track, n, found, own, True)
                 return
-            if isinstance(found, Rejected) and (track.version_key, n) not in self.flights:
+            if isinstance(found, Rejected) and (track.version_key, n) not in self.parts.flights:
                 # The whole chunk was stored and is bad: fetch it whole again.
-                chunk_flight = self.flights.new((track.version_key, n))
+                chunk_flight = self.parts.flights.new((track.version_key, n))
                 known, claimed = self.claim_pieces(track, n, own)
                 await self.load_chunk(track, n, chunk_flight, known, claimed, True, found)
                 return
             rest: dict[int, Flight] = {}
             for p, flight in own.items():
-                piece = None if stored is None or self.lookup.stalled else stored.get(p)
+                piece = None if stored is None or self.parts.lookup.stalled else stored.get(p)
                 if isinstance(piece, bytes):
-                    self.counters.store_hits += 1
+                    self.parts.counters.store_hits += 1
                     if flight.resolve(piece):
-                        self.memory.remember((track.version_key, piece_key(p)), piece)
+                        self.parts.memory.remember((track.version_key, piece_key(p)), piece)
                 else:
                     if isinstance(piece, Rejected):
                         self.log_repaired(track, piece_key(p), piece)
@@ -261,16 +240,16 @@ class ChunkLoads:
             if isinstance(fetched, bytes):
                 return
             for p, data in fetched.items():
-                if len(data) == self.planner.piece_len(track.size, p):
-                    await self.write_behind.put(track.version_key, piece_key(p), data)
+                if len(data) == self.parts.planner.piece_len(track.size, p):
+                    await self.parts.write_behind.put(track.version_key, piece_key(p), data)
                 else:
-                    self.counters.uncached += 1
+                    self.parts.counters.uncached += 1
         except BaseException as exc:
             fail(own.values(), exc)
             if not isinstance(exc, Exception):
                 raise
         finally:
-            self.flights.settle(track.version_key, own)
+            self.parts.flights.settle(track.version_key, own)
 
     # -- shared by both ----------------------------------------------------------------
 
@@ -287,12 +266,12 @@ class ChunkLoads:
         only a stalled disk's short wait (``found`` is ``SKIPPED``), the disk gets its full
         time after all, and the whole chunk it holds answers ``own``."""
         try:
-            return await self.fetcher.pieces(track, wanted)
+            return await self.parts.fetcher.pieces(track, wanted)
         except Exception:
             if found is not SKIPPED:
                 raise
-            expected = self.planner.chunk_len(track.size, n)
-            again = await self.lookup.get(track, n, expected, patient=True)
+            expected = self.parts.planner.chunk_len(track.size, n)
+            again = await self.parts.lookup.get(track, n, expected, patient=True)
             if not isinstance(again, bytes):
                 raise
             self._serve_stored(track, n, again, own, remember)
@@ -302,20 +281,22 @@ class ChunkLoads:
         self, track: Track, n: int, chunk: bytes, flights: dict[int, Flight], remember: bool
     ) -> None:
         """Chunk ``n`` came from the store: it answers the piece ``flights``."""
-        self.counters.store_hits += 1
+        self.parts.counters.store_hits += 1
         if remember:
-            self.memory.remember((track.version_key, n), chunk)
-        ps = self.planner.piece
-        base = n * self.store.chunk_size
+            self.parts.memory.remember((track.version_key, n), chunk)
+        ps = self.parts.planner.piece
+        base = n * self.parts.store.chunk_size
         for p, flight in flights.items():
             flight.resolve(chunk[p * ps - base : (p + 1) * ps - base])
 
     def log_repaired(self, track: Track, n: int, found: Rejected) -> None:
-        self.counters.repaired += 1
+        self.parts.counters.repaired += 1
         log.warning(
             "cache: %r %s repaired: served %s from the origin (%s)",
             track.path,
             f"piece {n & ~PIECE_BIT}" if is_piece(n) else f"chunk {n}",
-            "(not re-stored: read-only cache)" if self.store.serves_cached else "and re-stored",
+            "(not re-stored: read-only cache)"
+            if self.parts.store.serves_cached
+            else "and re-stored",
             found.problem,
         )

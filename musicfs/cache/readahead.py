@@ -24,16 +24,10 @@ from functools import partial
 
 import trio
 
-from musicfs.cache.background import Background
-from musicfs.cache.flights import Flight, FlightTable, fail
+from musicfs.cache.flights import Flight, fail
 from musicfs.cache.loads import ChunkLoads, Known
-from musicfs.cache.memory import MemoryCache
-from musicfs.cache.piece_fetch import PieceFetcher
-from musicfs.cache.planner import Cursor, Planner
-from musicfs.cache.reader_statistics import ReaderCounters
-from musicfs.cache.store import ChunkStore
-from musicfs.cache.store_lookup import StoreLookup
-from musicfs.cache.write_behind import WriteBehind
+from musicfs.cache.planner import Cursor
+from musicfs.cache.read_parts import ReadParts
 from musicfs.catalog.model import Track
 from musicfs.failpoints import async_fail_point
 
@@ -46,47 +40,23 @@ SpanLoads = dict[int, tuple[Flight, Known, dict[int, Flight]]]
 
 
 class ReadAhead:
-    def __init__(
-        self,
-        store: ChunkStore,
-        loads: ChunkLoads,
-        lookup: StoreLookup,
-        fetcher: PieceFetcher,
-        write_behind: WriteBehind,
-        memory: MemoryCache,
-        flights: FlightTable,
-        background: Background,
-        planner: Planner,
-        counters: ReaderCounters,
-    ):
-        self.store = store
-        self.loads = loads
-        self.lookup = lookup
-        self.fetcher = fetcher
-        self.write_behind = write_behind
-        self.memory = memory
-        self.flights = flights
-        self.background = background
-        self.planner = planner
-        self.counters = counters
+    def __init__(self, parts: ReadParts, loads: ChunkLoads):
+        self.parts = parts
+        self.loads = loads  # a single chunk's load, which a span falls back on
         self.pending = 0  # spans being read ahead now
-
-    def _busy(self, key: tuple[bytes, int]) -> bool:
-        """In memory or in flight already: nothing to start for it."""
-        return key in self.memory or key in self.flights
 
     def start(self, track: Track, cursor: Cursor, last: int) -> None:
         """Start the chunks of the cursor's window after chunk ``last``."""
-        if not self.background.running:
+        if not self.parts.background.running:
             return
-        if self.planner.window_bytes() > self.memory.budget // 2:
-            self.planner.shrink()  # more read ahead than the memory cache holds
+        if self.parts.planner.window_bytes() > self.parts.memory.budget // 2:
+            self.parts.planner.shrink()  # more read ahead than the memory cache holds
         version = track.version_key
-        span_bytes = self.fetcher.span_limit()
-        per_span = max(1, span_bytes // self.store.chunk_size)
+        span_bytes = self.parts.fetcher.span_limit()
+        per_span = max(1, span_bytes // self.parts.store.chunk_size)
         spans: list[list[int]] = []
-        for n in self.planner.ahead(cursor, last, track.size):
-            if self._busy((version, n)):
+        for n in self.parts.planner.ahead(cursor, last, track.size):
+            if self.parts.busy((version, n)):
                 continue
             if spans and n == spans[-1][-1] + 1 and len(spans[-1]) < per_span:
                 spans[-1].append(n)
@@ -101,30 +71,30 @@ class ReadAhead:
                 cursor.ahead_to = span[0]  # started up to here; the next read continues
                 return
             self.pending += 1
-            self.write_behind.note_played(version, span[0], span[-1], ahead=True)
-            self.background.start_soon(self._read_ahead_span, track, span, span_bytes)
+            self.parts.write_behind.note_played(version, span[0], span[-1], ahead=True)
+            self.parts.background.start_soon(self._read_ahead_span, track, span, span_bytes)
 
     async def _read_ahead_span(self, track: Track, span: list[int], span_bytes: int) -> None:
         version = track.version_key
         try:
-            if self.memory.budget <= 0:
+            if self.parts.memory.budget <= 0:
                 # Nowhere to keep a verified chunk: only fetch what the cache lacks.
                 lacking = []
                 for n in span:
-                    if not await self.lookup.has(version, n):
+                    if not await self.parts.lookup.has(version, n):
                         lacking.append(n)
                 span = lacking
             # Started meanwhile by a read: the span is what is left after the first such.
             for i, n in enumerate(span):
-                if self._busy((version, n)):
+                if self.parts.busy((version, n)):
                     span = span[:i]
                     break
             if not span:
                 return
-            self.counters.readahead += len(span)
+            self.parts.counters.readahead += len(span)
             await self.start_span(track, span, span_bytes)
             for n in span:
-                flight = self.flights.get((version, n))
+                flight = self.parts.flights.get((version, n))
                 if flight is not None:
                     await flight.done.wait()
                 if flight is not None and flight.error is not None:
@@ -139,34 +109,34 @@ class ReadAhead:
         """Make chunk ``n`` of ``track`` stored (the ``Prefetcher``'s loader); False if it
         could not be fetched."""
         key = (track.version_key, n)
-        if key in self.memory:
+        if key in self.parts.memory:
             return True
-        flight = self.flights.get(key)
+        flight = self.parts.flights.get(key)
         if flight is None:
-            if await self.lookup.has(track.version_key, n):
+            if await self.parts.lookup.has(track.version_key, n):
                 await trio.to_thread.run_sync(
-                    partial(self.store.promote, [key], ahead=True),
-                    limiter=self.write_behind.limiter,
+                    partial(self.parts.store.promote, [key], ahead=True),
+                    limiter=self.parts.write_behind.limiter,
                 )
                 return True
-            flight = self.flights.get(key)
+            flight = self.parts.flights.get(key)
         if flight is None:
             # With the chunks after it that nothing has started yet (and the store
             # certainly lacks), as one span: the prefetcher's next calls find them in
             # flight. Fetched into the store only, not the memory cache. At most half a
             # full read-ahead window at once: what still lands after a seek cancels it.
-            version, cs = track.version_key, self.store.chunk_size
-            span_bytes = self.fetcher.span_limit()
-            most = max(1, min(span_bytes // cs, self.planner.max_window // 2))
+            version, cs = track.version_key, self.parts.store.chunk_size
+            span_bytes = self.parts.fetcher.span_limit()
+            most = max(1, min(span_bytes // cs, self.parts.planner.max_window // 2))
             span = [n]
             while len(span) < most and (span[-1] + 1) * cs < track.size:
                 nxt = (version, span[-1] + 1)
-                if self._busy(nxt) or self.store.may_hold(*nxt):
+                if self.parts.busy(nxt) or self.parts.store.may_hold(*nxt):
                     break
                 span.append(span[-1] + 1)
-            self.write_behind.note_played(version, span[0], span[-1], ahead=True)
+            self.parts.write_behind.note_played(version, span[0], span[-1], ahead=True)
             await self.start_span(track, span, span_bytes, False)
-            flight = self.flights.get(key)
+            flight = self.parts.flights.get(key)
         if flight is not None:
             await flight.done.wait()
             return flight.error is None
@@ -183,10 +153,10 @@ class ReadAhead:
         version = track.version_key
         loads: SpanLoads = {}
         for n in chunks:  # flights first, before anything awaits: readers find them
-            flight = self.flights.new((version, n))
+            flight = self.parts.flights.new((version, n))
             known, own = self.loads.claim_pieces(track, n, {})
             loads[n] = (flight, known, own)
-        await self.background.spawn(self._load_span, track, loads, span_bytes, remember)
+        await self.parts.background.spawn(self._load_span, track, loads, span_bytes, remember)
 
     async def _load_span(
         self, track: Track, loads: SpanLoads, span_bytes: int, remember: bool
@@ -194,17 +164,19 @@ class ReadAhead:
         version = track.version_key
         try:
             for n, (flight, known, own) in list(loads.items()):
-                found = await self.lookup.get(track, n, self.planner.chunk_len(track.size, n))
+                found = await self.parts.lookup.get(
+                    track, n, self.parts.planner.chunk_len(track.size, n)
+                )
                 if found is not None:  # stored, or a case of its own: load_chunk owns it
                     del loads[n]
-                    await self.background.spawn(
+                    await self.parts.background.spawn(
                         self.loads.load_chunk, track, n, flight, known, own, remember, found
                     )
             if not loads:
                 return
             await async_fail_point("reader.fetch")
             wanted = {p: f for _, _, own in loads.values() for p, f in own.items()}
-            fetched = await self.fetcher.pieces(track, wanted, span_bytes)
+            fetched = await self.parts.fetcher.pieces(track, wanted, span_bytes)
             for n, (flight, known, _) in loads.items():
                 flight.data = await self.loads.finish_chunk(track, n, known, fetched, remember)
                 flight.done.set()
@@ -217,5 +189,5 @@ class ReadAhead:
                 if not flight.done.is_set():
                     flight.error = OSError(errno.EIO, "span load ended without data")
                     flight.done.set()
-                self.flights.end((version, n), flight)
-                self.flights.settle(version, own)
+                self.parts.flights.end((version, n), flight)
+                self.parts.flights.settle(version, own)

@@ -43,6 +43,7 @@ from musicfs.cache.modes import CacheMode
 from musicfs.cache.piece_fetch import Fetch, PieceFetcher
 from musicfs.cache.planner import Cursor, Planner
 from musicfs.cache.prefetch import NextTrack, Prefetcher
+from musicfs.cache.read_parts import ReadParts
 from musicfs.cache.readahead import ReadAhead
 from musicfs.cache.reader_statistics import ReaderCounters, ReaderStatistics
 from musicfs.cache.settings import CacheSettings
@@ -110,11 +111,11 @@ class CachingReader:
         drain_timeout: float = 5.0,
         put_wait: float = 1.0,
     ):
+        self.counters = ReaderCounters()
         self.store = store
         self.readahead_after = readahead_after
         self.prefetch_after = prefetch_after
         self.drain_timeout = drain_timeout
-        self.counters = ReaderCounters()
         self.planner = Planner(
             chunk_size=store.chunk_size, stream_after=readahead_after, max_window=readahead
         )
@@ -148,29 +149,19 @@ class CachingReader:
             part_bytes=part_bytes,
             span_bytes=span_bytes,
         )
-        self.loads = ChunkLoads(
-            store,
-            self.lookup,
-            self.fetcher,
-            self.write_behind,
-            self.memory,
-            self.flights,
-            self.background,
-            self.planner,
-            self.counters,
+        self.parts = ReadParts(
+            store=store,
+            lookup=self.lookup,
+            fetcher=self.fetcher,
+            write_behind=self.write_behind,
+            memory=self.memory,
+            flights=self.flights,
+            background=self.background,
+            planner=self.planner,
+            counters=self.counters,
         )
-        self.readahead = ReadAhead(
-            store,
-            self.loads,
-            self.lookup,
-            self.fetcher,
-            self.write_behind,
-            self.memory,
-            self.flights,
-            self.background,
-            self.planner,
-            self.counters,
-        )
+        self.loads = ChunkLoads(self.parts)
+        self.readahead = ReadAhead(self.parts, self.loads)
         self.metadata = MetadataReads(
             partial(self.read, handle=METADATA_HANDLE),
             self.write_behind,
@@ -212,8 +203,8 @@ class CachingReader:
     async def reconfigure(self, settings: CacheSettings) -> None:
         """A reload: new size limits apply at once, eviction catches up in the background
         (``cache.chunk_size`` is restart-only, see ``service/reload.py``)."""
-        self.store.max_size = settings.max_size
-        self.store.min_free = settings.min_free
+        self.store.limits.max_size = settings.max_size
+        self.store.limits.min_free = settings.min_free
         self.memory.budget = settings.memory
         self.housekeeping.retry_interval = settings.retry_interval
         self.housekeeping.wake()
@@ -260,19 +251,19 @@ class CachingReader:
             self.planner.ensure_window(cursor)
         cs = self.store.chunk_size
         first, last = offset // cs, (end - 1) // cs
-        parts: list[bytes] = []
+        served: list[bytes] = []
         waited = False
         for n in range(first, last + 1):
             base = n * cs
             lo, hi = max(offset, base) - base, min(end, base + cs) - base
             data, fetched = await self.loads.range(track, n, lo, hi, whole=streaming)
             waited = waited or fetched
-            parts.append(data)
+            served.append(data)
             if len(data) < hi - lo:
                 break  # the origin returned less than the catalog promised
         if streaming:
             self._played(track, cursor, streak, offset, end, waited, handle)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return served[0] if len(served) == 1 else b"".join(served)
 
     def _played(
         self,
@@ -294,7 +285,7 @@ class CachingReader:
             # pieces: complete them, so what was played is stored whole.
             for n in range(run_start, first):
                 key = (track.version_key, n)
-                if key not in self.flights and key not in self.memory and self.background.running:
+                if not self.parts.busy(key) and self.background.running:
                     self.background.start_soon(self.loads.start_chunk, track, n)
         self.write_behind.note_played(track.version_key, run_start, last)
         if waited:

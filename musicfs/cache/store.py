@@ -34,6 +34,7 @@ from musicfs.cache.settings import CacheSettings
 from musicfs.cache.space import SpaceLimits
 from musicfs.cache.store_get import Rejected, StoreGet
 from musicfs.cache.store_open import StoreSession
+from musicfs.cache.store_parts import StoreParts
 from musicfs.cache.store_pins import StorePins
 from musicfs.cache.store_put import PutResult, StorePut
 from musicfs.cache.store_space import StoreSpace
@@ -62,31 +63,25 @@ class ChunkStore:
     ):
         self.disk = self._make_disk(Path(root), quarantine_keep)
         self.chunk_size = chunk_size
-        self.limits = SpaceLimits(max_size=max_size, min_free=min_free)
+        self.limits = SpaceLimits(max_size=max_size, min_free=min_free)  # a reload sets them
         self.condition = CacheCondition(self.disk.root)
         self.counters = StoreCounters()
         self.ledger = ChunkLedger()
-        lock = threading.RLock()
-        self.session = StoreSession(
-            self.disk, self.ledger, self.condition, self.limits, lock, chunk_size
+        self._lock = threading.RLock()
+        parts = StoreParts(
+            disk=self.disk,
+            ledger=self.ledger,
+            condition=self.condition,
+            limits=self.limits,
+            counters=self.counters,
+            lock=self._lock,
+            chunk_size=chunk_size,
         )
-        self.space = StoreSpace(
-            self.disk, self.session, self.ledger, self.condition, self.limits, self.counters, lock
-        )
-        self.getter = StoreGet(self.disk, self.session, self.ledger, self.counters, lock)
-        self.putter = StorePut(
-            self.disk,
-            self.session,
-            self.space,
-            self.ledger,
-            self.condition,
-            self.limits,
-            self.counters,
-            lock,
-            chunk_size,
-        )
-        self.pins = StorePins(self.session, self.ledger, self.limits, lock)
-        self._lock = lock
+        self.session = StoreSession(parts)
+        self.space = StoreSpace(parts, self.session)
+        self.getter = StoreGet(parts, self.session)
+        self.putter = StorePut(parts, self.session, self.space)
+        self.pins = StorePins(parts, self.session)
 
     @classmethod
     def from_settings(cls, cache_dir: Path, settings: CacheSettings) -> ChunkStore:
@@ -132,17 +127,9 @@ class ChunkStore:
     def max_size(self) -> int:
         return self.limits.max_size
 
-    @max_size.setter
-    def max_size(self, value: int) -> None:
-        self.limits.max_size = value
-
     @property
     def min_free(self) -> int:
         return self.limits.min_free
-
-    @min_free.setter
-    def min_free(self, value: int) -> None:
-        self.limits.min_free = value
 
     # -- opening and closing (store_open.py) ------------------------------------------
 
@@ -188,7 +175,8 @@ class ChunkStore:
         label: str = "",
         protect: bool = False,
     ) -> bytes | Rejected | None:
-        return self.getter.get(version, chunk_no, expected, label=label, protect=protect)
+        """The verified payload of a stored chunk, ``None`` or ``Rejected`` (``store_get.py``)."""
+        return self.getter.get(version, chunk_no, expected, label, protect)
 
     def reject(self, digest: bytes, problem: str, where: str, then: str = "refetching") -> None:
         self.getter.reject(digest, problem, where, then)

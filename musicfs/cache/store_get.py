@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import errno
 import logging
-import threading
 import time
 from dataclasses import dataclass
 
 import lmdb
 
 from musicfs.cache.chunkfile import HEADER_SIZE, verify
-from musicfs.cache.disk import CacheDisk
-from musicfs.cache.policy import ChunkLedger
 from musicfs.cache.store_open import StoreSession
-from musicfs.cache.store_statistics import StoreCounters
+from musicfs.cache.store_parts import StoreParts
 from musicfs.failpoints import fail_point
 from musicfs.resources import describe
 
@@ -39,19 +36,9 @@ class Rejected:
 class StoreGet:
     """Blocking, like the store: call from worker threads."""
 
-    def __init__(
-        self,
-        disk: CacheDisk,
-        session: StoreSession,
-        ledger: ChunkLedger,
-        counters: StoreCounters,
-        lock: threading.RLock,
-    ):
-        self.disk = disk
+    def __init__(self, parts: StoreParts, session: StoreSession):
+        self.parts = parts
         self.session = session
-        self.ledger = ledger
-        self.counters = counters
-        self.lock = lock
 
     def may_hold(self, version: bytes, chunk_no: int) -> bool:
         """False if the chunk is certainly not stored -- answered from memory, without the
@@ -61,23 +48,14 @@ class StoreGet:
 
     def has(self, version: bytes, chunk_no: int) -> bool:
         index = self.session.readable()
-        if index is None:
-            return False
         try:
-            with self.session.use():
-                digest = index.lookup(version, chunk_no)
+            digest = None if index is None else self.session.lookup(index, version, chunk_no)
         except lmdb.Error:
             return False
-        return digest is not None and digest in self.ledger
+        return digest is not None and digest in self.parts.ledger
 
     def get(
-        self,
-        version: bytes,
-        chunk_no: int,
-        expected: int,
-        *,
-        label: str = "",
-        protect: bool = False,
+        self, version: bytes, chunk_no: int, expected: int, label: str, protect: bool
     ) -> bytes | Rejected | None:
         """The verified payload of chunk ``chunk_no`` of ``version``; ``None`` on a miss;
         ``Rejected`` if the stored chunk failed verification (it is quarantined, or in
@@ -87,31 +65,30 @@ class StoreGet:
         if index is None:
             return None
         try:
-            with self.session.use():
-                digest = index.lookup(version, chunk_no)
+            digest = self.session.lookup(index, version, chunk_no)
         except lmdb.Error as exc:
-            with self.lock:
+            with self.parts.lock:
                 if self.session.index is index:  # else closed under us by a switch: a miss
                     self.session.unusable("index lookup", exc)
             return None
-        if digest is None or (self.session.read_only and digest not in self.ledger):
-            self.counters.misses += 1
+        if digest is None or (self.session.read_only and digest not in self.parts.ledger):
+            self.parts.counters.misses += 1
             return None
-        path = self.disk.chunk_path(digest)
+        path = self.parts.disk.chunk_path(digest)
         where = f"{label!r} chunk {chunk_no}" if label else f"chunk {chunk_no}"
         started = time.perf_counter()
         try:
             fail_point("cas.get.before_read")
-            raw = self.disk.read_file(path, HEADER_SIZE + expected + 1)
+            raw = self.parts.disk.read_file(path, HEADER_SIZE + expected + 1)
         except FileNotFoundError:
-            self.counters.missing_files += 1
-            self.counters.misses += 1
+            self.parts.counters.missing_files += 1
+            self.parts.counters.misses += 1
             log.warning("cache: %s: chunk file %s is missing; index entry dropped", where, path)
-            with self.lock:
+            with self.parts.lock:
                 self._forget_locked([digest])
             return None
         except OSError as exc:
-            self.counters.read_errors += 1
+            self.parts.counters.read_errors += 1
             why = (
                 "not a regular file"
                 if exc.errno in (errno.ELOOP, errno.EISDIR)
@@ -121,20 +98,20 @@ class StoreGet:
             return Rejected(why)
         read_done = time.perf_counter()
         problem = verify(raw, digest, expected)
-        self.counters.read_seconds += read_done - started
-        self.counters.verify_seconds += time.perf_counter() - read_done
+        self.parts.counters.read_seconds += read_done - started
+        self.parts.counters.verify_seconds += time.perf_counter() - read_done
         if problem is not None:
             self.reject(digest, problem, where)
             return Rejected(problem)
-        with self.lock:
-            self.ledger.touch(digest, protect=protect)
-        self.counters.hits += 1
+        with self.parts.lock:
+            self.parts.ledger.touch(digest, protect=protect)
+        self.parts.counters.hits += 1
         return raw[HEADER_SIZE:]
 
     def reject(self, digest: bytes, problem: str, where: str, then: str = "refetching") -> None:
         """Quarantine a chunk that failed verification and forget it."""
-        self.counters.corrupt += 1
-        with self.lock:
+        self.parts.counters.corrupt += 1
+        with self.parts.lock:
             if self.session.read_only:
                 log.warning(
                     "cache: %s: chunk %s is corrupt (%s); left in place (the cache is "
@@ -143,7 +120,7 @@ class StoreGet:
                     digest.hex()[:16],
                     problem,
                 )
-                self.ledger.forget(digest)
+                self.parts.ledger.forget(digest)
                 return
         log.warning(
             "cache: %s: chunk %s is corrupt (%s); quarantined, %s",
@@ -152,16 +129,16 @@ class StoreGet:
             problem,
             then,
         )
-        with self.lock:
+        with self.parts.lock:
             try:
-                self.disk.quarantine(self.disk.chunk_path(digest))
+                self.parts.disk.quarantine(self.parts.disk.chunk_path(digest))
             except OSError as exc:
                 self.session.unusable("quarantining a corrupt chunk", exc)
             self._forget_locked([digest])
 
     def _forget_locked(self, digests: list[bytes]) -> None:
         for digest in digests:
-            self.ledger.forget(digest)
+            self.parts.ledger.forget(digest)
         index = self.session.index
         if index is None or self.session.read_only:
             return

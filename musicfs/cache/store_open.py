@@ -15,22 +15,18 @@ happens when the cache becomes unusable.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
 
 import lmdb
 
 from musicfs.cache import readonly, repair
-from musicfs.cache.disk import CacheDisk
 from musicfs.cache.index import ChunkIndex, IndexUnusable
-from musicfs.cache.modes import CacheCondition, CacheMode
+from musicfs.cache.modes import CacheMode
 from musicfs.cache.planner import piece_size
-from musicfs.cache.policy import ChunkLedger
 from musicfs.cache.repair import StartupReport
-from musicfs.cache.space import SpaceLimits
+from musicfs.cache.store_parts import StoreParts
 from musicfs.resources import describe
 
 log = logging.getLogger(__name__)
@@ -39,21 +35,8 @@ log = logging.getLogger(__name__)
 class StoreSession:
     """Blocking, like the store: call from worker threads. ``lock`` is the store's."""
 
-    def __init__(
-        self,
-        disk: CacheDisk,
-        ledger: ChunkLedger,
-        condition: CacheCondition,
-        limits: SpaceLimits,
-        lock: threading.RLock,
-        chunk_size: int,
-    ):
-        self.disk = disk
-        self.ledger = ledger
-        self.condition = condition
-        self.limits = limits
-        self.lock = lock
-        self.chunk_size = chunk_size
+    def __init__(self, parts: StoreParts):
+        self.parts = parts
         self.index: ChunkIndex | None = None
         # Passthrough, but the index is open read-only and stored chunks are served.
         self.read_only = False
@@ -65,17 +48,19 @@ class StoreSession:
         """The index, if chunks may be looked up in it now (not passthrough, or
         passthrough that still serves the stored chunks)."""
         index = self.index
-        if index is None or (self.condition.mode is CacheMode.PASSTHROUGH and not self.read_only):
+        if index is None or (
+            self.parts.condition.mode is CacheMode.PASSTHROUGH and not self.read_only
+        ):
             return None
         return index
 
-    @contextlib.contextmanager
-    def use(self) -> Iterator[None]:
-        """Register a lock-free index reader for as long as the block runs."""
+    def lookup(self, index: ChunkIndex, version: bytes, chunk_no: int) -> bytes | None:
+        """The digest chunk ``chunk_no`` of ``version`` maps to, looked up without the
+        lock; registered, so that closing waits for it. Raises ``lmdb.Error``."""
         with self._users_cond:
             self._users += 1
         try:
-            yield
+            return index.lookup(version, chunk_no)
         finally:
             with self._users_cond:
                 self._users -= 1
@@ -86,42 +71,45 @@ class StoreSession:
     def open(self) -> StartupReport | None:
         """Open (or re-open) the store and repair it. Never raises for a bad cache: on
         failure the store is in passthrough mode and ``None`` is returned."""
-        with self.lock:
+        with self.parts.lock:
             self.close()
             try:
                 report = self._open_locked()
             except (OSError, IndexUnusable, lmdb.Error) as exc:
                 self.close()
-                self.unusable(str(self.disk.root), exc)
+                self.unusable(str(self.parts.disk.root), exc)
                 return None
-            log.info("cache: %s opened: %s", self.disk.root, report.summary())
-            self.condition.set(CacheMode.NORMAL, None)
+            log.info("cache: %s opened: %s", self.parts.disk.root, report.summary())
+            self.parts.condition.set(CacheMode.NORMAL, None)
             return report
 
     def _open_locked(self) -> StartupReport:
         report = StartupReport()
-        self.disk.prepare()
-        self.disk.take_lock()
+        self.parts.disk.prepare()
+        self.parts.disk.take_lock()
         self.index = repair.open_index(
-            self.disk, map_size=self._index_map_size(), chunk_size=self.chunk_size, report=report
+            self.parts.disk,
+            map_size=self._index_map_size(),
+            chunk_size=self.parts.chunk_size,
+            report=report,
         )
-        repair.sweep_temp(self.disk, report)
-        blobs, known = repair.reconcile(self.disk, self.index, self.chunk_size, report)
-        self.ledger.load(blobs, known, self.index.all_protected())
-        self.ledger.set_protected_cap(self.limits.protected_cap())
-        self.index.load_presence(self.limits.max_size // piece_size(self.chunk_size))
+        repair.sweep_temp(self.parts.disk, report)
+        blobs, known = repair.reconcile(self.parts.disk, self.index, self.parts.chunk_size, report)
+        self.parts.ledger.load(blobs, known, self.index.all_protected())
+        self.parts.ledger.set_protected_cap(self.parts.limits.protected_cap())
+        self.index.load_presence(self.parts.limits.max_size // piece_size(self.parts.chunk_size))
         # Prove the directory and the index take writes before declaring the store usable.
-        self.disk.probe_write()
+        self.parts.disk.probe_write()
         self.index.set_meta(b"probed", str(int(time.time())).encode())
-        report.chunks = len(self.ledger)
-        report.bytes = self.ledger.used
+        report.chunks = len(self.parts.ledger)
+        report.bytes = self.parts.ledger.used
         return report
 
     def close(self) -> None:
         """Close the index and release the directory's lock (the lock held). What the
         ledger has not saved yet is the caller's to flush first."""
         self._close_index()
-        self.disk.release_lock()
+        self.parts.disk.release_lock()
 
     def _close_index(self) -> None:
         with self._users_cond:
@@ -134,7 +122,7 @@ class StoreSession:
     def base_map_size(self) -> int:
         """The LMDB map: address space, not disk -- the file only grows as records are
         written. Three small records per chunk; 1 GiB holds millions of chunks."""
-        return max(2**30, (self.limits.max_size // self.chunk_size + 1) * 4096)
+        return max(2**30, (self.parts.limits.max_size // self.parts.chunk_size + 1) * 4096)
 
     def _index_map_size(self) -> int:
         return self.base_map_size() * self._map_grow
@@ -143,7 +131,7 @@ class StoreSession:
 
     def unusable(self, what: str, exc: BaseException) -> None:
         """Go passthrough; keep serving the stored chunks read-only if they can be read."""
-        self.condition.unusable(what, exc)
+        self.parts.condition.unusable(what, exc)
         was_read_only = self.read_only
         self._close_index()
         if not was_read_only:
@@ -156,30 +144,30 @@ class StoreSession:
         self.unusable("index map full, re-opening with a larger map", exc)
 
     def _serve_read_only(self) -> None:
-        took_lock = not self.disk.locked
+        took_lock = not self.parts.disk.locked
         try:
             if took_lock:
-                self.disk.take_lock(writable=False)
+                self.parts.disk.take_lock(writable=False)
             index, blobs = readonly.open_read_only(
-                self.disk, map_size=self._index_map_size(), chunk_size=self.chunk_size
+                self.parts.disk, map_size=self._index_map_size(), chunk_size=self.parts.chunk_size
             )
         except (OSError, IndexUnusable, lmdb.Error) as exc:
             if took_lock:
-                self.disk.release_lock()
+                self.parts.disk.release_lock()
             log.warning(
                 "cache: %s: stored chunks cannot be served either: %s",
-                self.disk.root,
+                self.parts.disk.root,
                 describe(exc),
             )
             return
-        self.ledger.load(blobs, blobs, index.all_protected())
-        self.ledger.set_protected_cap(self.limits.protected_cap())
+        self.parts.ledger.load(blobs, blobs, index.all_protected())
+        self.parts.ledger.set_protected_cap(self.parts.limits.protected_cap())
         self.index = index
         self.read_only = True
         log.warning(
             "cache: %s: read-only: still serving the %d stored chunks (%.1f MiB, verified on "
             "every read); nothing is written until the cache is writable again",
-            self.disk.root,
-            len(self.ledger),
-            self.ledger.used / 2**20,
+            self.parts.disk.root,
+            len(self.parts.ledger),
+            self.parts.ledger.used / 2**20,
         )

@@ -11,7 +11,6 @@ then degrades (served uncached until a write succeeds); an unusable one goes pas
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Sequence
 from enum import Enum
@@ -19,15 +18,12 @@ from enum import Enum
 import lmdb
 
 from musicfs.cache.chunkfile import HEADER_SIZE, chunk_hash, encode_header
-from musicfs.cache.disk import CacheDisk
 from musicfs.cache.index import VERSION_LEN
-from musicfs.cache.modes import FULL, UNUSABLE, CacheCondition, CacheMode
+from musicfs.cache.modes import FULL, UNUSABLE, CacheMode
 from musicfs.cache.planner import PIECE_BIT, is_piece, piece_size
-from musicfs.cache.policy import ChunkLedger
-from musicfs.cache.space import SpaceLimits
 from musicfs.cache.store_open import StoreSession
+from musicfs.cache.store_parts import StoreParts
 from musicfs.cache.store_space import StoreSpace
-from musicfs.cache.store_statistics import StoreCounters
 from musicfs.failpoints import fail_point
 from musicfs.resources import describe
 
@@ -44,27 +40,10 @@ class PutResult(Enum):
 class StorePut:
     """Blocking, like the store: call from worker threads."""
 
-    def __init__(
-        self,
-        disk: CacheDisk,
-        session: StoreSession,
-        space: StoreSpace,
-        ledger: ChunkLedger,
-        condition: CacheCondition,
-        limits: SpaceLimits,
-        counters: StoreCounters,
-        lock: threading.RLock,
-        chunk_size: int,
-    ):
-        self.disk = disk
+    def __init__(self, parts: StoreParts, session: StoreSession, space: StoreSpace):
+        self.parts = parts
         self.session = session
-        self.space = space
-        self.ledger = ledger
-        self.condition = condition
-        self.limits = limits
-        self.counters = counters
-        self.lock = lock
-        self.chunk_size = chunk_size
+        self.space = space  # room for a write
 
     def _writable(self) -> bool:
         return self.session.index is not None and not self._passthrough()
@@ -72,7 +51,7 @@ class StorePut:
     def _passthrough(self) -> bool:
         # A method, not an inline test: eviction and commits may switch the mode between
         # two looks at it.
-        return self.condition.mode is CacheMode.PASSTHROUGH
+        return self.parts.condition.mode is CacheMode.PASSTHROUGH
 
     def put(self, version: bytes, chunk_no: int, data: bytes) -> PutResult:
         """Store ``data`` as chunk ``chunk_no`` of ``version``. Never raises for a disk
@@ -83,18 +62,18 @@ class StorePut:
         return self._put_one(version, chunk_no, chunk_hash(data), data)
 
     def _put_one(self, version: bytes, chunk_no: int, digest: bytes, data: bytes) -> PutResult:
-        with self.lock:
+        with self.parts.lock:
             if not self._writable():
                 return PutResult.SKIPPED
             index = self.session.index
             assert index is not None
-            if digest in self.ledger:
+            if digest in self.parts.ledger:
                 try:
                     index.add(version, chunk_no, digest, len(data), int(time.time()))
                 except (lmdb.Error, OSError) as exc:
                     log.warning("cache: cannot record a deduplicated chunk: %s", describe(exc))
                     return PutResult.FULL
-                self.counters.deduplicated += 1
+                self.parts.counters.deduplicated += 1
                 return PutResult.EXISTS
             return self._put_locked(version, chunk_no, digest, data)
 
@@ -108,18 +87,18 @@ class StorePut:
             return [self.put(*item) for item in items]
         hashed = [(version, n, chunk_hash(data), data) for version, n, data in items]
         assert all(len(version) == VERSION_LEN for version, _, _, _ in hashed)
-        with self.lock:
+        with self.parts.lock:
             index = self.session.index
             if index is None or self._passthrough():
                 return [PutResult.SKIPPED] * len(items)
             fresh: dict[bytes, tuple[bytes, int, bytes]] = {}
             for version, n, digest, data in hashed:
-                if digest not in self.ledger:
+                if digest not in self.parts.ledger:
                     fresh.setdefault(digest, (version, n, data))
             try:
                 need = sum(HEADER_SIZE + len(d) for _, _, d in fresh.values())
                 self.space.make_room_locked(need, hard=False)
-                self.disk.write_chunks(
+                self.parts.disk.write_chunks(
                     [
                         (digest, self._header(version, n, len(data)), data)
                         for digest, (version, n, data) in fresh.items()
@@ -135,13 +114,13 @@ class StorePut:
                 )
             except (lmdb.Error, OSError):
                 for digest in fresh:
-                    self.disk.discard(digest)
+                    self.parts.disk.discard(digest)
                 return [self._put_one(*item) for item in hashed]
             fail_point("cas.put.after_commit")
             results = []
             for _, _, digest, data in hashed:
                 if fresh.pop(digest, None) is None:
-                    self.counters.deduplicated += 1
+                    self.parts.counters.deduplicated += 1
                     results.append(PutResult.EXISTS)
                     continue
                 self._stored(digest, len(data))
@@ -160,27 +139,29 @@ class StorePut:
                 self.space.make_room_locked(need, hard=attempt > 0)
                 if self._passthrough():  # eviction may have set it
                     return PutResult.SKIPPED
-                self.disk.write_chunk(digest, self._header(version, chunk_no, len(data)), data)
+                self.parts.disk.write_chunk(
+                    digest, self._header(version, chunk_no, len(data)), data
+                )
             except OSError as exc:
-                self.counters.write_errors += 1
+                self.parts.counters.write_errors += 1
                 if exc.errno in FULL:
                     continue  # evict harder and retry once
                 if exc.errno in UNUSABLE:
                     self.session.unusable("writing a chunk", exc)
                     return PutResult.SKIPPED
-                self.condition.set(CacheMode.DEGRADED, f"writing a chunk: {describe(exc)}")
+                self.parts.condition.set(CacheMode.DEGRADED, f"writing a chunk: {describe(exc)}")
                 return PutResult.FULL
             try:
                 fail_point("cas.put.before_commit")
                 index.add(version, chunk_no, digest, len(data), int(time.time()))
             except (lmdb.Error, OSError) as exc:
-                self.counters.write_errors += 1
-                self.disk.discard(digest)
+                self.parts.counters.write_errors += 1
+                self.parts.disk.discard(digest)
                 if isinstance(exc, lmdb.MapFullError):
                     self.session.map_full(exc)
                     return PutResult.SKIPPED
                 # LMDB reports a full disk as EIO: ask the filesystem which it was.
-                if self.disk.free_bytes() < 2 * need + self.limits.min_free:
+                if self.parts.disk.free_bytes() < 2 * need + self.parts.limits.min_free:
                     continue
                 self.session.unusable("committing the index", exc)
                 return PutResult.SKIPPED
@@ -188,26 +169,26 @@ class StorePut:
             self._stored(digest, len(data))
             self._writes_succeed()
             return PutResult.STORED
-        self.counters.full += 1
-        self.condition.set(
+        self.parts.counters.full += 1
+        self.parts.condition.set(
             CacheMode.DEGRADED,
-            f"no room for a {need}-byte chunk (used {self.ledger.used}, max_size "
-            f"{self.limits.max_size}, min_free {self.limits.min_free})",
+            f"no room for a {need}-byte chunk (used {self.parts.ledger.used}, max_size "
+            f"{self.parts.limits.max_size}, min_free {self.parts.limits.min_free})",
         )
         return PutResult.FULL
 
     def _stored(self, digest: bytes, size: int) -> None:
-        self.ledger.add(digest, size)
-        self.counters.stored += 1
-        self.counters.stored_bytes += size
+        self.parts.ledger.add(digest, size)
+        self.parts.counters.stored += 1
+        self.parts.counters.stored_bytes += size
 
     def _writes_succeed(self) -> None:
         """A write went through: whatever space shortage degraded the store is over."""
-        if self.condition.mode is CacheMode.DEGRADED:
-            self.condition.set(CacheMode.NORMAL, None)
+        if self.parts.condition.mode is CacheMode.DEGRADED:
+            self.parts.condition.set(CacheMode.NORMAL, None)
 
     def _header(self, version: bytes, chunk_no: int, length: int) -> bytes:
         if is_piece(chunk_no):
-            offset = (chunk_no & ~PIECE_BIT) * piece_size(self.chunk_size)
+            offset = (chunk_no & ~PIECE_BIT) * piece_size(self.parts.chunk_size)
             return encode_header(version, offset, length, piece=True)
-        return encode_header(version, chunk_no * self.chunk_size, length)
+        return encode_header(version, chunk_no * self.parts.chunk_size, length)
