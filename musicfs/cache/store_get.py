@@ -1,7 +1,7 @@
 """The store's read path: index lookup, read the chunk file, verify it against its hash --
 every time -- and quarantine what fails.
 
-Lookups run without the store's lock (registered with ``StoreSession.use`` so closing
+Lookups run without the store's lock (registered by ``StoreSession.lookup`` so closing
 waits for them); only what changes the account (a touch, a forgotten chunk, a
 quarantine) takes it. In read-only passthrough nothing is written: a corrupt chunk is
 forgotten in memory only, and the first read after the cache is writable again finds it

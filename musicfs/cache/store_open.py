@@ -7,8 +7,8 @@ happens when the cache becomes unusable.
 * on an unusable cache the store goes passthrough: the read-write index is closed -- an
   environment on a failing disk is not touched again -- and, if the cache can still be
   read, re-opened read-only so the chunks already stored keep playing (``readonly.py``);
-* lookups run without the store's lock; they register (``use``) so that closing waits for
-  them: closing an LMDB environment under a running lookup is undefined behaviour;
+* lookups run without the store's lock; they register (``lookup``) so that closing waits
+  for them: closing an LMDB environment under a running lookup is undefined behaviour;
 * a full LMDB map cannot be helped by eviction (not even deletes fit): passthrough, and
   the next open uses a map twice the size.
 """
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 class StoreSession:
-    """Blocking, like the store: call from worker threads. ``lock`` is the store's."""
+    """Blocking, like the store: call from worker threads."""
 
     def __init__(self, parts: StoreParts):
         self.parts = parts
