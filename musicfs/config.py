@@ -296,6 +296,9 @@ _ORIGIN: dict[str, Parser] = {
     "credentials_file": _path,
     "profile": _str,
     "ca_file": _path,
+    "streams": _non_negative_int,
+    "stream_after": parse_size,
+    "stream_idle": parse_duration,
 }
 
 
