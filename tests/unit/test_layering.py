@@ -27,6 +27,7 @@ COMPONENTS = (
     "musicfs.fuse_settings",
     "musicfs.search",
     "musicfs.sync",
+    "musicfs.library_settings",
 )
 UPPER = ("musicfs.config", "musicfs.service", "musicfs.daemon", "musicfs.cli")
 
