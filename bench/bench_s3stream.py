@@ -28,12 +28,13 @@ import shutil
 import statistics
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote
 
 from bench import Report, drop_page_cache
 from bench.peers import MusicFS, make_album, wait_for_tracks
-from bench.workloads import read_file
+from bench.workloads import read_file, read_parallel
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +74,20 @@ def main() -> Report:
     # Tagged MP3s padded with random bytes to ``size`` (distinct sizes: found by size).
     tracks = make_album(lib, repeat, size)
     keys = [str(p.relative_to(lib)) for p in tracks]
+    # And an album of shorter tracks read by ``parallel`` readers at once.
+    parallel = int(os.environ.get("MUSICFS_BENCH_S3STREAM_PARALLEL", "16"))
+    parallel_size = int(os.environ.get("MUSICFS_BENCH_S3STREAM_PARALLEL_MB", "8")) * 1024 * 1024
+    album = make_album(lib / "parallel", parallel, parallel_size) if parallel else []
+    album_keys = [str(p.relative_to(lib)) for p in album]
+    total = len(keys) + len(album_keys)
     sides = {"musicfs": ours_settings}
     if compare != "-":
         sides["musicfs, " + compare] = _settings(compare)
     cold: dict[str, list[float]] = {name: [] for name in [*sides, "streamed GET"]}
     from_cache: dict[str, list[float]] = {name: [] for name in sides}
     gets: dict[str, list[int]] = {name: [] for name in cold}
+    together: dict[str, list[float]] = {name: [] for name in cold}
+    together_gets: dict[str, list[int]] = {name: [] for name in cold}
     report = Report(
         "s3stream",
         "S3 cold sequential read of one track: MusicFS mount vs one streamed GET",
@@ -96,7 +105,7 @@ def main() -> Report:
                 with peer.config.open("a") as config:
                     config.writelines(f"{item}\n" for item in settings)
                 with peer.mount(fresh=True) as mounted:  # the first sync: the catalog
-                    wait_for_tracks(mounted.path, len(keys))
+                    wait_for_tracks(mounted.path, total)
                 peers[name] = peer
             client = s3.client()
             for run, key in enumerate(keys):
@@ -107,17 +116,29 @@ def main() -> Report:
                     if name == "streamed GET":
                         took, n = _streamed_get(client, key)
                     else:
-                        took, n, again = _mount_read(peers[name], lib, key, len(keys))
+                        took, n, again = _mount_read(peers[name], lib, key, total)
                         from_cache[name].append(n / again / 1e6)
                     assert n == (lib / key).stat().st_size, f"{name}: read {n} bytes of {key}"
                     gets[name].append(_gets(s3.log, key) - before)
                     cold[name].append(n / took / 1e6)
+                for name in names[run % len(names) :] + names[: run % len(names)]:
+                    if not album:
+                        break
+                    before = sum(_gets(s3.log, k) for k in album_keys)
+                    if name == "streamed GET":
+                        mb_s = _streamed_gets(client, album_keys, parallel)
+                    else:
+                        mb_s = _mount_read_parallel(peers[name], lib, album_keys, total, parallel)
+                    together[name].append(mb_s)
+                    together_gets[name].append(sum(_gets(s3.log, k) for k in album_keys) - before)
                 log.info(
                     "run %d/%d: %s",
                     run + 1,
                     repeat,
                     "; ".join(
-                        f"{n} {v[-1]:.1f} MB/s ({gets[n][-1]} GETs)" for n, v in cold.items()
+                        f"{n} {v[-1]:.1f} MB/s ({gets[n][-1]} GETs)"
+                        + (f", {parallel} at once {together[n][-1]:.1f} MB/s" if album else "")
+                        for n, v in cold.items()
                     ),
                 )
     finally:
@@ -136,6 +157,13 @@ def main() -> Report:
             "MB/s",
             baseline_samples=base,
         )
+        if album:
+            report.add_runs(
+                f"S3: {parallel} readers at once, cold: {name}",
+                together[name],
+                "MB/s",
+                baseline_samples=together["streamed GET"],
+            )
         report.add_runs(
             f"S3: GET requests for that read: {name}", [float(g) for g in gets[name]], "requests"
         )
@@ -155,11 +183,35 @@ def main() -> Report:
             "cold_mb_s": cold,
             "from_cache_mb_s": from_cache,
             "gets": gets,
+            "parallel_readers": parallel,
+            "parallel_track_mib": parallel_size // (1024 * 1024),
+            "parallel_mb_s": together,
+            "parallel_gets": together_gets,
             "environment": environment(),
             "uptime": os.popen("uptime").read().strip(),
         }
         Path(out).write_text(json.dumps(data, indent=2, default=str) + "\n")
     return report
+
+
+def _mount_read_parallel(
+    peer: MusicFS, lib: Path, keys: list[str], count: int, readers: int
+) -> float:
+    """MB/s of ``readers`` threads reading the tracks ``keys`` through a fresh mount."""
+    with peer.mount(fresh=True) as mounted:
+        sizes = {(lib / k).stat().st_size for k in keys}
+        paths = [p for p in wait_for_tracks(mounted.path, count) if p.stat().st_size in sizes]
+        assert len(paths) == len(keys), f"{len(paths)} of {len(keys)} tracks found by size"
+        drop_page_cache()
+        return read_parallel(paths, readers).mb_s
+
+
+def _streamed_gets(client: object, keys: list[str], readers: int) -> float:
+    """MB/s of ``readers`` threads each streaming whole objects with one GET."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(readers) as pool:
+        nbytes = sum(n for _, n in pool.map(lambda k: _streamed_get(client, k), keys))
+    return nbytes / (time.perf_counter() - started) / 1e6
 
 
 def _mount_read(peer: MusicFS, lib: Path, key: str, count: int) -> tuple[float, int, float]:
