@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-
 # The SFTP ``transport`` choices (sftp_transport.py says what each means).
 SFTP_TRANSPORTS = ("auto", "openssh", "asyncssh")
 
