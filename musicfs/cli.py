@@ -445,7 +445,7 @@ def cmd_pin(args: argparse.Namespace) -> int:
 _ONE_LINE_ERRORS = (
     ("musicfs.service.mounts", "MountpointError"),
     ("musicfs.service.startup", "StartupError"),
-    ("musicfs.catalog.db", "SchemaTooNew"),
+    ("musicfs.catalog.schema", "SchemaTooNew"),
 )
 
 

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from musicfs.cache.settings import CacheSettings
-from musicfs.catalog.naming import DEFAULT_TEMPLATE, Template, TemplateError
+from musicfs.catalog.naming import Template, TemplateError
 from musicfs.fuse_settings import FUSE_KERNEL_BACKGROUND, FUSE_SPARE_WORKERS, FuseSettings
+from musicfs.library_settings import LibrarySettings
 from musicfs.origins.settings import SFTP_TRANSPORTS, OriginSettings, OriginTimeouts
 from musicfs.origins.urls import OriginURLError, default_name, validate_url
 from musicfs.pin_settings import PinSettings
@@ -159,15 +160,6 @@ def _template(value: Any) -> str:
 
 
 @dataclass(frozen=True)
-class LibrarySettings:
-    template: str = DEFAULT_TEMPLATE
-    scan_interval: float = 3600.0  # seconds between background syncs; 0 turns them off
-    scan_parallel: int = 4
-    # Files per catalog commit: a crash mid-sync loses at most one batch of work.
-    scan_batch: int = 200
-
-
-@dataclass(frozen=True)
 class Settings:
     mountpoint: Path | None = None
     state_dir: Path = field(default_factory=lambda: default_state_dir())
@@ -175,7 +167,7 @@ class Settings:
     runtime_dir: Path | None = None
     log_level: str = "info"
     origins: tuple[OriginSettings, ...] = ()
-    library: LibrarySettings = LibrarySettings()
+    library: LibrarySettings = field(default_factory=LibrarySettings)
     fuse: FuseSettings = field(default_factory=FuseSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     timeouts: OriginTimeouts = field(default_factory=OriginTimeouts)
@@ -303,6 +295,9 @@ _ORIGIN: dict[str, Parser] = {
     "credentials_file": _path,
     "profile": _str,
     "ca_file": _path,
+    "streams": _non_negative_int,
+    "stream_after": parse_size,
+    "stream_idle": parse_duration,
 }
 
 

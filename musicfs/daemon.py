@@ -1,5 +1,7 @@
-"""The mount daemon: start-up sequence, supervised background work, signals, sd_notify and
-the ordered shutdown.
+"""The mount daemon's composition root: it builds the components, wires them to each other
+and runs them in this order. The lifecycle's pieces are ``musicfs.service``'s: opening the
+stores (``stores``), the supervised background work (``background``), the FUSE session,
+signals, sd_notify, status, reload and the ordered shutdown (``shutdown``).
 
 Start-up: state-dir lock -> mount point (a stale mount left by a killed daemon is lazily
 unmounted and reused) -> catalog (quick_check; a corrupt one is moved aside and rebuilt;
@@ -37,15 +39,11 @@ import trio
 
 from musicfs.cache.reader import CachingReader
 from musicfs.cache.store import ChunkStore
-from musicfs.catalog import clean_close
-from musicfs.catalog.db import Catalog, SchemaTooNew
-from musicfs.catalog.integrity import check_catalog, open_catalog
 from musicfs.catalog.model import Track
 from musicfs.config import Settings
 from musicfs.fuse_ops import GIL_SWITCH_INTERVAL, MusicOperations
 from musicfs.fuse_search import SearchFolder
 from musicfs.library import SyncCoordinator, open_pool
-from musicfs.locks import FileLock, LockHeld
 from musicfs.pin_manager import PinManager
 from musicfs.private import tighten
 from musicfs.resources import leaves
@@ -53,17 +51,20 @@ from musicfs.search import SearchIndex
 from musicfs.service import reload as config_reload
 from musicfs.service import signals, status
 from musicfs.service.allocator import limit_malloc_arenas
+from musicfs.service.background import start_background
 from musicfs.service.control_api import serve_control
 from musicfs.service.crashlog import install_hooks, named_task
 from musicfs.service.fuse_session import FuseSession, MountFailed
 from musicfs.service.metrics import MetricsServer
 from musicfs.service.mounts import MountpointError, prepare_mountpoint
-from musicfs.service.notify import Notifier, watchdog_interval
-from musicfs.service.shutdown import Closer, close_in_order
-from musicfs.service.startup import StartupError, catalogued_by, refuse_missing_origins
+from musicfs.service.notify import Notifier
+from musicfs.service.shutdown import CLOSE_TIMEOUT, Closer, OrderedShutdown
+from musicfs.service.startup import StartupError, refuse_missing_origins
+from musicfs.service.state_lock import StateLock
 from musicfs.service.status import DaemonState
-from musicfs.service.supervisor import Policy, Supervisor
-from musicfs.service.watchdog import Watchdog, probe_mount
+from musicfs.service.stores import check_after_mount, open_stores
+from musicfs.service.supervisor import Supervisor
+from musicfs.service.watchdog import Watchdog
 from musicfs.sync_loop import SyncLoop
 
 log = logging.getLogger(__name__)
@@ -75,37 +76,6 @@ EXIT_USAGE = 2  # bad configuration, arguments, mount point, state dir or catalo
 EXIT_FORCED = 3  # a second SIGTERM/SIGINT cut the drain short: unmounted lazily at once
 
 READY_TIMEOUT = 15.0
-CLOSE_TIMEOUT = 10.0
-
-
-class StateLock:
-    """One daemon per state directory: two would corrupt each other's catalog and cache."""
-
-    def __init__(self, state_dir: Path):
-        self.path = state_dir / "musicfs.lock"
-        self._lock = FileLock(self.path, make_parents=True)
-
-    def acquire(self) -> None:
-        try:
-            self._lock.acquire()
-        except LockHeld as held:
-            raise StartupError(
-                f"{self.path.parent}: another MusicFS (pid {held.holder or '?'}) is using this "
-                "state directory; stop it or use --state-dir"
-            ) from None
-        except OSError as exc:
-            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC):
-                raise
-            # Usually a failing disk remounted read-only, or a directory owned by someone
-            # else: say which directory and why, not just the lock file's errno.
-            raise StartupError(
-                f"state directory {self.path.parent} is not writable "
-                f"({errno.errorcode[exc.errno]}: {exc.strerror}); MusicFS keeps its catalog, "
-                "search index and lock there: make it writable or use --state-dir"
-            ) from None
-
-    def release(self) -> None:
-        self._lock.release()
 
 
 class Daemon:
@@ -152,7 +122,7 @@ class Daemon:
         self._check_after_mount = False
         self._shutdown = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self._stores_closed = False
+        self._stopper = OrderedShutdown(self, CLOSE_TIMEOUT)
 
     def event(self, name: str) -> None:
         self.events.append(name)
@@ -180,38 +150,11 @@ class Daemon:
             memory_bytes=s.cache.memory,
             retry_interval=s.cache.retry_interval,
         )
-        # The catalog's check (it reads every page) and the cache's start-up repair need
-        # nothing of each other: side by side, the mount answers sooner. Their errors are
-        # raised after the nursery, as they are (not in an exception group).
-        failed: list[Exception] = []
-
-        async def open_cache() -> None:
-            try:
-                await reader.open()  # a bad cache means passthrough, not exit
-            except Exception as exc:
-                failed.append(exc)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(open_cache)
-            try:
-                catalog, self.catalog_moved_aside, trusted = await trio.to_thread.run_sync(
-                    _open_catalog, s.catalog_path
-                )
-                self.catalog_verified, self._check_after_mount = not trusted, trusted
-                if not first_run:
-                    try:
-                        await catalog.run(refuse_missing_origins, pool, catalogued_by(catalog))
-                    except StartupError:
-                        catalog.close()
-                        raise
-            except SchemaTooNew as exc:
-                failed.insert(0, StartupError(str(exc)))
-            except Exception as exc:
-                failed.insert(0, exc)
-        if failed:
-            with trio.CancelScope(shield=True):
-                await reader.aclose()
-            raise failed[0]
+        opened = await open_stores(s.catalog_path, reader, pool, first_run=first_run)
+        catalog = opened.catalog
+        self.catalog_moved_aside = opened.moved_aside
+        self.catalog_verified = not opened.check_after_mount
+        self._check_after_mount = opened.check_after_mount
         self.library = SyncCoordinator(s, catalog, pool)
         self.reader = reader
         # Remote tag reads keep the headers in the cache, in pieces (no whole chunks).
@@ -287,50 +230,12 @@ class Daemon:
             self.request_shutdown()
 
     async def _check_catalog(self) -> None:
-        """The quick_check a clean restart skipped before mounting. Damage found now is
-        repaired at the next start (no stamp is left: it checks before mounting)."""
-        path = self.settings.catalog_path
-        started = time.monotonic()
-        problems = await trio.to_thread.run_sync(
-            lambda: check_catalog(path, full=False), abandon_on_cancel=True
-        )
-        if problems:
-            log.error(
-                "catalog %s: quick_check after the mount: %s; it is moved aside and rebuilt "
-                "at the next start",
-                path,
-                "; ".join(problems[:3]),
-            )
-            return
-        self.catalog_verified = True
-        log.info("catalog %s: checked after the mount in %.1fs", path, time.monotonic() - started)
+        self.catalog_verified = await check_after_mount(self.settings.catalog_path)
 
     def _start_background(self) -> None:
-        assert self.library is not None
         if self._check_after_mount:
             self._spawn("catalog-check", self._check_catalog)
-        self.supervisor.start("sync", self._sync_loop, Policy.BEST_EFFORT)
-        if self.reader is not None:
-            # Write-behind, read-ahead, eviction, passthrough retries.
-            self.supervisor.start("cache", self.reader.run, Policy.CRITICAL)
-        if self.pins is not None:
-            self.supervisor.start("pins", self.pins.run, Policy.BEST_EFFORT)
-        self.supervisor.start("health", self.library.pool.health.run, Policy.CRITICAL)
-        interval = watchdog_interval()
-        if interval is not None and self.notifier.enabled:
-            self.watchdog = Watchdog(
-                self.notifier,
-                interval,
-                lambda: probe_mount(self.mountpoint),
-                probe_timeout=max(0.5, interval * 0.8),
-            )
-            self.supervisor.start("watchdog", self.watchdog.run, Policy.CRITICAL)
-        if self.notifier.enabled:
-            self.supervisor.start(
-                "notify-status",
-                lambda: status.send_status_lines(self, self.notifier),
-                Policy.BEST_EFFORT,
-            )
+        start_background(self)
 
     # -- running ---------------------------------------------------------------------
 
@@ -365,7 +270,7 @@ class Daemon:
             if self.metrics is not None:
                 self.metrics.stop()
             with trio.CancelScope(shield=True):
-                await self._close_stores()
+                await self._stopper.close_stores()
                 if self.session is not None:
                     self.session.unmount_now()
             self.lock.release()
@@ -385,10 +290,6 @@ class Daemon:
         self.request_shutdown(EXIT_FAILURE)
 
     # -- background work ---------------------------------------------------------------
-
-    async def _sync_loop(self) -> None:
-        assert self.sync_loop is not None
-        await self.sync_loop.run()
 
     def resync(self) -> None:
         """Start the next sync now (after a reload that changed origins or names)."""
@@ -439,57 +340,7 @@ class Daemon:
 
     async def shutdown(self) -> None:
         """The ordered shutdown; see the module docstring."""
-        self.state = DaemonState.STOPPING
-        self.notifier.stopping("stopping: draining requests")
-        self.event("stopping")
-        log.info("shutdown: stopping background work")
-        # The sync stops first; the cache's fetches and the health checks that reads in
-        # flight wait on keep running until those reads are answered.
-        await self.supervisor.stop("sync", timeout=CLOSE_TIMEOUT)
-        # No WATCHDOG=1 after STOPPING=1: the service is no longer running.
-        await self.supervisor.stop("watchdog", timeout=CLOSE_TIMEOUT)
-        if self.session is not None:
-            await self.session.drain()
-        self.event("drained")
-        await self.supervisor.close(timeout=CLOSE_TIMEOUT)
-        self.event("background-stopped")
-        await self._close_stores()
-        self.event("stores-closed")
-        if self.session is not None:
-            await self.session.unmount()
-        if self.library is not None:
-            # The mount answered metadata until now; nothing reads the tree any more.
-            catalog = self.library.catalog
-            catalog.close_reader()
-            if self.catalog_verified and catalog.closed:
-                await trio.to_thread.run_sync(clean_close.leave, catalog.path)
-        self.event("unmounted")
-        self.state = DaemonState.STOPPED
-
-    async def _close_stores(self) -> None:
-        if self._stores_closed or self.library is None:
-            return  # closed already, or start-up stopped before opening any store
-        self._stores_closed = True
-        steps: list[tuple[str, Closer]] = []
-        if self.reader is not None:
-            steps.append(("reader", self.reader.aclose))
-        # Its last commit then holds the last sync.
-        steps.append(("search", lambda: trio.to_thread.run_sync(self.search.close)))
-        steps.extend(self.closers)
-        if self.library is not None:
-            steps.append(("origins", self.library.pool.aclose))
-            catalog: Catalog = self.library.catalog
-            steps.append(
-                ("catalog", lambda: trio.to_thread.run_sync(catalog.close, True))  # keep_reader
-            )
-        await close_in_order(steps, CLOSE_TIMEOUT)
-
-
-def _open_catalog(path: Path) -> tuple[Catalog, Path | None, bool]:
-    """The catalog, checked now unless a clean close left it untouched (then: True)."""
-    trusted = clean_close.take(path)
-    catalog, moved = open_catalog(path, check=not trusted)
-    return catalog, moved, trusted and moved is None
+        await self._stopper.run()
 
 
 def _start_named(nursery: trio.Nursery, name: str, fn: Callable[[], Awaitable[object]]) -> None:

@@ -10,9 +10,10 @@ from collections.abc import Callable
 import apsw
 import trio
 
-from musicfs.catalog.db import Catalog, TreeState
+from musicfs.catalog.db import Catalog
 from musicfs.catalog.naming import Template
 from musicfs.catalog.publish_process import PublishFailed, publish_in_child
+from musicfs.catalog.published_tree import TreeState
 from musicfs.catalog.served import ServedTree, publish_state
 from musicfs.config import ConfigError, Settings
 from musicfs.failpoints import fail_point

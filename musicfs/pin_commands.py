@@ -157,9 +157,9 @@ async def offline_manager(settings: Settings) -> AsyncIterator[PinManager]:
     from musicfs.cache.reader import CachingReader
     from musicfs.cache.store import ChunkStore
     from musicfs.catalog.db import Catalog
-    from musicfs.daemon import StateLock
     from musicfs.library import open_pool
     from musicfs.search import catalog_searcher
+    from musicfs.service.state_lock import StateLock
 
     if not settings.catalog_path.exists():
         raise ConfigError(f"{settings.catalog_path}: no catalog yet; run `musicfs scan` first")

@@ -7,7 +7,9 @@ by how often:
   however many times it is touched: a scanner reads the head and tail of every track
   every night, so "seen twice" cannot tell it from music;
 * **protected** -- chunks read by playback (a sequential run of a track, its read-ahead
-  and prefetch; see ``CachingReader``) and chunks a pin fetches. At most
+  and prefetch; see ``CachingReader``) and chunks a pin fetches. Chunks fetched ahead
+  of a player enter at its least recently used end and move to the other when played:
+  the next track's prefetch must not push out the album just played. At most
   ``PROTECTED_SHARE`` of the cache: past that its least recently used chunks are
   demoted to probation's most recent end, so a cache full of music still has room for
   the scanner's bytes, and what was played longest ago goes first among the music.
@@ -106,16 +108,20 @@ class ChunkLedger:
                 self.touched[digest] = int(time.time())
                 return
 
-    def promote(self, digest: bytes) -> bool:
-        """Move a chunk to protected, demoting protected's oldest past the cap. False if
-        it is not stored."""
+    def promote(self, digest: bytes, *, ahead: bool = False) -> bool:
+        """Move a chunk to protected's most recent end (``ahead``: to its least recent
+        end, and one already there stays where it is), demoting protected's oldest past
+        the cap. False if it is not stored."""
         size = self.probation.pop(digest, None)
         if size is None:
             if digest in self.protected:
-                self.protected.move_to_end(digest)
+                if not ahead:
+                    self.protected.move_to_end(digest)
                 return True
             return False
         self.protected[digest] = size
+        if ahead:
+            self.protected.move_to_end(digest, last=False)
         self.protected_used += size
         self.segment_changes[digest] = True
         self._demote_overflow()

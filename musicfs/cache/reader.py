@@ -29,6 +29,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import trio
@@ -856,7 +857,7 @@ class CachingReader:
                 cursor.ahead_to = span[0]  # started up to here; the next read continues
                 return
             self._pending_readahead += 1
-            self.write_behind.note_played(version, span[0], span[-1])
+            self.write_behind.note_played(version, span[0], span[-1], ahead=True)
             self._nursery.start_soon(self._read_ahead_span, track, span, span_bytes)
 
     # -- playback prefetch -------------------------------------------------------------
@@ -881,7 +882,8 @@ class CachingReader:
         if flight is None:
             if await self.lookup.has(track.version_key, n):
                 await trio.to_thread.run_sync(
-                    self.store.promote, [key], limiter=self.write_behind.limiter
+                    partial(self.store.promote, [key], ahead=True),
+                    limiter=self.write_behind.limiter,
                 )
                 return True
             flight = self._flights.get(key)
@@ -899,7 +901,7 @@ class CachingReader:
                 if nxt in self._memory or nxt in self._flights or self.store.may_hold(*nxt):
                     break
                 span.append(span[-1] + 1)
-            self.write_behind.note_played(version, span[0], span[-1])
+            self.write_behind.note_played(version, span[0], span[-1], ahead=True)
             await self._start_span(track, span, span_bytes, False)
             flight = self._flights.get(key)
         if flight is not None:

@@ -622,9 +622,11 @@ class ChunkStore:
     def _cap_protected(self) -> None:
         self.ledger.set_protected_cap(int(self.max_size * PROTECTED_SHARE))
 
-    def promote(self, keys: Sequence[tuple[bytes, int]]) -> int:
+    def promote(self, keys: Sequence[tuple[bytes, int]], *, ahead: bool = False) -> int:
         """Move the stored chunks ``(version, chunk_no)`` to the protected segment (the
-        reader saw them played, or a pin fetched them). Returns how many were stored."""
+        reader saw them played, or a pin fetched them; ``ahead``: fetched for a player
+        that has not reached them, so they are protected's first to go). Returns how
+        many were stored."""
         with self._lock:
             index = self.index
             if index is None:
@@ -636,7 +638,7 @@ class ChunkStore:
                     digest = index.lookup(version, chunk_no)
                 except lmdb.Error:
                     return moved
-                if digest is not None and self.ledger.promote(digest):
+                if digest is not None and self.ledger.promote(digest, ahead=ahead):
                     moved += 1
             return moved
 

@@ -9,6 +9,9 @@ one origin round trip, not an origin round trip plus an fsync.
   is that slow, the chunk is served and stored another time;
 * chunks seen played are promoted to the eviction policy's protected segment once stored
   (``policy.py``), by the same task, so a promotion never overtakes the write of its chunk;
+  chunks fetched *ahead* of a player (read-ahead, prefetch of the next track) enter it as
+  its least valuable until the player reaches them: a guess about what comes next must
+  not push out what was actually played;
 * on shutdown, queued writes get ``drain_timeout`` to finish (``begin_drain``): the store
   is crash-consistent without them, they only save fetching the chunks again.
 """
@@ -19,6 +22,7 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Callable
+from functools import partial
 from typing import Protocol
 
 import trio
@@ -60,8 +64,9 @@ class WriteBehind:
         self.pending = 0  # bytes queued or being written
         self.progress = trio.Event()  # set (and replaced) after every batch
         self.writing = False
-        self.played: OrderedDict[ChunkKey, None] = OrderedDict()
-        self.promote_queue: list[ChunkKey] = []
+        # chunk key -> True while it was only fetched ahead of a player, not yet played
+        self.played: OrderedDict[ChunkKey, bool] = OrderedDict()
+        self.promote_queue: list[tuple[ChunkKey, bool]] = []  # (key, ahead)
         self._drain_until: float | None = None
         self._scopes: set[trio.CancelScope] = set()
 
@@ -89,20 +94,24 @@ class WriteBehind:
             return
         self.counters.uncached += 1
 
-    def note_played(self, version: bytes, first: int, last: int) -> None:
-        """Chunks ``first..last`` of ``version`` were played: promote each once stored."""
-        self.protect([(version, n) for n in range(first, last + 1)])
+    def note_played(self, version: bytes, first: int, last: int, *, ahead: bool = False) -> None:
+        """Chunks ``first..last`` of ``version`` were played (``ahead``: fetched for a
+        player that has not reached them yet): promote each once stored."""
+        self.protect([(version, n) for n in range(first, last + 1)], ahead=ahead)
 
-    def protect(self, keys: list[ChunkKey], *, again: bool = False) -> None:
+    def protect(self, keys: list[ChunkKey], *, again: bool = False, ahead: bool = False) -> None:
         """Move these chunks (or pieces) to the protected segment once stored (``again``:
-        even those already marked, as tag reads ask for every time)."""
+        even those already marked, as tag reads ask for every time; ``ahead``: at its
+        least recently used end, see the module's docstring)."""
         fresh = False
         for key in keys:
-            if key in self.played and not again:
+            known = self.played.get(key)
+            if known is not None and not again and (ahead or not known):
                 self.played.move_to_end(key)
-                continue
-            self.played[key] = None
-            self.promote_queue.append(key)
+                continue  # already promoted as this (or better)
+            self.played[key] = ahead
+            self.played.move_to_end(key)
+            self.promote_queue.append((key, ahead))
             fresh = True
         while len(self.played) > PLAYED_MEMORY:
             self.played.popitem(last=False)
@@ -126,20 +135,25 @@ class WriteBehind:
                     self.pending -= sum(len(data) for _, _, data in batch)
                     self.progress.set()
                     self.progress = trio.Event()
-                played = [(v, n) for v, n, _ in batch if (v, n) in self.played]
+                # Those marked before they were stored could not be promoted then.
+                played = [((v, n), self.played[v, n]) for v, n, _ in batch if (v, n) in self.played]
                 promote, self.promote_queue = played + self.promote_queue, []
-                if promote:
-                    await self._promote(promote)
+                for ahead in (True, False):  # the played last: they end up the most recent
+                    keys = [key for key, was_ahead in promote if was_ahead is ahead]
+                    if keys:
+                        await self._promote(keys, ahead=ahead)
         finally:
             self.writing = False
 
-    async def _promote(self, keys: list[ChunkKey]) -> None:
+    async def _promote(self, keys: list[ChunkKey], *, ahead: bool) -> None:
         # Shielded like a batch of writes: the queue behind it gets its drain time too.
         scope = self._drain_scope()
         try:
             with scope:
                 await trio.to_thread.run_sync(
-                    self.store.promote, keys, limiter=self.limiter, abandon_on_cancel=True
+                    partial(self.store.promote, keys, ahead=ahead),
+                    limiter=self.limiter,
+                    abandon_on_cancel=True,
                 )
         except Exception as exc:  # protection is advisory: the bytes are all still there
             log.warning("cache: cannot mark %d played chunks protected: %s", len(keys), exc)

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import apsw
 
-from musicfs.catalog.db import Catalog, CatalogCorrupt, SchemaTooNew
+from musicfs.catalog.db import Catalog
+from musicfs.catalog.schema import CatalogCorrupt, SchemaTooNew
 
 log = logging.getLogger(__name__)
 

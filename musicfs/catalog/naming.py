@@ -156,23 +156,15 @@ class _Parser:
             c = self.s[self.i]
             if c in stop:
                 break
-            if c == "$":
-                if self.s.startswith("$$", self.i):
-                    buf.append("$")
-                    self.i += 2
-                    continue
-                flush()
-                nodes.append(self.field())
-            elif c == "%":
-                if self.s.startswith("%%", self.i):
-                    buf.append("%")
-                    self.i += 2
-                    continue
-                flush()
-                nodes.append(self.call())
-            else:
+            if c not in "$%":
                 buf.append(c)
                 self.i += 1
+            elif self.s.startswith(c + c, self.i):  # "$$", "%%": the character itself
+                buf.append(c)
+                self.i += 2
+            else:
+                flush()
+                nodes.append(self.field() if c == "$" else self.call())
         flush()
         return tuple(nodes)
 

@@ -21,8 +21,9 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
-from musicfs.catalog.db import Catalog, TreeState
+from musicfs.catalog.db import Catalog
 from musicfs.catalog.naming import Template
+from musicfs.catalog.published_tree import TreeState
 from musicfs.catalog.served import publish_state
 
 # The publisher's CPU priority below the daemon's (nice(2) increment).

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 
 import apsw
 
-from musicfs.catalog.db import Catalog, TreeState, read_track, read_tree_files, read_tree_state
+from musicfs.catalog.db import Catalog
 from musicfs.catalog.inodes import ROOT_INODE
 from musicfs.catalog.model import Track
 from musicfs.catalog.naming import Template
+from musicfs.catalog.published_tree import TreeState, read_tree_files, read_tree_state
+from musicfs.catalog.track_table import read_track
 from musicfs.catalog.tree import DIR_MODE, FILE_MODE, Node, TreeRow, place, tree_rows
 
 _COLUMNS = "ino, parent, name, track_id, size, mtime_ns, subdirs"

@@ -5,11 +5,13 @@
 * Credentials come from ``credentials_file`` (AWS INI format, section ``profile``) or the
   environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``),
   never from the URL, and never appear in logs or status.
-* Reads are ranged GETs; listing is paginated by the client; an object's ETag is its
-  version. The minio client blocks, so every call runs in a worker thread under a
-  limiter, with socket timeouts of ``timeouts.operation`` and no client-side retries (the
-  pool retries within the request's deadline); a trio caller whose deadline passes
-  abandons the thread rather than waiting for it.
+* Reads are ranged GETs, and a sequential run of them is served from one streaming GET
+  kept open (``s3_streams.py``; ``streams``, ``stream_after``, ``stream_idle``); listing
+  is paginated by the client; an object's ETag is its version, and the GETs of one read
+  carry ``If-Match`` so two versions never mix. The minio client blocks, so every call
+  runs in a worker thread under a limiter, with socket timeouts of ``timeouts.operation``
+  and no client-side retries (the pool retries within the request's deadline); a trio
+  caller whose deadline passes abandons the thread rather than waiting for it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import configparser
 import errno
 import logging
 import os
+import re
 import socket
 import ssl
 from collections.abc import Callable
@@ -31,6 +34,8 @@ from minio.error import InvalidResponseError, S3Error, ServerError
 
 from musicfs.failpoints import fail_point
 from musicfs.origins.base import Listing, OriginEntry, OriginError
+from musicfs.origins.s3_stream import Opened
+from musicfs.origins.s3_streams import Claim, StreamSettings, StreamTable
 from musicfs.origins.settings import OriginSettings, OriginTimeouts
 from musicfs.origins.urls import OriginConfigError, S3Address
 
@@ -41,6 +46,7 @@ MAX_THREADS = 8
 DEFAULT_ENDPOINT = "s3.amazonaws.com"
 # Health checks GET this (normally absent) key: any answer but an error means "serving".
 HEALTH_PROBE = ".musicfs-health-probe"
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 
 
 def _endpoint(settings: OriginSettings) -> tuple[str, bool]:
@@ -133,6 +139,16 @@ class S3Origin:
             region=settings.region or "us-east-1",
             http_client=http,
         )
+        self._streams = StreamTable(
+            name,
+            self._open_get,
+            StreamSettings(
+                streams=settings.streams,
+                stream_after=settings.stream_after,
+                stream_idle=settings.stream_idle,
+                timeout=self.timeout,
+            ),
+        )
 
     @property
     def name(self) -> str:
@@ -178,6 +194,8 @@ class S3Origin:
                 return err(errno.EACCES, f"credentials refused by the server ({code})", True)
             if code == "AccessDenied":
                 return err(errno.EACCES, "access denied by the server")
+            if code == "PreconditionFailed":  # If-Match: another version than the read's
+                return self._streams.changed("the server refused If-Match", path)
             return err(errno.EIO, f"S3 error {code}: {exc.message}")
         if isinstance(exc, ServerError):
             return err(errno.EIO, f"server error (HTTP {exc.status_code})")
@@ -221,7 +239,9 @@ class S3Origin:
     def _guard(self, fn: Callable[..., T], path: str | None, *args: Any) -> T:
         try:
             return fn(*args)
-        except OriginError:
+        except OriginError as exc:
+            if exc.path is None:
+                exc.path = path
             raise
         except (S3Error, ServerError, InvalidResponseError, urllib3.exceptions.HTTPError) as exc:
             raise self._error(exc, path) from None
@@ -232,34 +252,47 @@ class S3Origin:
 
     # -- the origin protocol -----------------------------------------------------------
 
-    def _read_sync(self, path: str, offset: int, length: int) -> bytes:
-        fail_point("origin.s3.read")
-        key = self._key(path)
+    def _open_get(
+        self, key: str, offset: int, length: int | None, if_match: str | None
+    ) -> Opened | None:
+        """A GET of ``length`` bytes at ``offset`` (None: to the end), of the version
+        ``if_match`` if given; None if ``offset`` is at or past the end."""
         try:
             response = self._client.get_object(
-                self.address.bucket, key, offset=offset, length=length
+                self.address.bucket,
+                key,
+                offset=offset,
+                length=length or 0,
+                request_headers={"If-Match": if_match} if if_match else None,
             )
         except S3Error as exc:
             if exc.code == "InvalidRange":
-                return b""  # at or past the end: what a short read at EOF looks like
+                return None  # at or past the end: what a short read at EOF looks like
             raise
+        body = _ResponseBody(response)
         try:
-            data = bytearray()
-            # Read in pieces so a server that stalls mid-body hits the socket timeout.
-            while len(data) < length:
-                piece = response.read(min(1 << 20, length - len(data)))
-                if not piece:
-                    break
-                data += piece
-            return bytes(data)
-        finally:
-            response.close()
-            response.release_conn()
+            start, end, size = _answered(response.headers)
+        except ValueError:
+            body.close()
+            raise OriginError(
+                errno.EIO, "the server's answer has no usable Content-Range", origin=self._name
+            ) from None
+        return Opened(body, start, end, size, response.headers.get("ETag"))
+
+    def _serve_sync(self, claim: Claim) -> bytes:
+        fail_point("origin.s3.read")
+        return self._streams.serve(claim)
 
     async def read(self, path: str, offset: int, length: int) -> bytes:
         if length <= 0:
             return b""
-        return await self._run(self._guard, self._read_sync, path, path, offset, length)
+        # Claimed here, in the order reads are asked for, so that consecutive ranges asked
+        # for at once queue on one stream in order (s3_streams.py).
+        claim = self._streams.claim(self._key(path), offset, length)
+        try:
+            return await self._run(self._guard, self._serve_sync, path, claim)
+        finally:
+            self._streams.settle(claim)
 
     def _entry(self, key: str, size: int | None, etag: str | None, modified: Any) -> OriginEntry:
         rel = key[len(self.address.prefix) :]
@@ -268,6 +301,7 @@ class S3Origin:
 
     def _stat_sync(self, path: str) -> OriginEntry:
         obj = self._client.stat_object(self.address.bucket, self._key(path))
+        self._streams.saw_version(self._key(path), obj.etag)
         return self._entry(
             obj.object_name or self._key(path), obj.size, obj.etag, obj.last_modified
         )
@@ -287,6 +321,7 @@ class S3Origin:
             if any(p in ("", ".", "..") for p in rel.split("/")):
                 log.warning("s3: origin=%s path=%r: unusable object name, skipped", self._name, rel)
                 continue
+            self._streams.saw_version(name, obj.etag)
             entries.append(self._entry(name, obj.size, obj.etag, obj.last_modified))
         return Listing(entries)
 
@@ -295,6 +330,7 @@ class S3Origin:
 
     def _check_sync(self) -> None:
         fail_point("origin.s3.check")
+        self._streams.sweep()  # health checks come every few seconds: idle streams go
         # A GET (unlike HEAD) returns an error body, so the server can say *why* it refuses
         # (NoSuchBucket, InvalidAccessKeyId, SignatureDoesNotMatch...). A missing probe
         # object is the healthy answer.
@@ -315,7 +351,36 @@ class S3Origin:
         await self._run(self._guard, self._check_sync, "")
 
     async def aclose(self) -> None:
+        self._streams.close_all()
         self._client._http.clear()
+
+
+class _ResponseBody:
+    """A GET's body; closing it also drops its connection (it may hold unread bytes)."""
+
+    def __init__(self, response: urllib3.BaseHTTPResponse):
+        self._response = response
+
+    def read(self, n: int) -> bytes:
+        return self._response.read(n)
+
+    def close(self) -> None:
+        self._response.close()
+        self._response.release_conn()
+
+
+def _answered(headers: Any) -> tuple[int, int, int]:
+    """(start, end, object size) of a GET's answer, from Content-Range (a range) or
+    Content-Length (the whole object). Raises ValueError if neither says."""
+    content_range = headers.get("Content-Range")
+    if content_range:
+        match = _CONTENT_RANGE.fullmatch(content_range.strip())
+        if match is None:
+            raise ValueError(content_range)
+        first, last, size = (int(g) for g in match.groups())
+        return first, last + 1, size
+    size = int(headers.get("Content-Length", ""))
+    return 0, size, size
 
 
 def _tls_reason(exc: BaseException) -> str:

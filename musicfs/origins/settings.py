@@ -35,6 +35,12 @@ class OriginSettings:
     credentials_file: Path | None = None  # AWS-style INI; default: environment variables
     profile: str = "default"
     ca_file: Path | None = None  # PEM bundle to trust for TLS; default: the system's CAs
+    # A sequential read is served from one streaming GET (origins/s3_streams.py): at most
+    # ``streams`` open at once (0: one ranged GET per read), opened once a run of
+    # consecutive reads reaches ``stream_after`` bytes, closed after ``stream_idle`` unused.
+    streams: int = 4
+    stream_after: int = 1024 * 1024
+    stream_idle: float = 10.0
 
 
 @dataclass(frozen=True)

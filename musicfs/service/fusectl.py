@@ -36,6 +36,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 from musicfs.fuse_settings import FUSE_KERNEL_BACKGROUND
 from musicfs.service.mounts import parse_mountinfo
@@ -228,27 +229,23 @@ def raise_limits(
     return Outcome(name, before, after, mounted_fusectl=mounted_fusectl, clamped=clamped)
 
 
+class KernelFiles(TypedDict, total=False):
+    """``raise_limits``'s keywords: where it reads and writes (tests give it a /sys and a
+    /proc of their own) and what it may do; each left out takes ``raise_limits``' default."""
+
+    root: Path
+    mountinfo: Path
+    parameters: Path
+    privileged: bool | None
+    may_mount: bool | None
+
+
 def tune_connection(
-    mountpoint: Path,
-    max_background: int,
-    *,
-    root: Path = CONNECTIONS,
-    mountinfo: Path = MOUNTINFO,
-    parameters: Path = MODULE_PARAMETERS,
-    privileged: bool | None = None,
-    may_mount: bool | None = None,
+    mountpoint: Path, max_background: int, **kernel: Unpack[KernelFiles]
 ) -> Outcome | None:
     """``raise_limits`` for the daemon: logs one line with the outcome (None on failure)."""
     try:
-        outcome = raise_limits(
-            mountpoint,
-            Limits.for_background(max_background),
-            root=root,
-            mountinfo=mountinfo,
-            parameters=parameters,
-            privileged=privileged,
-            may_mount=may_mount,
-        )
+        outcome = raise_limits(mountpoint, Limits.for_background(max_background), **kernel)
     except FusectlError as exc:
         log.warning(
             "fuse: cannot raise the kernel's limit of background reads (default %d): %s; "

@@ -47,11 +47,46 @@ def test_the_protected_segment_is_capped_and_demotes_its_oldest() -> None:
     assert ledger.segment_changes[bytes([0])] is False
 
 
+def test_chunks_fetched_ahead_of_a_player_go_before_the_played_ones() -> None:
+    ledger = ChunkLedger()
+    ledger.set_protected_cap(300)
+    played = [bytes([1, i]) for i in range(3)]
+    for digest in played:
+        ledger.add(digest, 100, protect=True)
+    ahead = bytes([2, 0])  # the next track's prefetch, past the cap
+    ledger.add(ahead, 100)
+    assert ledger.promote(ahead, ahead=True)
+    assert list(ledger.protected) == played  # the guess is demoted, not the music
+    assert list(ledger.probation) == [ahead]
+    ledger.set_protected_cap(400)
+    assert ledger.promote(ahead, ahead=True)
+    assert list(ledger.protected) == [ahead, *played]
+    assert ledger.promote(played[0], ahead=True)  # played already: it keeps its place
+    assert list(ledger.protected) == [ahead, *played]
+    assert ledger.promote(ahead)  # the player reached it: now the most recent
+    assert list(ledger.protected) == [*played, ahead]
+
+
+def test_a_chunk_marked_ahead_is_promoted_again_once_played(tmp_path: Path) -> None:
+    reader = CachingReader(new_store(tmp_path), TrackOrigin(tmp_path / "origin").fetch)
+    wb = reader.write_behind
+    wb.note_played(b"v", 0, 1, ahead=True)
+    wb.note_played(b"v", 1, 1, ahead=True)  # asked again: nothing new
+    wb.note_played(b"v", 1, 2)  # the player reads 1 and 2
+    wb.note_played(b"v", 2, 2, ahead=True)  # read ahead of a second handle: stays played
+    assert wb.promote_queue == [
+        ((b"v", 0), True),
+        ((b"v", 1), True),
+        ((b"v", 1), False),
+        ((b"v", 2), False),
+    ]
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from(["add", "hot", "touch", "promote", "forget", "pin", "cap"]),
+            st.sampled_from(["add", "hot", "touch", "promote", "ahead", "forget", "pin", "cap"]),
             st.integers(0, 15),
         ),
         max_size=80,
@@ -68,8 +103,8 @@ def test_the_account_stays_exact_whatever_happens(ops: list[tuple[str, int]]) ->
             sizes[digest] = 50 + i
         elif op == "touch":
             ledger.touch(digest, protect=i % 2 == 0)
-        elif op == "promote":
-            ledger.promote(digest)
+        elif op in ("promote", "ahead"):
+            ledger.promote(digest, ahead=op == "ahead")
         elif op == "forget":
             ledger.forget(digest)
             sizes.pop(digest, None)

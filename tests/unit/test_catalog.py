@@ -4,7 +4,8 @@ from pathlib import Path
 import apsw
 import pytest
 
-from musicfs.catalog.db import MIGRATIONS, Catalog, CatalogCorrupt, SchemaTooNew
+from musicfs.catalog.db import Catalog
+from musicfs.catalog.schema import MIGRATIONS, CatalogCorrupt, SchemaTooNew
 from musicfs.catalog.tags import Tags
 
 

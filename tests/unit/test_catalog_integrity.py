@@ -9,9 +9,10 @@ import apsw
 import pytest
 
 from musicfs import failpoints
-from musicfs.catalog.db import MIGRATIONS, Catalog, SchemaTooNew
+from musicfs.catalog.db import Catalog
 from musicfs.catalog.inodes import file_key
 from musicfs.catalog.integrity import check_catalog, open_catalog
+from musicfs.catalog.schema import MIGRATIONS, SchemaTooNew
 from musicfs.catalog.tags import Tags
 from musicfs.cli import main
 

@@ -147,7 +147,8 @@ def test_a_crash_while_building_a_new_tree_keeps_the_old_one_serving(tmp_path: P
         failpoints.set("tree.build", "panic")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(daemon.supervisor.run)
-            daemon.supervisor.start("sync", daemon._sync_loop, Policy.BEST_EFFORT)
+            assert daemon.sync_loop is not None
+            daemon.supervisor.start("sync", daemon.sync_loop.run, Policy.BEST_EFFORT)
             with trio.fail_after(10):
                 while daemon.supervisor.status()["sync"]["state"] != "failed":
                     await trio.sleep(0.01)

@@ -178,7 +178,8 @@ def test_a_smart_pin_takes_in_what_a_sync_adds(tmp_path: Path) -> None:
         async with running(small_cache(tmp_path, lib, max_size=10_000_000)) as daemon:
             manager = pins_of(daemon)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(daemon._sync_loop)  # the daemon's own sync -> pins path
+                assert daemon.sync_loop is not None
+                nursery.start_soon(daemon.sync_loop.run)  # the daemon's own sync -> pins path
                 await until(lambda: daemon.search.indexed_generation is not None)
                 await manager.add(PinSpec("query", 'artist:"Artist 1"'))
                 assert len(manager.plan.tracks) == 2

@@ -14,7 +14,7 @@ import pytest
 import tantivy
 import trio
 
-from musicfs import cli, search
+from musicfs import cli
 from musicfs.catalog.db import Catalog
 from musicfs.catalog.inodes import scratch_inodes
 from musicfs.catalog.model import Track
@@ -22,7 +22,15 @@ from musicfs.catalog.naming import DEFAULT_TEMPLATE, Template
 from musicfs.catalog.tags import Tags
 from musicfs.catalog.tree import Tree, build_tree
 from musicfs.origins.local import LocalOrigin
-from musicfs.search import QueryError, SearchIndex, SearchUnavailable, search_library
+from musicfs.search import (
+    QueryError,
+    SearchIndex,
+    SearchUnavailable,
+    documents,
+    marker,
+    search_library,
+)
+from musicfs.search.marker import MARKER
 from musicfs.sync import sync_origin
 from tests.support.library import make_library
 
@@ -152,30 +160,28 @@ def test_truncated_segment_file_triggers_rebuild(built: Path) -> None:
 
 
 def test_older_schema_version_triggers_rebuild(built: Path, monkeypatch) -> None:
-    monkeypatch.setattr(search, "SCHEMA_VERSION", search.SCHEMA_VERSION + 1)
+    monkeypatch.setattr(marker, "SCHEMA_VERSION", documents.SCHEMA_VERSION + 1)
     with SearchIndex(built) as index:
         stats = index.update(make_tree(LIBRARY))
         assert stats.rebuilt == (
-            f"schema version {search.SCHEMA_VERSION - 1}, this MusicFS writes "
-            f"{search.SCHEMA_VERSION}"
+            f"schema version {marker.SCHEMA_VERSION - 1}, this MusicFS writes "
+            f"{marker.SCHEMA_VERSION}"
         )
         assert len(paths(index, "aurora")) == 2
-    assert json.loads((built / search.MARKER).read_text()) == {
-        "schema_version": search.SCHEMA_VERSION
-    }
+    assert json.loads((built / MARKER).read_text()) == {"schema_version": marker.SCHEMA_VERSION}
 
 
 def test_changed_fields_under_the_same_version_trigger_rebuild(built: Path) -> None:
     """Someone changed the fields but forgot the version bump: tantivy's own schema check
     still catches it."""
-    marker = (built / search.MARKER).read_bytes()
+    marker = (built / MARKER).read_bytes()
     shutil.rmtree(built)
     built.mkdir()
     sb = tantivy.SchemaBuilder()
     sb.add_unsigned_field("id", stored=True, indexed=True, fast=True)
     sb.add_text_field("title", stored=True)
     tantivy.Index(sb.build(), str(built))
-    (built / search.MARKER).write_bytes(marker)
+    (built / MARKER).write_bytes(marker)
     with SearchIndex(built) as index:
         stats = index.update(make_tree(LIBRARY))
         assert stats.rebuilt is not None and "schema does not match" in stats.rebuilt
@@ -184,7 +190,7 @@ def test_changed_fields_under_the_same_version_trigger_rebuild(built: Path) -> N
 
 def test_interrupted_rebuild_is_redone(built: Path) -> None:
     """The marker is written last: a rebuild cut short before it is not trusted."""
-    (built / search.MARKER).unlink()
+    (built / MARKER).unlink()
     with SearchIndex(built) as index:
         stats = index.update(make_tree(LIBRARY))
         assert stats.rebuilt is not None and "marker" in stats.rebuilt

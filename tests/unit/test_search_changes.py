@@ -16,12 +16,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from musicfs import search
 from musicfs.catalog.db import Catalog
 from musicfs.catalog.naming import DEFAULT_TEMPLATE, Template
 from musicfs.catalog.served import ServedTree, publish
 from musicfs.catalog.tags import Tags
 from musicfs.search import SearchIndex
+from musicfs.search import documents as search_documents
+from musicfs.search.marker import MARKER
 from tests.unit.test_served_tree import files, upsert
 
 TEMPLATE = Template(DEFAULT_TEMPLATE)
@@ -29,12 +30,12 @@ TEMPLATE = Template(DEFAULT_TEMPLATE)
 
 def documents(tree: ServedTree) -> dict[int, int]:
     """What a walk of the whole tree puts in an index: track id -> digest."""
-    return {tid: digest for tid, digest, _ in search._documents(tree)}
+    return {tid: digest for tid, digest, _ in search_documents.documents(tree)}
 
 
 def held(index: SearchIndex) -> dict[int, int]:
     assert index._index is not None
-    return SearchIndex._committed_digests(index._index)
+    return search_documents.committed_digests(index._index)
 
 
 @given(files, st.lists(st.tuples(files, st.lists(st.integers(0, 40), max_size=8)), max_size=3))
@@ -116,7 +117,7 @@ def test_a_crash_between_the_commit_and_the_marker_is_made_good(tmp_path: Path) 
     _library(catalog, 1)
     with SearchIndex(tmp_path / "search") as index:
         index.update(publish(catalog, TEMPLATE))
-    marker = tmp_path / "search" / search.MARKER
+    marker = tmp_path / "search" / MARKER
     old = marker.read_text()
     _library(catalog, 2)
     with SearchIndex(tmp_path / "search") as index:

@@ -50,7 +50,8 @@ def test_unchanged_syncs_keep_the_tree_and_the_index(
             first = ops.tree
             caplog.clear()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(daemon._sync_loop)
+                assert daemon.sync_loop is not None
+                nursery.start_soon(daemon.sync_loop.run)
                 await syncs(daemon, 5)
                 # Five syncs found nothing new: the same snapshot object, no publish, and
                 # the search index was reconciled once (the first pass after start-up).
