@@ -14,7 +14,7 @@ Two access patterns differ and get different fetches:
   ``max_window`` chunks -- the way mountpoint-s3's prefetcher grows -- and is halved for
   every cursor when the bytes read ahead in memory pass the reader's budget. A window is
   refilled once half of it has been read, in one batch the reader fetches as one range
-  (``CachingReader._load_span``), not a chunk at a time.
+  (``ReadAhead``, ``readahead.py``), not a chunk at a time.
 
 Cursors are kept per file handle (two programs reading the same track do not break each
 other's streaks), at most ``MAX_CURSORS`` of them, least recently used dropped first.
@@ -65,6 +65,18 @@ class Planner:
         self.stream_after = stream_after
         self.max_window = max_window
         self._cursors: OrderedDict[tuple[bytes, object], Cursor] = OrderedDict()
+
+    def chunk_len(self, track_size: int, n: int) -> int:
+        """How long chunk ``n`` of a file of ``track_size`` bytes is (the last is short)."""
+        return min(self.chunk_size, track_size - n * self.chunk_size)
+
+    def piece_len(self, track_size: int, p: int) -> int:
+        return max(0, min(self.piece, track_size - p * self.piece))
+
+    def pieces_of(self, track_size: int, n: int) -> range:
+        """The piece numbers chunk ``n`` is made of."""
+        end = min(track_size, (n + 1) * self.chunk_size)
+        return range(n * self.chunk_size // self.piece, -(-end // self.piece))
 
     def cursor(self, version: bytes, handle: object) -> Cursor:
         key = (version, handle)

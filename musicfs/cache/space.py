@@ -14,7 +14,7 @@ import lmdb
 
 from musicfs.cache.disk import CacheDisk, remove_any
 from musicfs.cache.index import ChunkIndex
-from musicfs.cache.policy import ChunkLedger
+from musicfs.cache.policy import PROTECTED_SHARE, ChunkLedger
 from musicfs.failpoints import fail_point
 from musicfs.resources import describe
 
@@ -23,6 +23,18 @@ log = logging.getLogger(__name__)
 # Background eviction starts above HIGH and stops at LOW (fractions of the budget).
 HIGH_WATERMARK = 0.95
 LOW_WATERMARK = 0.85
+
+
+@dataclass
+class SpaceLimits:
+    """The store's size limits; a reload changes them in place (``reconfigure``)."""
+
+    max_size: int
+    min_free: int
+
+    def protected_cap(self) -> int:
+        """How many bytes the policy's protected segment may hold (``policy.py``)."""
+        return int(self.max_size * PROTECTED_SHARE)
 
 
 def budget(disk: CacheDisk, ledger: ChunkLedger, max_size: int, min_free: int) -> int:

@@ -166,7 +166,7 @@ def test_a_read_is_answered_before_the_rest_of_its_chunk_arrives(tmp_path: Path)
         assert ("t.flac", CS, CS // 4) in origin.fetches
         release.set()
         with trio.fail_after(5):
-            while reader._flights or reader.write_behind.writing:
+            while reader.flights or reader.write_behind.writing:
                 await trio.sleep(0.01)
         assert await trio.to_thread.run_sync(reader.store.has, track.version_key, 1)
 
@@ -183,7 +183,7 @@ def test_pieces_are_re_adopted_when_the_index_is_lost(tmp_path: Path) -> None:
         await reader.read(track, 0, 100)
         await reader.read(track, track.size - 50, 50)
         with trio.fail_after(5):
-            while reader._flights or reader.write_behind.writing:
+            while reader.flights or reader.write_behind.writing:
                 await trio.sleep(0.01)
 
     run(reader, body)

@@ -79,7 +79,7 @@ def test_playing_fetches_the_rest_of_the_track_then_the_next_one(tmp_path: Path)
         with trio.fail_after(10):
             while not all(stored(reader, first) + stored(reader, second)):
                 await trio.sleep(0.01)
-            while reader.write_behind.writing or reader._flights:
+            while reader.write_behind.writing or reader.flights:
                 await trio.sleep(0.01)
         assert not any(stored(reader, third))  # one track ahead, bounded
         assert reader.prefetch is not None and reader.prefetch.active() == []

@@ -16,7 +16,8 @@ import trio
 from musicfs import failpoints
 from musicfs.cache.chunkfile import HEADER_SIZE, chunk_hash
 from musicfs.cache.modes import CacheMode
-from musicfs.cache.reader import READAHEAD_IN_FLIGHT, CachingReader
+from musicfs.cache.readahead import READAHEAD_IN_FLIGHT
+from musicfs.cache.reader import CachingReader
 from musicfs.cache.store_lookup import STALLED_STORE_WAIT
 from musicfs.catalog.model import Track
 from musicfs.cli import format_cache
@@ -288,7 +289,7 @@ def test_a_stream_reads_ahead_in_spans_as_large_as_the_origin_delivers_quickly(
 
     async def stream(reader: CachingReader) -> None:
         assert await read_all(reader, origin, "t0.flac", PIECE) == content
-        limits.append(reader.span_limit())
+        limits.append(reader.fetcher.span_limit())
 
     reader = run(
         stream,
@@ -307,8 +308,8 @@ def test_a_stream_reads_ahead_in_spans_as_large_as_the_origin_delivers_quickly(
     assert reader.counters.readahead >= 2
 
     slow = CachingReader(new_store(tmp_path / "slow"), origin.fetch, part_bytes=CS // 2)  # type: ignore[arg-type]
-    slow._note_rate(CS, 10.0)  # 6.4 KB/s: a span would not finish in time
-    assert slow.span_limit() == CS // 2
+    slow.fetcher.note_rate(CS, 10.0)  # 6.4 KB/s: a span would not finish in time
+    assert slow.fetcher.span_limit() == CS // 2
 
 
 def test_read_ahead_spans_in_flight_stay_bounded(tmp_path: Path, origin: TrackOrigin) -> None:
@@ -758,7 +759,7 @@ def test_write_behind_holds_at_most_max_pending_bytes(tmp_path: Path, origin: Tr
             nursery.start_soon(watch)
             started = time.monotonic()
             assert await read_all(reader, origin, "t0.flac", CS) == origin.content["t0.flac"]
-            while reader._flights:  # reads are answered before their chunks are stored
+            while reader.flights:  # reads are answered before their chunks are stored
                 await trio.sleep(0.01)
             assert time.monotonic() - started < 10
             nursery.cancel_scope.cancel()
@@ -781,7 +782,7 @@ def test_a_reload_shrinks_the_cache_in_the_background(tmp_path: Path, origin: Tr
             while store.counters.stored < 11:  # write-behind catches up
                 await trio.sleep(0.02)
         await reader.reconfigure(CacheSettings(max_size=4 * CS, min_free=0, retry_interval=5))
-        assert reader.retry_interval == 5
+        assert reader.housekeeping.retry_interval == 5
         with trio.fail_after(10):
             while store.used > 4 * CS:
                 await trio.sleep(0.02)

@@ -425,7 +425,7 @@ def test_min_free_shrinks_the_budget_when_the_disk_fills(store: FaultyStore) -> 
         store.put(V1, i, chunk(i))
     before = store.used
     # Someone else fills the filesystem: one chunk's worth left, and 2 must stay free.
-    store.min_free = 2 * CS
+    store.limits.min_free = 2 * CS
     store.free_bytes = CS
     assert store.put(V1, 99, chunk(99)) is PutResult.STORED
     assert store.counters.evicted >= 2
@@ -440,7 +440,7 @@ def test_background_maintenance_evicts_down_to_the_low_watermark(
         for i in range(90):
             store.put(V1, i, chunk(i, CS // 4))
         before = store.used
-        store.max_size = before  # now over the high watermark
+        store.limits.max_size = before  # now over the high watermark
         caplog.set_level(logging.INFO, logger="musicfs.cache")
         store.maintain()
         assert store.used <= int(before * 0.85)
@@ -588,7 +588,7 @@ def test_still_full_after_eviction_means_degraded_until_a_write_succeeds(
 
 
 def test_no_room_at_all_is_degraded_not_an_error(store: FaultyStore) -> None:
-    store.min_free = 10 * CS
+    store.limits.min_free = 10 * CS
     store.free_bytes = CS
     assert store.put(V1, 0, chunk(0)) is PutResult.FULL
     assert store.mode == CacheMode.DEGRADED
@@ -597,7 +597,7 @@ def test_no_room_at_all_is_degraded_not_an_error(store: FaultyStore) -> None:
 def test_failed_index_commit_on_a_full_disk_is_retried_then_degraded(store: FaultyStore) -> None:
     store.put(V1, 0, chunk(0))
     store.free_bytes = 0  # LMDB reports ENOSPC as EIO: the store asks statvfs
-    store.min_free = 0
+    store.limits.min_free = 0
     failpoints.set("cas.index.before_commit", "error(EIO)")
     assert store.put(V1, 1, chunk(1)) is PutResult.FULL
     assert store.mode == CacheMode.DEGRADED
@@ -815,13 +815,10 @@ def test_lmdb_errors_in_lookups_mean_passthrough(store: FaultyStore) -> None:
         broken.lookup(V1, 0)
 
 
-class SmallMapStore(FaultyStore):
-    def _map_size(self) -> int:
-        return 40 * 4096  # an index sized for far fewer chunks than it is given
-
-
 def test_a_full_index_map_means_passthrough_then_a_larger_map(root: Path) -> None:
-    store = SmallMapStore(root, chunk_size=CS, max_size=2**30, min_free=0)
+    store = FaultyStore(root, chunk_size=CS, max_size=2**30, min_free=0)
+    # An index sized for far fewer chunks than it is given.
+    store.session.base_map_size = lambda: 40 * 4096  # type: ignore[method-assign]
     assert store.open() is not None
     try:
         skipped = 0

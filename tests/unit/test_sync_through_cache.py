@@ -8,7 +8,8 @@ from pathlib import Path
 
 import trio
 
-from musicfs.cache.reader import CachingReader, head_region
+from musicfs.cache.metadata_reads import head_region
+from musicfs.cache.reader import CachingReader
 from musicfs.cache.store import ChunkStore
 from musicfs.catalog.db import Catalog
 from musicfs.catalog.tags import Tags
