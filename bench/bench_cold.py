@@ -19,6 +19,10 @@ Rows (medians of ``MUSICFS_BENCH_REPEAT`` = 2 runs; page cache dropped before ea
 * the cold scan over a 100 Mbit/s link (``tc ... tbf``; ``MUSICFS_BENCH_SHAPED``, ``0``
   skips it).
 
+``MUSICFS_BENCH_COLD_ONLY=start`` measures only the track-start rows (time to first byte
+and the two throughputs), for work on the SFTP transport; ``MUSICFS_BENCH_TRANSPORTS``
+(say ``openssh,asyncssh``) measures those rows once per SFTP ``transport`` setting.
+
 Run: ``python -m bench cold``. Needs root, sshd, nft, tc, sshfs, ffmpeg/ffprobe.
 """
 
@@ -103,6 +107,36 @@ def _small_throughput(files: list[Path]) -> float:
     return nbytes / (time.perf_counter() - started) / 1e6
 
 
+def _scans(ours: MusicFS, run: Run, our_files, add) -> None:  # type: ignore[no-untyped-def]
+    """The first sync and the ffprobe scans (after it, again, and with the cache emptied)."""
+    shutil.rmtree(ours.base / "state", ignore_errors=True)  # a first mount
+    before = run.counter.bytes()
+    with ours.mount(fresh=True) as m:
+        files = our_files(m.path)
+        add("musicfs first sync MiB", (run.counter.bytes() - before) / MiB)
+        t, b = run.measure(scan, files)
+        add("musicfs scan after sync s", t)
+        add("musicfs scan after sync MiB", b)
+        add("musicfs second scan MiB", run.measure(scan, files)[1])
+    with ours.mount(fresh=True) as m:  # the cache emptied, the catalog kept
+        files = our_files(m.path)
+        t, b = run.measure(scan, files)
+        add("musicfs scan s", t)
+        add("musicfs scan MiB", b)
+
+
+def _track_start(peer: MusicFS, label: str, run: Run, our_files, add) -> None:  # type: ignore[no-untyped-def]
+    """Time to first byte and the two cold throughputs, each on a freshly emptied cache."""
+    for metric, fn, scale in (
+        ("ttfb ms", _ttfb, 1000.0),
+        ("MB/s", _throughput, 1.0),
+        ("small MB/s", _small_throughput, 1.0),
+    ):
+        with peer.mount(fresh=True) as m:
+            files = our_files(m.path)
+            add(f"{label} {metric}", run.measure(fn, files)[0] * scale)
+
+
 class Run:
     """One measurement against the server's byte counter."""
 
@@ -134,6 +168,10 @@ def main() -> Report:
         "The cold path over SFTP: scanner, first sync and track start against sshfs",
         setup={"tracks": len(lib_files), "bytes": total, "repeat": repeat, "shaped": rate},
     )
+    only_start = _env("MUSICFS_BENCH_COLD_ONLY", "") == "start"
+    transports = [t for t in _env("MUSICFS_BENCH_TRANSPORTS", "").split(",") if t]
+    if transports:
+        report.setup["transports"] = transports
     work = Path(tempfile.mkdtemp(prefix="musicfs-bench-cold-"))
     os.chmod(work, 0o755)
     samples: dict[str, list[float]] = {}
@@ -152,41 +190,34 @@ def main() -> Report:
             def our_files(mnt: Path) -> list[Path]:
                 return wait_for_tracks(mnt, len(lib_files))
 
+            # Each SFTP transport under test as its own peer; the first keeps the plain
+            # "musicfs" rows so reports compare across runs.
+            variants = [(ours, "musicfs")] + [
+                (MusicFS(f"musicfs-{t}", {**origin, "transport": t}, work), f"musicfs[{t}]")
+                for t in transports[1:]
+            ]
+            if transports:
+                ours.config.write_text(ours.config.read_text() + f'transport = "{transports[0]}"\n')
+            for peer, _ in variants if only_start else variants[1:]:
+                with peer.mount(fresh=True) as m:  # its first sync, before anything is timed
+                    our_files(m.path)
             for r in range(repeat):
                 log.info("run %d/%d", r + 1, repeat)
                 with theirs.mount(fresh=True) as m:
                     files = [m.path / rel for rel in rels]
-                    add("sshfs mutagen", run.measure(_mutagen_loop, files)[1])
-                    t, b = run.measure(scan, files)
-                    add("sshfs scan s", t)
-                    add("sshfs scan MiB", b)
+                    if not only_start:
+                        add("sshfs mutagen", run.measure(_mutagen_loop, files)[1])
+                        t, b = run.measure(scan, files)
+                        add("sshfs scan s", t)
+                        add("sshfs scan MiB", b)
                     add("sshfs ttfb ms", run.measure(_ttfb, files)[0] * 1000)
                     add("sshfs MB/s", run.measure(_throughput, files)[0])
                     add("sshfs small MB/s", run.measure(_small_throughput, files)[0])
-                shutil.rmtree(ours.base / "state", ignore_errors=True)  # a first mount
-                before = run.counter.bytes()
-                with ours.mount(fresh=True) as m:
-                    files = our_files(m.path)
-                    add("musicfs first sync MiB", (run.counter.bytes() - before) / MiB)
-                    t, b = run.measure(scan, files)
-                    add("musicfs scan after sync s", t)
-                    add("musicfs scan after sync MiB", b)
-                    add("musicfs second scan MiB", run.measure(scan, files)[1])
-                with ours.mount(fresh=True) as m:  # the cache emptied, the catalog kept
-                    files = our_files(m.path)
-                    t, b = run.measure(scan, files)
-                    add("musicfs scan s", t)
-                    add("musicfs scan MiB", b)
-                with ours.mount(fresh=True) as m:
-                    files = our_files(m.path)
-                    add("musicfs ttfb ms", run.measure(_ttfb, files)[0] * 1000)
-                with ours.mount(fresh=True) as m:
-                    files = our_files(m.path)
-                    add("musicfs MB/s", run.measure(_throughput, files)[0])
-                with ours.mount(fresh=True) as m:
-                    files = our_files(m.path)
-                    add("musicfs small MB/s", run.measure(_small_throughput, files)[0])
-            if rate != "0":
+                if not only_start:
+                    _scans(ours, run, our_files, add)
+                for peer, label in variants:
+                    _track_start(peer, label, run, our_files, add)
+            if rate != "0" and not only_start:
                 with shaped(ns, rate):
                     for r in range(repeat):
                         log.info("shaped run %d/%d", r + 1, repeat)
@@ -211,31 +242,45 @@ def main() -> Report:
             baseline_samples=samples[theirs_key] if theirs_key else None,
         )
 
-    row(
-        "first sync: bytes from the server (baseline: mutagen loop over sshfs)",
-        "musicfs first sync MiB",
-        "sshfs mutagen",
-        "MiB",
-    )
-    row(
-        "ffprobe scan right after the sync: bytes",
-        "musicfs scan after sync MiB",
-        "sshfs scan MiB",
-        "MiB",
-    )
-    row("ffprobe scan right after the sync: time", "musicfs scan after sync s", "sshfs scan s", "s")
-    row("second ffprobe scan: bytes", "musicfs second scan MiB", None, "MiB")
-    row("ffprobe scan, empty cache: bytes", "musicfs scan MiB", "sshfs scan MiB", "MiB")
-    row("ffprobe scan, empty cache: time", "musicfs scan s", "sshfs scan s", "s")
-    row("time to first byte (open + 128 KiB), cold", "musicfs ttfb ms", "sshfs ttfb ms", "ms")
-    row("cold sequential read (1 MiB reads)", "musicfs MB/s", "sshfs MB/s", "MB/s")
-    row(
-        "cold sequential read (32 KiB reads, as players read)",
-        "musicfs small MB/s",
-        "sshfs small MB/s",
-        "MB/s",
-    )
-    if rate != "0":
+    if not only_start:
+        row(
+            "first sync: bytes from the server (baseline: mutagen loop over sshfs)",
+            "musicfs first sync MiB",
+            "sshfs mutagen",
+            "MiB",
+        )
+        row(
+            "ffprobe scan right after the sync: bytes",
+            "musicfs scan after sync MiB",
+            "sshfs scan MiB",
+            "MiB",
+        )
+        row(
+            "ffprobe scan right after the sync: time",
+            "musicfs scan after sync s",
+            "sshfs scan s",
+            "s",
+        )
+        row("second ffprobe scan: bytes", "musicfs second scan MiB", None, "MiB")
+        row("ffprobe scan, empty cache: bytes", "musicfs scan MiB", "sshfs scan MiB", "MiB")
+        row("ffprobe scan, empty cache: time", "musicfs scan s", "sshfs scan s", "s")
+    for i, transport in enumerate(transports or [""]):
+        label = "musicfs" if i == 0 else f"musicfs[{transport}]"
+        named = f" ({transport} transport)" if transport else ""
+        row(
+            f"time to first byte (open + 128 KiB), cold{named}",
+            f"{label} ttfb ms",
+            "sshfs ttfb ms",
+            "ms",
+        )
+        row(f"cold sequential read (1 MiB reads){named}", f"{label} MB/s", "sshfs MB/s", "MB/s")
+        row(
+            f"cold sequential read (32 KiB reads, as players read){named}",
+            f"{label} small MB/s",
+            "sshfs small MB/s",
+            "MB/s",
+        )
+    if rate != "0" and not only_start:
         row(
             f"ffprobe scan, empty cache, {rate}: bytes",
             "shaped musicfs scan MiB",

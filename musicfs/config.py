@@ -23,7 +23,7 @@ from musicfs.cache.settings import CacheSettings
 from musicfs.catalog.naming import Template, TemplateError
 from musicfs.fuse_settings import FUSE_KERNEL_BACKGROUND, FUSE_SPARE_WORKERS, FuseSettings
 from musicfs.library_settings import LibrarySettings
-from musicfs.origins.settings import OriginSettings, OriginTimeouts
+from musicfs.origins.settings import SFTP_TRANSPORTS, OriginSettings, OriginTimeouts
 from musicfs.origins.urls import OriginURLError, default_name, validate_url
 from musicfs.pin_settings import PinSettings
 from musicfs.service.metrics_settings import MetricsSettings, parse_listen
@@ -273,6 +273,12 @@ def _int(value: Any) -> int:
     return value
 
 
+def _sftp_transport(value: Any) -> str:
+    if _str(value) not in SFTP_TRANSPORTS:
+        raise ValueError(f"expected one of {', '.join(SFTP_TRANSPORTS)}, got {value!r}")
+    return str(value)
+
+
 _ORIGIN: dict[str, Parser] = {
     "url": _str,
     "name": _str,
@@ -282,6 +288,7 @@ _ORIGIN: dict[str, Parser] = {
     "trust_on_first_use": _bool,
     "connections": _positive_int,
     "config_file": _path,
+    "transport": _sftp_transport,
     "endpoint": _str,
     "region": _str,
     "secure": _bool,

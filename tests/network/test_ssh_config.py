@@ -1,7 +1,7 @@
 """Layer 3: ``sftp://nas/...`` where ``nas`` is a ``Host`` alias in ``~/.ssh/config`` -- its
 HostName, Port, User, IdentityFile, IdentitiesOnly and a ProxyJump through a second sshd
 in another namespace, the NAS itself reachable only from the jump host -- with both host
-keys still verified against known_hosts."""
+keys still verified against known_hosts, with each transport (``openssh``, ``asyncssh``)."""
 
 from __future__ import annotations
 
@@ -110,7 +110,19 @@ def _home(
     return home
 
 
+TRANSPORTS = ("openssh", "asyncssh")
+_transport = [TRANSPORTS[0]]  # the one this test runs with (the fixture below sets it)
+
+
+@pytest.fixture(autouse=True, params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> Iterator[str]:
+    _transport[0] = request.param
+    yield request.param
+    _transport[0] = TRANSPORTS[0]
+
+
 def _origin(url: str, **settings: object) -> SFTPOrigin:
+    settings.setdefault("transport", _transport[0])
     o = open_origin(
         url,
         "nas",

@@ -7,7 +7,8 @@ from __future__ import annotations
 from asyncssh.encryption import get_default_encryption_algs
 
 from musicfs.config import OriginSettings, OriginTimeouts
-from musicfs.origins.sftp import PREFERRED_CIPHERS, SFTPOrigin
+from musicfs.origins.sftp import SFTPOrigin
+from musicfs.origins.sftp_asyncssh import PREFERRED_CIPHERS, AsyncsshTransport
 from musicfs.origins.urls import parse_sftp
 
 
@@ -15,9 +16,10 @@ def test_the_offered_ciphers_are_asyncssh_defaults_with_aes_gcm_first(tmp_path) 
     url = "sftp://music@nas.lan:2222/srv/music"
     config = tmp_path / "ssh_config"
     config.write_text("")
-    settings = OriginSettings(url=url, name="nas", config_file=config)
+    settings = OriginSettings(url=url, name="nas", config_file=config, transport="asyncssh")
     origin = SFTPOrigin("nas", parse_sftp(url), settings, OriginTimeouts())
-    offered = origin._connect_options(origin._resolve())["encryption_algs"]
+    assert isinstance(origin.transport, AsyncsshTransport)
+    offered = origin.transport.options(origin._resolve())["encryption_algs"]
     assert offered == list(PREFERRED_CIPHERS)
     defaults = {alg.decode() for alg in get_default_encryption_algs()}
     assert set(offered) == defaults

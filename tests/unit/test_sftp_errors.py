@@ -30,6 +30,6 @@ def test_connect_errors_map_to_a_connection_errno(raised: OSError, expected: int
     origin = SFTPOrigin(
         "nas", parse_sftp(url), OriginSettings(url=url, name="nas"), OriginTimeouts()
     )
-    err = origin._connect_error(raised, None)
+    err = origin.errors.connect_error(raised)
     assert err.errno == expected, err
     assert err.origin == "nas" and "nas.lan:2222" in str(err)
