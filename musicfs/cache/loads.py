@@ -48,7 +48,7 @@ class ChunkLoads:
         pieces the range touches are loaded."""
         version = track.version_key
         key = (version, n)
-        chunk = self.parts.memory.get(key)
+        chunk = self.parts.at_hand(key)
         if chunk is not None:
             self.parts.counters.memory_hits += 1
             return chunk[lo:hi], False
@@ -64,7 +64,7 @@ class ChunkLoads:
         missing: dict[int, Flight] = {}
         for p in range(p_first, p_last + 1):
             pkey = (version, piece_key(p))
-            data = self.parts.memory.get(pkey)
+            data = self.parts.at_hand(pkey)
             if data is not None:
                 got.append(data)
                 continue

@@ -31,5 +31,13 @@ class ReadParts:
     counters: ReaderCounters
 
     def busy(self, key: tuple[bytes, int]) -> bool:
-        """In memory or in flight already: no load to start for it."""
-        return key in self.memory or key in self.flights
+        """In memory, in flight or on its way to the store already: no load to start."""
+        return (
+            key in self.memory or key in self.flights or self.write_behind.unstored(key) is not None
+        )
+
+    def at_hand(self, key: tuple[bytes, int]) -> bytes | None:
+        """Verified bytes for ``key`` without the disk: the memory cache's, or those
+        waiting in the write queue (``write_behind.py``)."""
+        data = self.memory.get(key)
+        return data if data is not None else self.write_behind.unstored(key)

@@ -247,10 +247,14 @@ class CachingReader:
             self.prefetch.moved(track, handle)  # a seek: what was fetched ahead is moot
         streak = cursor.streak  # as of this read: concurrent reads move the cursor on
         streaming = self.planner.streaming(cursor) and handle is not METADATA_HANDLE
-        if streaming:
-            self.planner.ensure_window(cursor)
         cs = self.store.chunk_size
         first, last = offset // cs, (end - 1) // cs
+        if streaming:
+            self.planner.ensure_window(cursor)
+            if not self.parts.busy((track.version_key, first)):
+                # Nothing has started this chunk (the stream just began, or read-ahead
+                # fell behind): it and the next are fetched as one range.
+                self.readahead.start(track, cursor, first, with_last=True)
         served: list[bytes] = []
         waited = False
         for n in range(first, last + 1):

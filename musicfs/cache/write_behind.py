@@ -12,6 +12,9 @@ one origin round trip, not an origin round trip plus an fsync.
   chunks fetched *ahead* of a player (read-ahead, prefetch of the next track) enter it as
   its least valuable until the player reaches them: a guess about what comes next must
   not push out what was actually played;
+* a chunk queued or being written is still served from here (``unstored``): one
+  fetched ahead into the store only (prefetch), or dropped from the memory cache before
+  the player reached it, is not fetched from the origin again while the disk catches up;
 * on shutdown, queued writes get ``drain_timeout`` to finish (``begin_drain``): the store
   is crash-consistent without them, they only save fetching the chunks again.
 """
@@ -61,7 +64,9 @@ class WriteBehind:
         self.nursery: trio.Nursery | None = None  # the owner's background nursery
         self.limiter = trio.CapacityLimiter(1)  # batches are written one after another
         self.queue: list[tuple[bytes, int, bytes]] = []
+        self._unstored: dict[ChunkKey, bytes] = {}  # what is queued or being written
         self.pending = 0  # bytes queued or being written
+        self.waiting = 0  # bytes of chunks waiting for room in the queue
         self.progress = trio.Event()  # set (and replaced) after every batch
         self.writing = False
         # chunk key -> True while it was only fetched ahead of a player, not yet played
@@ -87,12 +92,22 @@ class WriteBehind:
             return
         with trio.move_on_after(math.inf if patient else self.put_wait):
             while self.pending and self.pending + len(data) > self.max_pending_bytes:
-                await self.progress.wait()
+                self.waiting += len(data)
+                try:
+                    await self.progress.wait()
+                finally:
+                    self.waiting -= len(data)
             self.queue.append((version, n, data))
+            self._unstored[version, n] = data
             self.pending += len(data)
             self.kick()
             return
         self.counters.uncached += 1
+
+    def unstored(self, key: ChunkKey) -> bytes | None:
+        """The bytes of chunk (or piece) ``key`` if they are queued or being written: the
+        same verified bytes the memory cache would hold."""
+        return self._unstored.get(key)
 
     def note_played(self, version: bytes, first: int, last: int, *, ahead: bool = False) -> None:
         """Chunks ``first..last`` of ``version`` were played (``ahead``: fetched for a
@@ -133,6 +148,9 @@ class WriteBehind:
                         await self._put_batch(batch)
                 finally:
                     self.pending -= sum(len(data) for _, _, data in batch)
+                    for v, n, data in batch:
+                        if self._unstored.get((v, n)) is data:
+                            del self._unstored[v, n]
                     self.progress.set()
                     self.progress = trio.Event()
                 # Those marked before they were stored could not be promoted then.

@@ -804,3 +804,61 @@ def test_status_line_for_musicfs_status(tmp_path: Path, origin: TrackOrigin) -> 
 
     store = new_store(tmp_path)
     run(body, store, origin)
+
+
+def test_a_stream_fetches_the_rest_of_its_chunk_and_the_next_in_one_range(
+    tmp_path: Path, origin: TrackOrigin
+) -> None:
+    """The read that makes a cursor streaming finds its chunk unstarted: what is left of
+    it and the next chunk come in one origin range, not in parts and then a read-ahead."""
+    track = origin.tracks["t0.flac"]
+    content = origin.content["t0.flac"]
+
+    async def body(reader: CachingReader) -> None:
+        for offset in range(0, 3 * PIECE, PIECE):  # a scanner-sized run: pieces only
+            assert await reader.read(track, offset, PIECE) == content[offset : offset + PIECE]
+        assert all(length == PIECE for _, _, length in origin.fetches)
+        # The fourth read makes it a stream: the rest of chunk 0 and chunk 1 at once.
+        assert await reader.read(track, 3 * PIECE, PIECE) == content[3 * PIECE : 4 * PIECE]
+        assert origin.fetches[3] == ("t0.flac", 3 * PIECE, 2 * CS - 3 * PIECE)
+        assert await read_all(reader, origin, "t0.flac", PIECE) == content
+
+    run(body, new_store(tmp_path), origin, background=True, readahead_after=4 * PIECE)
+
+
+def test_read_ahead_goes_on_while_the_cache_disk_catches_up(
+    tmp_path: Path, origin: TrackOrigin
+) -> None:
+    """A slow cache disk holds fetched chunks waiting for room in the write queue; a
+    read-ahead span's origin slot is free once its bytes have arrived, not once the queue
+    has taken them -- and a chunk waiting in the queue is served from it, not fetched
+    again when the memory cache has dropped it."""
+    track = origin.tracks["t0.flac"]
+    content = origin.content["t0.flac"]
+
+    async def body(reader: CachingReader) -> None:
+        failpoints.set("cas.put.before_commit", "sleep(1000)")  # every batch: 1 s
+        for offset in range(0, 3 * CS, PIECE):  # a stream: chunk 0 read, 1-2 read ahead
+            assert await reader.read(track, offset, PIECE) == content[offset : offset + PIECE]
+        with trio.fail_after(0.8):  # well before the disk has written the first batch
+            while reader.write_behind.waiting == 0:  # a read-ahead chunk waits for room
+                await trio.sleep(0.01)
+        assert reader.readahead.pending == 0  # the origin slots are free again
+        # Chunk 0 dropped from memory (2 chunks of it), not stored yet: from the queue.
+        assert (track.version_key, 0) not in reader.memory
+        fetched = len(origin.fetches)
+        assert await reader.read(track, 0, CS) == content[:CS]
+        assert len(origin.fetches) == fetched
+        failpoints.clear()
+
+    reader = run(
+        body,
+        new_store(tmp_path),
+        origin,
+        background=True,
+        readahead_after=PIECE,
+        memory_bytes=2 * CS,
+        max_pending_bytes=CS,
+        put_wait=5.0,
+    )
+    assert reader.counters.origin_bytes <= 5 * CS  # nothing fetched twice
