@@ -303,7 +303,7 @@ def _million(report: Report, work: Path, count: int) -> None:
     from musicfs.catalog.naming import Template
     from musicfs.catalog.publish_process import publish_in_child
     from musicfs.catalog.served import ServedTree
-    from musicfs.fuse_ops import GIL_SWITCH_INTERVAL
+    from musicfs.fuse.operations import GIL_SWITCH_INTERVAL
 
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)  # as the daemon runs
     state = work / "big"

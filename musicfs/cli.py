@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="repair the cache: rebuild its index, quarantine bad chunks (daemon stopped)",
     )
 
-    from musicfs.pin_parsers import add_parsers as add_pin_parsers
+    from musicfs.pins.parsers import add_parsers as add_pin_parsers
 
     add_pin_parsers(sub, _common)
 
@@ -144,7 +144,7 @@ async def _scan(settings: Settings, prune: bool = False) -> int:
     import trio
 
     from musicfs.catalog.integrity import open_catalog
-    from musicfs.library import SyncCoordinator, open_pool
+    from musicfs.library.coordinator import SyncCoordinator, open_pool
 
     catalog, _ = await trio.to_thread.run_sync(open_catalog, settings.catalog_path)
     library = SyncCoordinator(settings, catalog, open_pool(settings))
@@ -378,7 +378,7 @@ def format_status(status: dict[str, Any]) -> str:
             f"  task {name} ({task['policy']}): {task['state']}, {task['restarts']} restarts{extra}"
         )
     if isinstance(status.get("pins"), dict):
-        from musicfs.pin_commands import format_pins
+        from musicfs.pins.commands import format_pins
 
         lines.append(format_pins(status["pins"]))
     fuse = status.get("fuse")
@@ -428,8 +428,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_pin(args: argparse.Namespace) -> int:
-    """``pin``, ``unpin`` and ``pins`` (musicfs/pin_commands.py)."""
-    from musicfs import pin_commands
+    """``pin``, ``unpin`` and ``pins`` (musicfs/pins/commands.py)."""
+    from musicfs.pins import commands as pin_commands
 
     commands = {
         "pin": pin_commands.cmd_pin,

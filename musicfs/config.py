@@ -21,11 +21,11 @@ from typing import Any
 
 from musicfs.cache.settings import CacheSettings
 from musicfs.catalog.naming import Template, TemplateError
-from musicfs.fuse_settings import FUSE_KERNEL_BACKGROUND, FUSE_SPARE_WORKERS, FuseSettings
-from musicfs.library_settings import LibrarySettings
+from musicfs.fuse.settings import FUSE_KERNEL_BACKGROUND, FUSE_SPARE_WORKERS, FuseSettings
+from musicfs.library.settings import LibrarySettings
 from musicfs.origins.settings import SFTP_TRANSPORTS, OriginSettings, OriginTimeouts
 from musicfs.origins.urls import OriginURLError, default_name, validate_url
-from musicfs.pin_settings import PinSettings
+from musicfs.pins.settings import PinSettings
 from musicfs.service.metrics_settings import MetricsSettings, parse_listen
 
 __all__ = [

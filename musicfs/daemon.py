@@ -41,10 +41,11 @@ from musicfs.cache.reader import CachingReader
 from musicfs.cache.store import ChunkStore
 from musicfs.catalog.model import Track
 from musicfs.config import Settings
-from musicfs.fuse_ops import GIL_SWITCH_INTERVAL, MusicOperations
-from musicfs.fuse_search import SearchFolder
-from musicfs.library import SyncCoordinator, open_pool
-from musicfs.pin_manager import PinManager
+from musicfs.fuse.operations import GIL_SWITCH_INTERVAL, MusicOperations
+from musicfs.fuse.search_folder import SearchFolder
+from musicfs.library.coordinator import SyncCoordinator, open_pool
+from musicfs.library.sync_loop import SyncLoop
+from musicfs.pins.manager import PinManager
 from musicfs.private import tighten
 from musicfs.resources import leaves
 from musicfs.search import SearchIndex
@@ -65,7 +66,6 @@ from musicfs.service.status import DaemonState
 from musicfs.service.stores import check_after_mount, open_stores
 from musicfs.service.supervisor import Supervisor
 from musicfs.service.watchdog import Watchdog
-from musicfs.sync_loop import SyncLoop
 
 log = logging.getLogger(__name__)
 

@@ -297,7 +297,7 @@ class CachingReader:
     async def warm(self, track: Track, n: int) -> None:
         """Make sure chunk ``n`` of ``track`` is fetched whole, verified and queued for the
         store like any read's -- but without counting as a stream, so it starts no
-        read-ahead or prefetch (pins pace their own fetching, ``musicfs/pins.py``)."""
+        read-ahead or prefetch (pins pace their own fetching, ``musicfs/pins/selection.py``)."""
         size = self.planner.chunk_len(track.size, n)
         if size > 0:
             await self.loads.range(track, n, 0, size, whole=True)

@@ -1,6 +1,6 @@
 """What the store keeps longer: chunks promoted to the policy's protected segment (played,
 or fetched ahead of a player; ``policy.py``) and chunks pinned against eviction (the pins'
-truth is the catalog, ``musicfs/pins.py``; the index holds their counts)."""
+truth is the catalog, ``musicfs/pins/selection.py``; the index holds their counts)."""
 
 from __future__ import annotations
 

@@ -98,6 +98,11 @@ class StorePut:
             try:
                 need = sum(HEADER_SIZE + len(d) for _, _, d in fresh.values())
                 self.space.make_room_locked(need, hard=False)
+                if any(d not in fresh and d not in self.parts.ledger for _, _, d, _ in hashed):
+                    # The room made evicted bytes the batch maps again (deduplicated):
+                    # mapped now, they would point at a file just deleted. One by one,
+                    # each is stored again where it is no longer there.
+                    return [self._put_one(*item) for item in hashed]
                 self.parts.disk.write_chunks(
                     [
                         (digest, self._header(version, n, len(data)), data)

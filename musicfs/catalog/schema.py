@@ -66,7 +66,7 @@ def _migrate_0_to_1(db: apsw.Connection) -> None:
 
 def _migrate_1_to_2(db: apsw.Connection) -> None:
     # A pin is kept as the query (or mounted path) the user typed, not as a list of
-    # tracks: it is re-evaluated after every sync ("smart pin", musicfs/pins.py).
+    # tracks: it is re-evaluated after every sync ("smart pin", musicfs/pins/selection.py).
     db.execute(
         """
         CREATE TABLE pins(

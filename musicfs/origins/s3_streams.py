@@ -108,6 +108,7 @@ class StreamTable:
         self.clock = clock
         self._cond = threading.Condition()
         self._keys: dict[str, _Key] = {}
+        self._swept = clock()
         self.gets = 0  # GET requests sent (ranged and streaming)
 
     # -- claiming (the caller's thread, in request order) ------------------------------
@@ -115,7 +116,9 @@ class StreamTable:
     def claim(self, key: str, offset: int, length: int) -> Claim:
         with self._cond:
             now = self.clock()
-            claim = Claim(key, offset, length, to_close=self._sweep(now))
+            # Swept now and then, not per read: a scanner leaves thousands of keys here.
+            due = now - self._swept >= min(1.0, self.settings.stream_idle)
+            claim = Claim(key, offset, length, to_close=self._sweep(now) if due else [])
             state = self._keys.setdefault(key, _Key(self.settings.stream_after))
             state.last_used = now
             start = state.note(offset, length)
@@ -318,6 +321,7 @@ class StreamTable:
         return sum(len(s.streams) for s in self._keys.values())
 
     def _sweep(self, now: float) -> list[Stream]:
+        self._swept = now
         to_close: list[Stream] = []
         idle = self.settings.stream_idle
         for key, state in list(self._keys.items()):

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from musicfs.library.sync_loop import SyncLoop
 from musicfs.service import status
 from musicfs.service.notify import Notifier, watchdog_interval
 from musicfs.service.status import Running
 from musicfs.service.supervisor import Policy
 from musicfs.service.watchdog import Watchdog, probe_mount
-from musicfs.sync_loop import SyncLoop
 
 
 class Serving(Running, Protocol):

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import trio
 
 from musicfs.config import Settings
-from musicfs.pin_manager import PinManager, control_handlers
+from musicfs.pins.manager import PinManager, control_handlers
 from musicfs.search import QueryError, SearchIndex
 from musicfs.service import control, registry
 from musicfs.service.crashlog import named_task

@@ -18,8 +18,8 @@ import pyfuse3
 import trio
 
 from musicfs.backoff import RestartBackoff
-from musicfs.fuse_ops import FuseCounters, MusicOperations, mount_options
-from musicfs.fuse_settings import FUSE_KERNEL_BACKGROUND
+from musicfs.fuse.operations import FuseCounters, MusicOperations, mount_options
+from musicfs.fuse.settings import FUSE_KERNEL_BACKGROUND
 from musicfs.resources import only_shortage
 from musicfs.service.fusectl import Outcome, tune_connection
 from musicfs.service.mounts import MountpointError, lazy_unmount
@@ -135,7 +135,7 @@ class FuseSession:
         A new pyfuse3 worker allocates its request buffer (about 1 MiB) on its first
         request; when that fails, pyfuse3.main raises ENOMEM and takes every worker with
         it. The session and its queued requests survive, and the requests in flight were
-        answered EIO (``fuse_ops`` answers a cancelled request), so serving resumes once
+        answered EIO (``fuse.operations`` answers a cancelled request), so serving resumes once
         memory is back instead of the daemon dying and leaving a dead mount behind.
         Anything else still ends the daemon."""
         backoff = RestartBackoff(RESTART_FIRST_PAUSE, RESTART_MAX_PAUSE, calm=RESTART_CALM)

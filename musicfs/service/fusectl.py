@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict, Unpack
 
-from musicfs.fuse_settings import FUSE_KERNEL_BACKGROUND
+from musicfs.fuse.settings import FUSE_KERNEL_BACKGROUND
 from musicfs.service.mounts import parse_mountinfo
 
 log = logging.getLogger(__name__)

@@ -12,9 +12,9 @@ import trio
 
 from musicfs.cache.reader import CachingReader
 from musicfs.config import ConfigError, Settings
-from musicfs.fuse_ops import MusicOperations
-from musicfs.library import SyncCoordinator, open_pool
-from musicfs.pin_manager import PinManager
+from musicfs.fuse.operations import MusicOperations
+from musicfs.library.coordinator import SyncCoordinator, open_pool
+from musicfs.pins.manager import PinManager
 from musicfs.service.notify import Notifier
 from musicfs.service.supervisor import Policy, Supervisor
 

@@ -14,7 +14,7 @@ import trio
 from musicfs.cache.reader import CachingReader
 from musicfs.catalog import clean_close
 from musicfs.catalog.db import Catalog
-from musicfs.library import SyncCoordinator
+from musicfs.library.coordinator import SyncCoordinator
 from musicfs.search import SearchIndex
 from musicfs.service.fuse_session import FuseSession
 from musicfs.service.notify import Notifier

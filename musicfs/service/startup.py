@@ -6,9 +6,9 @@ import errno
 from collections.abc import Callable
 
 from musicfs.catalog.db import Catalog
+from musicfs.library.sync import identity_key, origin_identity
 from musicfs.origins.local import LocalOrigin
 from musicfs.origins.pool import OriginPool
-from musicfs.sync import identity_key, origin_identity
 
 
 class StartupError(Exception):

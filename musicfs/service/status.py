@@ -12,9 +12,9 @@ from typing import Any, Protocol
 import trio
 
 from musicfs.cache.reader import CachingReader
-from musicfs.fuse_ops import MusicOperations
-from musicfs.library import SyncCoordinator
-from musicfs.pin_manager import PinManager
+from musicfs.fuse.operations import MusicOperations
+from musicfs.library.coordinator import SyncCoordinator
+from musicfs.pins.manager import PinManager
 from musicfs.resources import describe
 from musicfs.service.fuse_session import FuseSession
 from musicfs.service.metrics import Snapshot

@@ -13,9 +13,9 @@ import trio
 from musicfs.catalog.db import Catalog
 from musicfs.catalog.tags import Tags
 from musicfs.config import OriginSettings, OriginTimeouts
+from musicfs.library.sync import sync_origin
 from musicfs.origins.base import Listing, Origin, OriginEntry
 from musicfs.origins.open import open_origin
-from musicfs.sync import sync_origin
 from tests.support.library import make_library, tagged_file
 from tests.support.netns import S3Server, SSHServer
 

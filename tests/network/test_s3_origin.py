@@ -278,7 +278,7 @@ def test_kill_server_mid_read(s3: S3Server, bucket: str, monkeypatch) -> None:  
     ],
 )
 def test_bad_s3_settings_are_config_errors(origin_cfg: dict[str, Any], message: str) -> None:
-    from musicfs.library import open_pool
+    from musicfs.library.coordinator import open_pool
 
     with pytest.raises(ConfigError) as info:
         open_pool(settings_from_dict({"origin": [origin_cfg]}))

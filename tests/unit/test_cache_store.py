@@ -522,6 +522,26 @@ def test_a_batch_makes_room_for_itself(root: Path) -> None:
         store.close()
 
 
+def test_a_batch_that_evicts_a_chunk_it_maps_again_stores_it_again(root: Path) -> None:
+    """A batch holding bytes already stored (another version's chunk, deduplicated) and
+    new ones: the room made for the new ones may evict those bytes, and the batch must
+    not then map its chunk to a file it just deleted."""
+    store = make_store(root, max_size=8 * CS)
+    try:
+        for i in range(7):
+            store.put(V1, i, chunk(i))  # chunk 0 is the least recently used: evicted first
+        batch = [(V2, 0, chunk(0)), (V2, 1, chunk(50)), (V2, 2, chunk(51))]
+        assert PutResult.FULL not in store.put_many(batch)
+        assert store.get(V1, 0, CS) is None  # evicted for the batch
+        assert [store.get(V2, i, CS) for i in range(3)] == [chunk(0), chunk(50), chunk(51)]
+        assert store.counters.missing_files == 0
+        assert store.index is not None
+        blobs, _ = store.index.all_blobs()
+        assert all(store.chunk_path(digest).exists() for digest in blobs)
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EDQUOT])
 def test_a_batch_on_a_full_disk_is_degraded_until_a_write_succeeds(
     store: FaultyStore, err: int

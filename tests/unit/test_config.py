@@ -151,7 +151,7 @@ def test_bad_mountpoints_exit_2(tmp_path: Path, capsys, problem: str) -> None:
 
 
 def test_origin_timeouts_and_priorities(tmp_path: Path) -> None:
-    from musicfs.library import open_pool
+    from musicfs.library.coordinator import open_pool
 
     s = load_config(
         write(

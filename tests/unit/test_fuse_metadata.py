@@ -10,7 +10,7 @@ import pyfuse3
 import pytest
 import trio
 
-from musicfs.fuse_ops import BLOCK_SIZE
+from musicfs.fuse.operations import BLOCK_SIZE
 from tests.support.inprocess import running, settings_for
 from tests.support.library import make_library
 

@@ -22,12 +22,12 @@ COMPONENTS = (
     "musicfs.cache",
     "musicfs.origins",
     "musicfs.catalog",
-    "musicfs.fuse_ops",
-    "musicfs.fuse_search",
-    "musicfs.fuse_settings",
+    "musicfs.fuse.operations",
+    "musicfs.fuse.search_folder",
+    "musicfs.fuse.settings",
     "musicfs.search",
-    "musicfs.sync",
-    "musicfs.library_settings",
+    "musicfs.library.sync",
+    "musicfs.library.settings",
 )
 UPPER = ("musicfs.config", "musicfs.service", "musicfs.daemon", "musicfs.cli")
 
@@ -153,11 +153,11 @@ SMALL_CLASSES = (
     "musicfs.catalog",
     "musicfs.config",
     "musicfs.daemon",
+    "musicfs.fuse",
     "musicfs.library",
+    "musicfs.pins",
     "musicfs.search",
     "musicfs.service",
-    "musicfs.sync",
-    "musicfs.sync_loop",
 )
 MAX_CLASS_LINES = 300
 

@@ -17,7 +17,7 @@ from musicfs.cache.modes import CacheMode
 from musicfs.cache.reader import ReaderCounters, ReaderStatistics
 from musicfs.cache.store import StoreCounters, StoreStatistics
 from musicfs.config import ConfigError, load_config
-from musicfs.fuse_ops import FuseCounters
+from musicfs.fuse.operations import FuseCounters
 from musicfs.origins.health import Mode
 from musicfs.origins.pool import PoolCounters, PoolStatistics
 from musicfs.service.fuse_session import FuseStatistics

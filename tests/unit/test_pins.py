@@ -20,8 +20,8 @@ from musicfs.catalog.tags import Tags
 from musicfs.catalog.tree import Tree
 from musicfs.config import CacheSettings, Settings
 from musicfs.daemon import Daemon
-from musicfs.pin_manager import PinManager
-from musicfs.pins import (
+from musicfs.pins.manager import PinManager
+from musicfs.pins.selection import (
     Pin,
     PinError,
     PinRefused,

@@ -20,7 +20,7 @@ from musicfs.catalog.publish_process import (
 )
 from musicfs.catalog.served import ServedTree, publish
 from musicfs.catalog.tags import Tags
-from musicfs.library import SyncCoordinator, open_pool
+from musicfs.library.coordinator import SyncCoordinator, open_pool
 from tests.support.inprocess import settings_for
 from tests.support.library import make_library
 from tests.unit.test_served_tree import shape, upsert

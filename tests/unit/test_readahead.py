@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from musicfs.fuse_settings import FuseSettings
+from musicfs.fuse.settings import FuseSettings
 from musicfs.service.readahead import set_read_ahead, tune_read_ahead
 
 MNT = Path("/srv/my music")

@@ -21,6 +21,7 @@ from musicfs.catalog.model import Track
 from musicfs.catalog.naming import DEFAULT_TEMPLATE, Template
 from musicfs.catalog.tags import Tags
 from musicfs.catalog.tree import Tree, build_tree
+from musicfs.library.sync import sync_origin
 from musicfs.origins.local import LocalOrigin
 from musicfs.search import (
     QueryError,
@@ -31,7 +32,6 @@ from musicfs.search import (
     search_library,
 )
 from musicfs.search.marker import MARKER
-from musicfs.sync import sync_origin
 from tests.support.library import make_library
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from musicfs.catalog.inodes import ROOT_INODE
 from musicfs.catalog.tree import Tree
 from musicfs.daemon import Daemon
-from musicfs.fuse_search import SEARCH_INODE, SearchFolder, entry_name
+from musicfs.fuse.search_folder import SEARCH_INODE, SearchFolder, entry_name
 from tests.support.inprocess import read_through_fuse, running, settings_for
 from tests.support.library import indexed_library, make_library
 
@@ -104,9 +104,9 @@ def test_a_bad_query_is_enoent_and_one_log_line(
         async with running(settings_for(tmp_path, lib)) as daemon:
             await _indexed(daemon)
             caplog.clear()
-            with caplog.at_level(logging.INFO, logger="musicfs.fuse_search"):
+            with caplog.at_level(logging.INFO, logger="musicfs.fuse.search_folder"):
                 assert await _lookup(daemon, SEARCH_INODE, b"year:[2000 TO") == errno.ENOENT
-            lines = [r for r in caplog.records if r.name == "musicfs.fuse_search"]
+            lines = [r for r in caplog.records if r.name == "musicfs.fuse.search_folder"]
             assert len(lines) == 1 and "errno=ENOENT" in lines[0].getMessage()
             assert await _lookup(daemon, SEARCH_INODE, b"\xff\xfe") == errno.ENOENT
             # Parsed by tantivy but not runnable: still the query's fault, and the index

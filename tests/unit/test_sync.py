@@ -10,8 +10,8 @@ import trio
 from musicfs import failpoints
 from musicfs.catalog.db import Catalog
 from musicfs.catalog.tags import Tags
+from musicfs.library.sync import looks_lost, sync_origin
 from musicfs.origins.local import LocalOrigin
-from musicfs.sync import looks_lost, sync_origin
 from tests.support.library import FIXTURES, make_library, tagged_file
 
 

@@ -14,8 +14,8 @@ import trio
 
 from musicfs.catalog.db import Catalog
 from musicfs.catalog.tags import Tags
+from musicfs.library.sync import sync_origin
 from musicfs.origins.local import LocalOrigin
-from musicfs.sync import sync_origin
 from tests.support.inprocess import running, settings_for
 from tests.support.library import make_library, tagged_file
 

@@ -13,8 +13,8 @@ from musicfs.cache.reader import CachingReader
 from musicfs.cache.store import ChunkStore
 from musicfs.catalog.db import Catalog
 from musicfs.catalog.tags import Tags
+from musicfs.library.sync import sync_origin
 from musicfs.origins.pool import OriginPool
-from musicfs.sync import sync_origin
 from tests.support.faulty_origin import FaultyOrigin, MemoryOrigin
 from tests.support.library import tagged_file
 

@@ -17,12 +17,12 @@ from musicfs.catalog.published_tree import TreeState
 from musicfs.catalog.served import ServedTree, publish_state
 from musicfs.config import ConfigError, Settings
 from musicfs.failpoints import fail_point
+from musicfs.library.sync import Progress, ReadTrack, SyncResult, sync_origin
 from musicfs.origins.base import OriginError
 from musicfs.origins.health import HealthPolicy
 from musicfs.origins.open import open_origin
 from musicfs.origins.pool import OriginPool, RetryPolicy
 from musicfs.origins.urls import OriginConfigError, OriginURLError
-from musicfs.sync import Progress, ReadTrack, SyncResult, sync_origin
 
 log = logging.getLogger(__name__)
 

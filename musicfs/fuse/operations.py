@@ -29,8 +29,8 @@ import trio
 from musicfs.cache.reader import Reader
 from musicfs.catalog.tree import DIR_MODE, FILE_MODE, Node, TreeView
 from musicfs.failpoints import async_fail_point
-from musicfs.fuse_search import SearchFolder
-from musicfs.fuse_settings import FuseSettings
+from musicfs.fuse.search_folder import SearchFolder
+from musicfs.fuse.settings import FuseSettings
 from musicfs.origins.base import OriginError
 from musicfs.resources import shortage
 
@@ -191,7 +191,7 @@ class MusicOperations(pyfuse3.Operations):  # type: ignore[misc]
         # One scope per in-flight read, cancelled by ``abort_inflight`` at the end of the
         # drain window so that every read still running answers EIO.
         self._inflight: set[trio.CancelScope] = set()
-        # ``/.search/<query>/`` (fuse_search.py), when the daemon has a search index.
+        # ``/.search/<query>/`` (fuse/search_folder.py), when the daemon has a search index.
         self.search_folder: SearchFolder | None = None
 
     # -- tree ------------------------------------------------------------------------

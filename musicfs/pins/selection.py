@@ -7,7 +7,7 @@ order: the oldest pin first, a track two pins share counted once. Pins never hol
 than the cache can keep: a new pin that would not fit is refused with the numbers, and a
 smart pin that outgrows the cache keeps the tracks that fit and says how many did not.
 
-The manager that applies this to the cache and fetches the tracks is ``pin_manager.py``.
+The manager that applies this to the cache and fetches the tracks is ``pins/manager.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from musicfs.catalog.model import Track
 from musicfs.catalog.tree import Node, TreeView
-from musicfs.pin_settings import PinSettings as PinSettings
+from musicfs.pins.settings import PinSettings as PinSettings
 
 KINDS = ("query", "path")
 # query, limit -> mounted paths of the matching tracks, best first (blocking; raises

@@ -27,8 +27,8 @@ from rich.progress import (
 from rich.table import Table
 
 from musicfs.config import ConfigError, Settings
-from musicfs.pin_manager import PinManager
-from musicfs.pins import PinError, PinSpec, mib, specs_from_args
+from musicfs.pins.manager import PinManager
+from musicfs.pins.selection import PinError, PinSpec, mib, specs_from_args
 from musicfs.resources import leaves
 
 T = TypeVar("T")
@@ -157,7 +157,7 @@ async def offline_manager(settings: Settings) -> AsyncIterator[PinManager]:
     from musicfs.cache.reader import CachingReader
     from musicfs.cache.store import ChunkStore
     from musicfs.catalog.db import Catalog
-    from musicfs.library import open_pool
+    from musicfs.library.coordinator import open_pool
     from musicfs.search import catalog_searcher
     from musicfs.service.state_lock import StateLock
 

@@ -1,5 +1,5 @@
 """The command line of ``musicfs pin``, ``unpin`` and ``pins`` (run by
-``musicfs/pin_commands.py``), apart from the commands: every ``musicfs`` command builds the
+``musicfs/pins/commands.py``), apart from the commands: every ``musicfs`` command builds the
 whole parser, and the pin commands' imports (the cache, rich, trio) are not theirs to pay."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The pin manager: applies the pins (``pins.py``) to the chunk cache and fetches them.
+"""The pin manager: applies the pins (``pins/selection.py``) to the chunk cache and fetches them.
 
 * **Never evicted.** Every stored chunk of a pinned track carries a pin count in the cache
   index (``ChunkStore.set_pinned``), which eviction skips. The catalog is the pins' truth,
@@ -28,7 +28,7 @@ from musicfs.cache.store import ChunkStore
 from musicfs.catalog.db import Catalog
 from musicfs.catalog.model import Track
 from musicfs.catalog.tree import TreeView
-from musicfs.pins import (
+from musicfs.pins.selection import (
     Pin,
     PinError,
     PinPlan,

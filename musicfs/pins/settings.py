@@ -1,4 +1,4 @@
-"""The pins' settings (``musicfs/pins.py``), apart from them so that reading a config does
+"""The pins' settings (``musicfs/pins/selection.py``), apart from them so that reading a config does
 not import the catalog's tree."""
 
 from __future__ import annotations

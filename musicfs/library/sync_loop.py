@@ -10,7 +10,7 @@ import trio
 
 from musicfs.catalog.served import ServedTree
 from musicfs.catalog.tree import TreeView
-from musicfs.library import SyncCoordinator, TreePublisher
+from musicfs.library.coordinator import SyncCoordinator, TreePublisher
 from musicfs.search import SearchIndex
 
 RETRY_AFTER_FAILED_LISTING = 60.0  # at most, however long the scan interval
