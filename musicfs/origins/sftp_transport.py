@@ -13,10 +13,12 @@ Why asyncssh stays the default: in the cold-path bench (``python -m bench cold``
 ``MUSICFS_BENCH_COLD_ONLY=start MUSICFS_BENCH_TRANSPORTS=openssh,asyncssh``, 2 shared
 cores, load 2-5) neither was faster end to end -- first byte 9.97 against 7.87 ms and
 1 MiB reads 87 against 94 MB/s in one run, 10.0 against 11.7 ms and 88 against 91 MB/s
-in another -- and at the origin itself a cold 128 KiB read took 2.55 against 2.25 ms
-(median of 48): the ssh process saves the daemon's CPU but is one more process to wake
-per answer on the same two cores. Where the daemon's CPU is what runs out, ``openssh``
-is the one to choose.
+in another -- and at the origin alone (``python -m bench sftp_origin``, three runs at
+load 4.6-5.8) a cold open + 128 KiB took 0.91-1.28x asyncssh's time and two 1 MiB reads
+in flight 0.94-1.33x, while the reading process spent 0.71-0.80x the CPU per GB and a
+warm request's round trip 0.86-0.93x the time: the ssh process saves the daemon's CPU
+but is one more process to wake per answer on the same two cores. Where the daemon's
+CPU is what runs out, ``openssh`` is the one to choose.
 
 Either way the host key is checked against the origin's ``known_hosts`` only, keys are
 the only authentication (never a password prompt), and every failure reads the same
