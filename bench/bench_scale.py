@@ -40,7 +40,15 @@ import time
 from pathlib import Path
 
 from bench import Report, drop_page_cache, stopwatch
-from bench.bench_library import BARE_MUTAGEN_LOOP, Daemon, _musicfs, _run, library, plan
+from bench.bench_library import (
+    _WORDS,
+    BARE_MUTAGEN_LOOP,
+    Daemon,
+    _musicfs,
+    _run,
+    library,
+    plan,
+)
 from bench.peers import Sshfs
 from bench.workloads import percentile
 
@@ -203,6 +211,8 @@ def _hundred_k(report: Report, lib: Path, work: Path, count: int, repeat: int) -
         )
         search_s, search_note = _time_search(state)
         report.add("`musicfs search dawn` (whole process)", search_s, "s", note=search_note)
+        inside, inside_note = _daemon_search_latencies(state)
+        report.add("search p99, answered by the daemon", inside, "ms", note=inside_note)
         report.add(
             "daemon RSS: mounted / after start-up sync / peak",
             _vm(daemon.proc.pid, "VmHWM"),
@@ -267,6 +277,37 @@ def _time_search(state: Path, repeat: int = 5) -> tuple[float, str]:
         f"{len(out.splitlines()):,} hits (the default limit), beside the daemon; samples "
         f"{_spread(samples)}; with --limit 10000: {took[0]:.2f} s for "
         f"{len(many.splitlines()):,} hits"
+    )
+
+
+def _daemon_search_latencies(state: Path, queries: int = 300) -> tuple[float, str]:
+    """Queries of one and two of the generator's words (the default limit: 100 hits) sent
+    to the daemon's control socket as ``musicfs search`` sends them: the p99 in ms of the
+    whole round trip (JSON and socket included, so an upper bound of the time inside the
+    daemon), and a note with the p50 and the count."""
+    from musicfs.config import default_runtime_dir
+    from musicfs.service.control import request
+
+    catalog = os.path.abspath(state / "catalog.sqlite")
+    sockets = [
+        sock
+        for sock in sorted(default_runtime_dir(state).glob("control-*.sock"))
+        if request(sock, "search", 10.0, query="dawn", limit=1).get("catalog") == catalog
+    ]
+    if not sockets:
+        raise RuntimeError(f"no daemon of {catalog} answers in {default_runtime_dir(state)}")
+    rng = random.Random(7)
+    samples = []
+    for i in range(queries):
+        words = [_WORDS[rng.randrange(len(_WORDS))] for _ in range(1 + i % 2)]
+        with stopwatch() as took:
+            reply = request(sockets[0], "search", 10.0, query=" ".join(words), limit=100)
+        if "paths" not in reply:
+            raise RuntimeError(f"the daemon's search answered {sorted(reply)}")
+        samples.append(took[0])
+    return percentile(samples, 99) * 1000, (
+        f"p50 {percentile(samples, 50) * 1000:.2f} ms over {len(samples)} queries of one or "
+        f"two words through the control socket (the round trip: an upper bound)"
     )
 
 

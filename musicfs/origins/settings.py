@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # The SFTP ``transport`` choices (sftp_transport.py says what each means).
-SFTP_TRANSPORTS = ("auto", "openssh", "asyncssh")
+SFTP_TRANSPORTS = ("asyncssh", "openssh")
 
 
 @dataclass(frozen=True)
@@ -25,9 +25,9 @@ class OriginSettings:
     # OpenSSH client config: Host aliases, HostName, Port, User, IdentityFile, ProxyJump,
     # IdentitiesOnly (ssh_config.py). None: ~/.ssh/config if it exists.
     config_file: Path | None = None
-    # How SSH connections are made (sftp_transport.py): "openssh" (an ssh process per
-    # connection, as sshfs), "asyncssh" (in the daemon), "auto": openssh if ssh is installed.
-    transport: str = "auto"
+    # How SSH connections are made (sftp_transport.py): "asyncssh" (in the daemon) or
+    # "openssh" (an ssh process per connection, as sshfs runs).
+    transport: str = "asyncssh"
     # S3
     endpoint: str | None = None  # host[:port] or http(s)://host[:port]; default AWS
     region: str | None = None

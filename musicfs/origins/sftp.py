@@ -5,8 +5,8 @@
   ``key_file`` or, without one, the SSH agent and the default keys. Never a password.
 * ``transport`` (``sftp_transport``): ``openssh`` runs each connection as an
   ``ssh -s host sftp`` process, as sshfs does, SSH's crypto outside the daemon;
-  ``asyncssh`` does SSH in the daemon; ``auto`` (default) is ``openssh`` where an
-  ``ssh`` client is installed.
+  ``asyncssh`` (the default: measured no slower on two cores, see there) does SSH
+  in the daemon.
 * Host keys are checked against ``known_hosts`` (default ``~/.ssh/known_hosts``) with
   either transport. An unknown or changed key is refused with an error that says which;
   only ``trust_on_first_use = true`` lets an unknown host's key be recorded (a changed

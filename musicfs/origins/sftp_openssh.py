@@ -173,6 +173,13 @@ class OpenSSHTransport:
     # -- connecting ----------------------------------------------------------------------
 
     async def connect(self, endpoint: SSHEndpoint, on_lost: LostCallback) -> OpenSSHSession:
+        if shutil.which(self.ssh) is None:
+            raise self.host_keys.errors.err(
+                errno.EINVAL,
+                "transport = openssh needs OpenSSH's ssh client, which is not installed "
+                "(or not on PATH); install it or set transport = asyncssh",
+                origin_wide=True,
+            )
         # Inline, as every small local file here: this loop is the origin's own thread.
         _, host_known = self.host_keys.load(endpoint)
         self.host_keys.prepare()

@@ -6,9 +6,19 @@
   daemon's interpreter -- measured with a bare client reading 169 MB cold from a
   loopback sshd: 0.85-0.91 s of CPU per GB in the client's own process against
   1.41-1.53 s with asyncssh's SSH -- and ssh applies the config file itself.
-* ``asyncssh``: asyncssh does SSH as well, in the daemon (``sftp_asyncssh``).
-* ``auto`` (the default): ``openssh`` when an ``ssh`` client is installed, else
-  ``asyncssh``.
+* ``asyncssh`` (the default): asyncssh does SSH as well, in the daemon
+  (``sftp_asyncssh``).
+
+Why asyncssh stays the default: in the cold-path bench (``python -m bench cold`` with
+``MUSICFS_BENCH_COLD_ONLY=start MUSICFS_BENCH_TRANSPORTS=openssh,asyncssh``, 2 shared
+cores, load 2-5) neither was faster end to end -- first byte 9.97 against 7.87 ms and
+1 MiB reads 87 against 94 MB/s in one run, 10.0 against 11.7 ms and 88 against 91 MB/s
+in another -- and at the origin alone (``python -m bench sftp_origin``, three runs at
+load 4.6-5.8) a cold open + 128 KiB took 0.91-1.28x asyncssh's time and two 1 MiB reads
+in flight 0.94-1.33x, while the reading process spent 0.71-0.80x the CPU per GB and a
+warm request's round trip 0.86-0.93x the time: the ssh process saves the daemon's CPU
+but is one more process to wake per answer on the same two cores. Where the daemon's
+CPU is what runs out, ``openssh`` is the one to choose.
 
 Either way the host key is checked against the origin's ``known_hosts`` only, keys are
 the only authentication (never a password prompt), and every failure reads the same
@@ -18,7 +28,6 @@ tear it down; a transport calls ``on_lost`` once when a session it handed out di
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -57,9 +66,7 @@ class Transport(Protocol):
 
 
 def chosen(setting: str) -> str:
-    """The transport ``setting`` means on this machine."""
+    """``setting``, checked."""
     if setting not in SFTP_TRANSPORTS:
         raise ValueError(f"transport must be one of {', '.join(SFTP_TRANSPORTS)}, not {setting!r}")
-    if setting == "auto":
-        return "openssh" if shutil.which("ssh") else "asyncssh"
     return setting

@@ -26,5 +26,6 @@ def test_bench_scale_measures_every_row(tmp_path: Path) -> None:
     assert metrics["`ls -R` warm"]["baseline"] > 0
     assert "sshfs" in metrics["`find -type f` warm"]["note"]
     assert metrics["lookup+getattr of unseen files (`stat`) p99"]["value"] > 0
+    assert metrics["search p99, answered by the daemon"]["value"] > 0
     assert metrics["600: `musicfs mount` until the mount answers"]["value"] > 0
     assert metrics["600: lookup+getattr p99 while 60 changed tracks are published"]["value"] > 0

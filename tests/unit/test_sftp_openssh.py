@@ -101,3 +101,19 @@ def test_what_ssh_prints_is_read_as_a_cause(printed: str, cause: Cause, err: int
 
 def test_unrecognised_output_is_no_cause() -> None:
     assert _classify("kex_exchange_identification: read: Connection reset") is None
+
+
+def test_without_an_ssh_client_the_error_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from musicfs.origins.base import OriginError
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no ssh on it
+    t = _transport(tmp_path, "sftp://nas.lan/srv")
+    endpoint = SSHEndpoint("nas.lan", "nas.lan", 22, None, "nas.lan", (), ())
+    with pytest.raises(OriginError) as info:
+        asyncio.run(t.connect(endpoint, lambda session, why: None))
+    assert info.value.errno == errno.EINVAL and info.value.origin_wide
+    assert "transport = asyncssh" in str(info.value)
