@@ -60,8 +60,11 @@ class PipeProcess:
             start_new_session=True,
         )
         assert proc.stdout is not None
-        pipe = proc.stdout._transport.get_extra_info("pipe")  # type: ignore[attr-defined]
-        with contextlib.suppress(OSError, AttributeError):
+        # A larger pipe is an optimisation only. A child that has already exited (ssh
+        # that could not resolve the host) may have had its pipe closed by now: fileno()
+        # then raises ValueError, and the failure is told by what it printed, later.
+        with contextlib.suppress(OSError, AttributeError, ValueError):
+            pipe = proc.stdout._transport.get_extra_info("pipe")  # type: ignore[attr-defined]
             fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         return cls(proc)
 

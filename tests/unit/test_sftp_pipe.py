@@ -92,3 +92,21 @@ def _children(pid: int) -> list[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 found.append(int(entry))
     return found
+
+
+def test_a_child_that_exits_at_once_is_a_failure_told_by_what_it_printed() -> None:
+    # ssh that cannot resolve the host exits before the first request: its pipes may be
+    # closed by the time they are tuned, which must not turn into a ValueError.
+    argv = ["sh", "-c", "echo 'ssh: Could not resolve hostname nas' >&2; exec 1>&-; exit 255"]
+
+    async def main() -> None:
+        for _ in range(40):
+            process = await PipeProcess.start(argv)
+            await asyncio.sleep(0)  # let the loop see the pipes close
+            with pytest.raises(Exception) as info:
+                await asyncio.wait_for(start_sftp_over(process), 5)
+            assert not isinstance(info.value, ValueError)
+            await process.wait()
+            assert process.exit_reason() == "ssh: Could not resolve hostname nas"
+
+    asyncio.run(main())
