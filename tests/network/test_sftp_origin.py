@@ -9,7 +9,7 @@ import errno
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,20 +26,10 @@ from musicfs.origins.open import open_origin
 from musicfs.origins.pool import OriginPool
 from musicfs.origins.sftp import SFTPOrigin
 from tests.support.netns import SSHServer
+from tests.support.sftp_transports import current_transport, transport  # noqa: F401
 
 T = TypeVar("T")
 TIMEOUT = 1.5
-TRANSPORTS = ("openssh", "asyncssh")
-_transport = [TRANSPORTS[0]]  # the one this test runs with (the fixture below sets it)
-
-
-@pytest.fixture(autouse=True, params=TRANSPORTS)
-def transport(request: pytest.FixtureRequest) -> Iterator[str]:
-    _transport[0] = request.param
-    yield request.param
-    _transport[0] = TRANSPORTS[0]
-
-
 BIG = bytes(range(256)) * (64 * 1024)  # 16 MiB
 
 
@@ -63,7 +53,7 @@ def origin(server: SSHServer, root: Path, **overrides: Any) -> SFTPOrigin:
         name="nas",
         key_file=server.client_key,
         known_hosts=server.known_hosts,
-        transport=_transport[0],
+        transport=current_transport(),
     )
     o = open_origin(url, "nas", replace(settings, **overrides), OriginTimeouts(operation=TIMEOUT))
     assert isinstance(o, SFTPOrigin)
@@ -339,7 +329,7 @@ def _sftp_session_pids(server: SSHServer) -> list[int]:
 
 
 def test_ended_sftp_session_under_a_live_connection_is_retried_on_a_fresh_one(
-    sshd: SSHServer, world_dir: Path, transport: str
+    sshd: SSHServer, world_dir: Path
 ) -> None:
     """The server's SFTP subsystem exits. Under asyncssh the SSH connection stays up and
     the pooled slot still looks connected; under openssh the ssh process ends with it
@@ -358,7 +348,7 @@ def test_ended_sftp_session_under_a_live_connection_is_retried_on_a_fresh_one(
         os.kill(pids[0], signal.SIGKILL)
         # Wait for the actual condition: the client saw its SFTP channel close.
         await o._aio.call(lambda: asyncio.wait_for(sftp.wait_closed(), 30))
-        if transport == "asyncssh":
+        if current_transport() == "asyncssh":
             assert slot.alive(), "the SSH connection should outlive its SFTP session"
         else:
             for _ in range(100):  # the ssh process's end is seen by its watcher

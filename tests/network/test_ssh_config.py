@@ -21,6 +21,7 @@ from musicfs.origins.base import OriginError
 from musicfs.origins.open import open_origin
 from musicfs.origins.sftp import SFTPOrigin
 from tests.support.netns import NetNS, SSHServer, sshd_binary
+from tests.support.sftp_transports import current_transport, transport  # noqa: F401
 
 pytestmark = pytest.mark.network
 
@@ -110,19 +111,8 @@ def _home(
     return home
 
 
-TRANSPORTS = ("openssh", "asyncssh")
-_transport = [TRANSPORTS[0]]  # the one this test runs with (the fixture below sets it)
-
-
-@pytest.fixture(autouse=True, params=TRANSPORTS)
-def transport(request: pytest.FixtureRequest) -> Iterator[str]:
-    _transport[0] = request.param
-    yield request.param
-    _transport[0] = TRANSPORTS[0]
-
-
 def _origin(url: str, **settings: object) -> SFTPOrigin:
-    settings.setdefault("transport", _transport[0])
+    settings.setdefault("transport", current_transport())
     o = open_origin(
         url,
         "nas",
