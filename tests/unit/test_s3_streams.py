@@ -10,6 +10,7 @@ import errno
 import io
 import random
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -246,6 +247,26 @@ def test_a_request_given_up_before_it_started_sends_those_behind_it_elsewhere() 
     assert t.serve(first) == b""  # a thread started late does nothing
     assert t.serve(second) == data[768 * KIB : 1024 * KIB]
     t.settle(second)
+
+
+def test_a_read_behind_a_stalled_one_gives_up_the_stream_for_its_own_get() -> None:
+    data = pattern(8 * 1024 * KIB)
+    obj = MemoryObject(data)
+    t = table(obj, timeout=0.2)
+    for off in (0, 256 * KIB):
+        read(t, off, 256 * KIB)
+    stuck = t.claim(KEY, 512 * KIB, 256 * KIB)  # its thread never gets to run
+    behind = t.claim(KEY, 768 * KIB, 256 * KIB)
+    assert behind.stream is stuck.stream is not None
+    started = time.monotonic()
+    assert t.serve(behind) == data[768 * KIB : 1024 * KIB]
+    assert 0.2 <= time.monotonic() - started < 2.0  # waited its timeout, no longer
+    assert obj.gets[-1] == (768 * KIB, 256 * KIB, obj.etag)  # a ranged GET of its own
+    t.settle(behind)
+    # Its thread, late, still gets its bytes (the stream is gone: from a GET of its own).
+    assert t.serve(stuck) == data[512 * KIB : 768 * KIB]
+    t.settle(stuck)
+    assert read(t, 1024 * KIB, 256 * KIB) == data[1024 * KIB : 1280 * KIB]
 
 
 # -- the property ----------------------------------------------------------------------
