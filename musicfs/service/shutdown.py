@@ -55,14 +55,15 @@ class OrderedShutdown:
     async def run(self) -> None:
         daemon = self.daemon
         daemon.state = DaemonState.STOPPING
+        # No WATCHDOG=1 after STOPPING=1: the watchdog ends before STOPPING is sent (it
+        # was stopped after the sync, which left it time to ping after STOPPING).
+        await daemon.supervisor.stop("watchdog", timeout=self.timeout)
         daemon.notifier.stopping("stopping: draining requests")
         daemon.event("stopping")
         log.info("shutdown: stopping background work")
         # The sync stops first; the cache's fetches and the health checks that reads in
         # flight wait on keep running until those reads are answered.
         await daemon.supervisor.stop("sync", timeout=self.timeout)
-        # No WATCHDOG=1 after STOPPING=1: the service is no longer running.
-        await daemon.supervisor.stop("watchdog", timeout=self.timeout)
         if daemon.session is not None:
             await daemon.session.drain()
         daemon.event("drained")
